@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/moeplan demo
+
+test: $(STAMP)
+	$(BIN)/ruff check scaling search tests benchmarks
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check scaling search tests benchmarks
+	$(BIN)/ruff format --check scaling search tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format scaling search tests benchmarks
+	$(BIN)/ruff check --fix scaling search tests benchmarks
+
+clean:
+	rm -rf $(VENV)
