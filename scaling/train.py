@@ -1,0 +1,336 @@
+"""Training a proxy: AdamW, warmup + cosine or WSD decay, clipping, fp32 or bf16, exact resume.
+
+Determinism: the batch of step s is a pure function of (seed, s) (:func:`scaling.data.batch_at`)
+and checkpoints carry the model, the optimizer and the RNG state, so a run killed at any
+moment and resumed from its last checkpoint produces the same loss curve bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaling.arch import ArchSpec
+from scaling.data import Corpus, batch_at, validation_windows
+from scaling.errors import UserError
+from scaling.model import DISPATCH_MODES, ProxyConfig, ProxyModel
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train one proxy. Validated on construction.
+
+    Args:
+        steps: Optimizer steps.
+        batch_size: Sequences per step.
+        seq_len: Tokens per sequence.
+        lr: Peak learning rate.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        warmup_steps: Linear warmup steps.
+        schedule: ``cosine``, ``wsd`` (warmup-stable-decay) or ``constant``.
+        decay_fraction: Share of steps spent decaying, for ``wsd``.
+        weight_decay: AdamW decoupled weight decay on matrices.
+        grad_clip: Global gradient-norm clip (0 disables it).
+        dtype: ``fp32``, or ``bf16`` autocast.
+        seed: Seeds the initial weights and the batch order.
+        eval_interval: Steps between validation losses (and at the last step).
+        eval_windows: Validation sequences per evaluation.
+        log_interval: Steps between logged training losses.
+        checkpoint_interval: Steps between checkpoints (0: only at the end).
+        aux_loss_weight: Load-balancing loss weight (MoE).
+        z_loss_weight: Router z-loss weight (MoE).
+        dispatch: MoE dispatch implementation.
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
+        threads: torch intra-op threads (0: leave torch's default).
+    """
+
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dtype: str = "fp32"
+    seed: int = 0
+    eval_interval: int = 50
+    eval_windows: int = 32
+    log_interval: int = 10
+    checkpoint_interval: int = 50
+    aux_loss_weight: float = 0.01
+    z_loss_weight: float = 0.001
+    dispatch: str = "sorted"
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_windows",
+            "log_interval",
+            "eval_interval",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "checkpoint_interval", "threads", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"{name} must be a non-negative integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{name} must be within [0, 1], got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip", "aux_loss_weight", "z_loss_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        choices = {
+            "schedule": SCHEDULES,
+            "dtype": DTYPES,
+            "dispatch": DISPATCH_MODES,
+            "device": ("auto", "cpu", "cuda"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based)."""
+    peak, floor = config.lr, config.lr * config.min_lr_ratio
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return peak
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = config.steps - int(round(config.decay_fraction * config.steps))
+    if step < decay_start:
+        return peak
+    progress = (step - decay_start + 1) / max(1, config.steps - decay_start)
+    return peak - (peak - floor) * min(1.0, progress)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms and biases)."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": matrices, "weight_decay": config.weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    history: list[dict[str, Any]]
+    final_train_loss: float
+    final_val_loss: float
+    tokens: int
+    elapsed_s: float
+    resumed_from_step: int
+
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+class Trainer:
+    """Trains one proxy on a corpus, checkpointing into ``checkpoint_dir`` when given."""
+
+    def __init__(
+        self,
+        arch: ArchSpec,
+        config: TrainConfig,
+        corpus: Corpus,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        if arch.vocab_size < 256:
+            raise UserError(
+                f"vocab_size={arch.vocab_size} is below the 256 byte tokens of the corpus"
+            )
+        corpus.check_seq_len(config.seq_len)
+        self.arch, self.config, self.corpus = arch, config, corpus
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+        torch.manual_seed(config.seed)
+        proxy = ProxyConfig(
+            arch=arch,
+            aux_loss_weight=config.aux_loss_weight,
+            z_loss_weight=config.z_loss_weight,
+            dispatch=config.dispatch,
+            max_seq_len=max(config.seq_len, 16),
+        )
+        self.model = ProxyModel(proxy).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.resumed_from_step = 0
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self._load_checkpoint()
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "config": self.config.to_dict(),
+            "arch": self.arch.to_dict(),
+        }
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.checkpoint_path.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.checkpoint_path)  # a kill mid-write leaves the old one intact
+
+    def _load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["arch"] != self.arch.to_dict():
+            raise UserError(
+                f"checkpoint {self.checkpoint_path} belongs to a different architecture"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed, self.history = state["step"], state["elapsed"], state["history"]
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.resumed_from_step = self.step
+
+    # --- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean cross-entropy (nats/byte) on fixed held-out windows."""
+        self.model.eval()
+        inputs, targets = validation_windows(
+            self.corpus.val, self.config.eval_windows, self.config.seq_len
+        )
+        losses = []
+        for start in range(0, len(inputs), self.config.batch_size):
+            x = torch.from_numpy(inputs[start : start + self.config.batch_size]).to(self.device)
+            y = torch.from_numpy(targets[start : start + self.config.batch_size]).to(self.device)
+            with self._autocast():
+                _, loss = self.model(x, y)
+            losses.append(loss.float().item() * len(x))
+        self.model.train()
+        return sum(losses) / len(inputs)
+
+    def _autocast(self):
+        enabled = self.config.dtype == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train_step(self, step: int) -> float:
+        config = self.config
+        x, y = batch_at(self.corpus.train, step, config.batch_size, config.seq_len, config.seed)
+        x = torch.from_numpy(x).to(self.device, non_blocking=True)
+        y = torch.from_numpy(y).to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with self._autocast():
+            _, loss = self.model(x, y)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.model.last_lm_loss
+
+    def run(self, callback: Callback | None = None) -> TrainResult:
+        """Train to ``config.steps``, calling ``callback`` with every logged point."""
+        config = self.config
+        tokens_per_step = config.batch_size * config.seq_len
+        self.model.train()
+        started = time.perf_counter() - self.elapsed
+        while self.step < config.steps:
+            step = self.step
+            lm_loss = self.train_step(step)
+            self.step = step + 1
+            last = self.step == config.steps
+            if (
+                self.step % config.log_interval == 0
+                or self.step % config.eval_interval == 0
+                or last
+            ):
+                train_loss = float(lm_loss)
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(f"training loss is {train_loss} at step {self.step}")
+                val_loss = (
+                    self.evaluate() if (self.step % config.eval_interval == 0 or last) else None
+                )
+                self.elapsed = time.perf_counter() - started
+                point = {
+                    "step": self.step,
+                    "tokens": self.step * tokens_per_step,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "lr": learning_rate(config, step),
+                    "elapsed": self.elapsed,
+                }
+                self.history.append(point)
+                if callback is not None:
+                    callback(point)
+            if self.checkpoint_path is not None and (
+                last or (config.checkpoint_interval and self.step % config.checkpoint_interval == 0)
+            ):
+                self.elapsed = time.perf_counter() - started
+                self._save_checkpoint()
+        finals = [p for p in self.history if p["val_loss"] is not None]
+        return TrainResult(
+            history=self.history,
+            final_train_loss=self.history[-1]["train_loss"],
+            final_val_loss=finals[-1]["val_loss"],
+            tokens=config.steps * tokens_per_step,
+            elapsed_s=self.elapsed,
+            resumed_from_step=self.resumed_from_step,
+        )
+
+
+def train(
+    arch: ArchSpec,
+    config: TrainConfig,
+    corpus: Corpus,
+    checkpoint_dir: str | Path | None = None,
+    callback: Callback | None = None,
+) -> TrainResult:
+    """Train (or resume) one proxy and return its history."""
+    return Trainer(arch, config, corpus, checkpoint_dir).run(callback)

@@ -1,0 +1,41 @@
+"""``moeplan bench --mode train``: the JSON contract, an honest MFU, and no memory leak."""
+
+from __future__ import annotations
+
+from scaling.arch import ArchSpec
+from scaling.bench import bench_train, matmul_peak_flops
+from tests.conftest import assert_user_error, run_cli
+
+
+def test_bench_train_json_contract():
+    result = run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "train", "--steps", "3",
+                     "--batch-size", "2", "--seq-len", "64", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = result.json()
+    for key in ("tokens_per_s", "step_ms", "mfu", "peak_rss_bytes"):
+        assert document[key] > 0, key
+    assert 0 < document["mfu"] < 1  # against this machine's own measured matmul peak
+    tokens_per_step = document["tokens_per_s"] * document["step_ms"] / 1e3
+    assert abs(tokens_per_step - 2 * 64) < 1e-6
+
+
+def test_matmul_peak_is_cached_and_plausible():
+    first = matmul_peak_flops()
+    assert 1e9 < first < 1e14
+    assert matmul_peak_flops() == first
+
+
+def test_no_memory_leak_over_200_steps():
+    tiny = ArchSpec(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=4,
+                    top_k=2, n_shared_experts=1)  # fmt: skip
+    result = bench_train(tiny, steps=200, batch_size=4, seq_len=64, device="cpu", warmup=20)
+    assert result["rss_growth_bytes"] < 16 * 2**20, result["rss_growth_bytes"]
+
+
+def test_bench_user_errors():
+    assert_user_error(run_cli("bench", "--preset", "proxy-dense-d128"), "--mode")
+    assert_user_error(
+        run_cli("bench", "--preset", "proxy-dense-d128", "--mode", "train", "--steps", "0"),
+        "positive integer",
+    )
+    assert_user_error(run_cli("bench", "--mode", "train"), "--preset")

@@ -1,0 +1,119 @@
+"""The proxy model: exact parameter counts, dispatch against the Mixtral-style oracle, caches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from scaling import accounting
+from scaling.arch import ArchSpec
+from scaling.model import KVCache, ProxyConfig, ProxyModel, swiglu
+
+SHAPES = {
+    "dense": ArchSpec(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=96),
+    "dense-gqa-tied-qknorm-bias": ArchSpec(
+        vocab_size=300, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=80,
+        tie_embeddings=True, qk_norm=True, qkv_bias=True,
+    ),
+    "moe-shared": ArchSpec(
+        vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=8, top_k=2,
+        n_shared_experts=1,
+    ),
+    "moe-fine-gated-mixed": ArchSpec(
+        vocab_size=256, d_model=64, n_layers=4, n_heads=4, n_kv_heads=1, d_ff=96, moe_d_ff=64,
+        n_experts=4, top_k=1, granularity=4, n_shared_experts=2, shared_expert_d_ff=16,
+        shared_expert_gate=True, router_renorm=False, first_dense_layers=1, moe_layer_step=1,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_parameter_count_matches_accounting(name):
+    spec = SHAPES[name]
+    model = ProxyModel(spec)
+    assert model.num_parameters() == accounting.total_params(spec)
+
+
+def _forward_backward(model, tokens, targets):
+    model.zero_grad(set_to_none=True)
+    logits, loss = model(tokens, targets)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("dispatch", ["sorted", "grouped"])
+@pytest.mark.parametrize("name", ["moe-shared", "moe-fine-gated-mixed"])
+def test_dispatch_matches_loop_oracle(name, dispatch):
+    torch.manual_seed(0)
+    # _grouped_mm has no float64 kernel; compare it in float32 with float32 tolerances.
+    dtype = torch.float64 if dispatch == "sorted" else torch.float32
+    oracle = ProxyModel(ProxyConfig(SHAPES[name], dispatch="loop")).to(dtype)
+    fast = copy.deepcopy(oracle)
+    for module in fast.modules():
+        if hasattr(module, "dispatch"):
+            module.dispatch = dispatch
+    tokens = torch.randint(0, 256, (3, 17))
+    targets = torch.randint(0, 256, (3, 17))
+    logits_a, loss_a, grads_a = _forward_backward(oracle, tokens, targets)
+    logits_b, loss_b, grads_b = _forward_backward(fast, tokens, targets)
+    tolerance = {} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
+    torch.testing.assert_close(logits_b, logits_a, **tolerance)
+    torch.testing.assert_close(loss_b, loss_a, **tolerance)
+    assert grads_a.keys() == grads_b.keys()
+    for key in grads_a:
+        torch.testing.assert_close(grads_b[key], grads_a[key], msg=key, **tolerance)
+
+
+def test_swiglu_gradient():
+    x = torch.randn(4, 6, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(swiglu, (x,))
+
+
+def test_router_losses_and_no_dropping():
+    torch.manual_seed(0)
+    model = ProxyModel(ProxyConfig(SHAPES["moe-shared"], aux_loss_weight=0.5, z_loss_weight=0.1))
+    tokens = torch.randint(0, 256, (2, 9))
+    model.train()
+    _, loss = model(tokens, tokens)
+    assert loss.item() > model.last_lm_loss.item()  # the router losses were added
+    moe = model.blocks[0].mlp
+    assert moe.aux_loss.item() >= 0.99  # E * sum f_i p_i >= 1 up to rounding at balance
+    # Every token reaches exactly top_k experts: no capacity limit, nothing dropped.
+    _, _, experts = moe.route(torch.randn(50, 64))
+    assert experts.shape == (50, 2) and experts.unique(dim=1).shape == (50, 2)
+    model.eval()
+    _, eval_loss = model(tokens, tokens)
+    assert eval_loss.item() == pytest.approx(model.last_lm_loss.item())
+
+
+@pytest.mark.parametrize("name", ["dense-gqa-tied-qknorm-bias", "moe-fine-gated-mixed"])
+def test_kv_cache_decode_matches_full_forward(name):
+    torch.manual_seed(0)
+    model = ProxyModel(SHAPES[name]).eval()
+    tokens = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        full, _ = model(tokens)
+        cache = KVCache(model.arch, batch=2, max_len=12, dtype=torch.float32, device="cpu")
+        prefill, _ = model(tokens[:, :8], cache=cache)
+        steps = [model(tokens[:, i : i + 1], cache=cache)[0] for i in range(8, 12)]
+    torch.testing.assert_close(prefill, full[:, :8], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 8:], atol=1e-5, rtol=1e-4)
+
+
+def test_decode_reads_only_selected_experts():
+    torch.manual_seed(0)
+    model = ProxyModel(SHAPES["moe-shared"]).eval()
+    moe = model.blocks[0].mlp
+    x = torch.randn(1, 64)
+    _, _, experts = moe.route(x)
+    # Poison every expert the token did not select: the output must not change.
+    with torch.no_grad():
+        reference = moe(x.view(1, 1, 64)).clone()
+        unselected = [e for e in range(8) if e not in experts[0].tolist()]
+        moe.gate_up[unselected] = float("nan")
+        moe.down[unselected] = float("nan")
+        assert torch.isfinite(moe(x.view(1, 1, 64))).all()
+        torch.testing.assert_close(moe(x.view(1, 1, 64)), reference)
