@@ -48,15 +48,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--dispatch", default="sorted", choices=("sorted", "grouped", "loop"))
     args = parser.parse_args()
-    dense_spec, dense = make_step(
-        "proxy-dense-d128", "sorted", args.batch_size, args.seq_len, args.dtype
-    )
-    moe_spec, moe = make_step(
-        "proxy-moe-d128", args.dispatch, args.batch_size, args.seq_len, args.dtype
-    )
-    assert (
-        accounting.active_params(moe_spec) - accounting.active_params(dense_spec) == 4 * 128 * 8
-    )  # router
+    dense_spec, dense = make_step("proxy-dense-d128", "sorted", args.batch_size, args.seq_len, args.dtype)
+    moe_spec, moe = make_step("proxy-moe-d128", args.dispatch, args.batch_size, args.seq_len, args.dtype)
+    assert accounting.active_params(moe_spec) - accounting.active_params(dense_spec) == 4 * 128 * 8  # router
     for _ in range(2):
         dense(), moe()
     times = {"dense": [], "moe": []}

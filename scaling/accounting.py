@@ -58,12 +58,7 @@ class ArchArrays:
     @classmethod
     def from_specs(cls, specs: list[ArchSpec]) -> ArchArrays:
         """Stack validated specs into arrays."""
-        return cls(
-            **{
-                f.name: np.array([int(getattr(s, f.name)) for s in specs], dtype=np.int64)
-                for f in fields(cls)
-            }
-        )
+        return cls(**{f.name: np.array([int(getattr(s, f.name)) for s in specs], dtype=np.int64) for f in fields(cls)})
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> ArchArrays:
@@ -93,9 +88,7 @@ Shape = ArchSpec | ArchArrays
 def moe_layer_count(shape: Shape) -> Any:
     """MoE blocks: layer i (0-based) with i >= first_dense_layers and (i+1) % step == 0."""
     is_moe = shape.n_routed_experts > 1
-    count = (
-        shape.n_layers // shape.moe_layer_step - shape.first_dense_layers // shape.moe_layer_step
-    )
+    count = shape.n_layers // shape.moe_layer_step - shape.first_dense_layers // shape.moe_layer_step
     return is_moe * count
 
 
@@ -123,8 +116,7 @@ def parameter_breakdown(shape: Shape) -> dict[str, Any]:
         "embedding_input": shape.vocab_size * d,
         "output_head": (1 - shape.tie_embeddings) * shape.vocab_size * d,
         "attention": layers * (2 * d * q_width + 2 * d * kv_width),
-        "attention_vectors": layers
-        * (shape.qkv_bias * (q_width + 2 * kv_width) + shape.qk_norm * 2 * shape.head_dim),
+        "attention_vectors": layers * (shape.qkv_bias * (q_width + 2 * kv_width) + shape.qk_norm * 2 * shape.head_dim),
         "norms": layers * 2 * d + d,
         "dense_mlp": dense_layer_count(shape) * 3 * d * shape.d_ff,
         "router": moe_layers * d * shape.n_routed_experts,
@@ -246,9 +238,7 @@ def weight_bytes(
     embedding = bytes_per_weight(embedding_precision or precision, group_size, scale_bytes)
     vector = 4 if precision == "fp32" else 2
     routed = parts["routed_experts_active"] if active_only else parts["routed_experts"]
-    matrices = (
-        parts["attention"] + parts["dense_mlp"] + parts["router"] + routed + parts["shared_experts"]
-    )
+    matrices = parts["attention"] + parts["dense_mlp"] + parts["router"] + routed + parts["shared_experts"]
     vectors = parts["attention_vectors"] + parts["norms"]
     embeddings = parts["embedding_input"] + parts["output_head"]
     if active_only:

@@ -127,15 +127,13 @@ class ArchSpec:
                 raise ArchError(f"{name} must be a positive number, got {value!r}")
         if self.n_heads % self.n_kv_heads:
             raise ArchError(
-                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}; "
-                f"allowed: {_divisors(self.n_heads)}"
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}; allowed: {_divisors(self.n_heads)}"
             )
         if self.head_dim % 2:
             raise ArchError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.top_k > self.n_experts:
             raise ArchError(
-                f"top_k={self.top_k} must be at most n_experts={self.n_experts}; "
-                f"allowed: 1..{self.n_experts}"
+                f"top_k={self.top_k} must be at most n_experts={self.n_experts}; allowed: 1..{self.n_experts}"
             )
         if self.is_moe:
             if self.moe_d_ff < 1:
@@ -158,13 +156,11 @@ class ArchSpec:
                 raise ArchError("d_ff must be positive for a dense model (n_experts=1)")
             if self.n_shared_experts:
                 raise ArchError(
-                    "n_shared_experts needs routed experts: set n_experts*granularity > 1, "
-                    "or widen d_ff instead"
+                    "n_shared_experts needs routed experts: set n_experts*granularity > 1, or widen d_ff instead"
                 )
         if self.n_dense_layers and self.d_ff < 1:
             raise ArchError(
-                f"d_ff must be positive: {self.n_dense_layers} layers are dense "
-                "(moe_layer_step/first_dense_layers)"
+                f"d_ff must be positive: {self.n_dense_layers} layers are dense (moe_layer_step/first_dense_layers)"
             )
 
     # --- derived shape -------------------------------------------------------------------
@@ -189,11 +185,7 @@ class ArchSpec:
 
     def is_moe_layer(self, layer_index: int) -> bool:
         """Whether block ``layer_index`` (0-based) holds an MoE MLP."""
-        return (
-            self.is_moe
-            and layer_index >= self.first_dense_layers
-            and (layer_index + 1) % self.moe_layer_step == 0
-        )
+        return self.is_moe and layer_index >= self.first_dense_layers and (layer_index + 1) % self.moe_layer_step == 0
 
     @property
     def n_moe_layers(self) -> int:
@@ -216,12 +208,8 @@ class ArchSpec:
         allowed = field_names()
         unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise ArchError(
-                f"unknown architecture field(s) {unknown}; allowed: {', '.join(allowed)}"
-            )
-        missing = [
-            name for name in ("vocab_size", "d_model", "n_layers", "n_heads") if name not in data
-        ]
+            raise ArchError(f"unknown architecture field(s) {unknown}; allowed: {', '.join(allowed)}")
+        missing = [name for name in ("vocab_size", "d_model", "n_layers", "n_heads") if name not in data]
         if missing:
             raise ArchError(f"missing architecture field(s) {missing}")
         return cls(**data)
@@ -266,9 +254,7 @@ def load_arch_file(path: str | Path) -> ArchSpec:
 
 def _default_shared_width(spec: ArchSpec) -> int:
     """The routed expert width, or 0 while the fields it needs are still invalid."""
-    valid = all(
-        isinstance(v, int) and not isinstance(v, bool) for v in (spec.moe_d_ff, spec.granularity)
-    )
+    valid = all(isinstance(v, int) and not isinstance(v, bool) for v in (spec.moe_d_ff, spec.granularity))
     return spec.moe_d_ff // spec.granularity if valid and spec.granularity >= 1 else 0
 
 

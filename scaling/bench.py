@@ -48,19 +48,13 @@ def _machine_key(device: torch.device, dtype: str) -> str:
         name = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as handle:
-                name = next(
-                    line.split(":", 1)[1].strip() for line in handle if "model name" in line
-                )
+                name = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
         except (OSError, StopIteration):
             pass
-    return (
-        f"{name}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype}"
-    )
+    return f"{name}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype}"
 
 
-def matmul_peak_flops(
-    device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False
-) -> float:
+def matmul_peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False) -> float:
     """This machine's best sustained matmul FLOP/s, measured once and cached.
 
     Square matmuls from 256 to 4096 (2048 to 8192 on a GPU); the best median wins.

@@ -107,9 +107,7 @@ def read_documents(folder: Path) -> Iterator[str]:
 def _shingles(text: str, width: int = 8) -> np.ndarray:
     words = re.findall(r"\w+", text.lower())
     grams = {" ".join(words[i : i + width]) for i in range(max(1, len(words) - width + 1))}
-    hashes = [
-        int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams
-    ]
+    hashes = [int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams]
     return np.array(hashes, dtype=np.uint64)
 
 
@@ -189,18 +187,15 @@ def prepare_corpus(source: str | Path = DEFAULT_CORPUS, val_fraction: float = 0.
         folder, name = Path(source), Path(source).name
         if not folder.is_dir():
             raise UserError(
-                f"corpus folder {str(folder)!r} does not exist; "
-                "give a folder of .txt, .jsonl or .parquet files"
+                f"corpus folder {str(folder)!r} does not exist; give a folder of .txt, .jsonl or .parquet files"
             )
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
     if not files:
         raise UserError(f"corpus folder {str(folder)!r} holds no .txt, .jsonl or .parquet files")
-    listing = "\n".join(
-        f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
-    )
-    key = hashlib.sha256(
-        f"{TOKENIZATION_VERSION}:{val_fraction}:{folder.resolve()}\n{listing}".encode()
-    ).hexdigest()[:16]
+    listing = "\n".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    key = hashlib.sha256(f"{TOKENIZATION_VERSION}:{val_fraction}:{folder.resolve()}\n{listing}".encode()).hexdigest()[
+        :16
+    ]
     target = cache_dir() / "tokens" / f"{name}-{key}"
     if not (target / "meta.json").exists():
         _tokenize_to(folder, target, val_fraction)

@@ -35,9 +35,7 @@ def load_hf_config(path: str | Path) -> ArchSpec:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ArchError(f"cannot parse {str(path)!r} as JSON: {error}") from None
-    return from_hf_config(
-        config, name=path.parent.name if path.name == "config.json" else path.stem
-    )
+    return from_hf_config(config, name=path.parent.name if path.name == "config.json" else path.stem)
 
 
 def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
@@ -46,9 +44,7 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
         raise ArchError("a Hugging Face config must be a JSON object")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ArchError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+        raise ArchError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
     def need(key: str) -> Any:
         if key not in config or config[key] is None:
@@ -70,17 +66,15 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
     }
     if config.get("mlp_bias"):
         raise ArchError(f"{model_type} config sets mlp_bias=true, which moeplan does not model")
-    if model_type in ("llama", "mistral", "mixtral", "granitemoe", "olmoe") and config.get(
-        "attention_bias"
-    ):
+    if model_type in ("llama", "mistral", "mixtral", "granitemoe", "olmoe") and config.get("attention_bias"):
         raise ArchError(
             f"{model_type} config sets attention_bias=true (biases on q, k, v and o), "
             "which moeplan does not model; only qkv biases (qwen2) are supported"
         )
     # Qwen2 always has qkv biases; an explicit "qkv_bias" key (written by our export) wins.
-    fields["qkv_bias"] = (
-        model_type in ("qwen2", "qwen2_moe") and bool(config.get("qkv_bias", True))
-    ) or (model_type in ("qwen3", "qwen3_moe") and bool(config.get("attention_bias")))
+    fields["qkv_bias"] = (model_type in ("qwen2", "qwen2_moe") and bool(config.get("qkv_bias", True))) or (
+        model_type in ("qwen3", "qwen3_moe") and bool(config.get("attention_bias"))
+    )
     fields["qk_norm"] = model_type in ("qwen3", "qwen3_moe", "olmoe")
 
     if model_type in ("llama", "mistral", "qwen2", "qwen3"):
@@ -104,9 +98,7 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
         fields["d_ff"] = config.get("intermediate_size") or expert_width
         fields["router_renorm"] = bool(config.get("norm_topk_prob", False))
         fields["moe_layer_step"] = int(config.get("decoder_sparse_step", 1) or 1)
-        fields["first_dense_layers"] = _dense_prefix(
-            config.get("mlp_only_layers") or [], model_type
-        )
+        fields["first_dense_layers"] = _dense_prefix(config.get("mlp_only_layers") or [], model_type)
         if model_type == "qwen2_moe" and config.get("shared_expert_intermediate_size"):
             fields["n_shared_experts"] = 1
             fields["shared_expert_d_ff"] = config["shared_expert_intermediate_size"]

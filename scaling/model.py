@@ -194,11 +194,7 @@ class MoE(nn.Module):
         # n shared experts of width w are exactly one SwiGLU of width n*w.
         shared_width = arch.n_shared_experts * arch.shared_expert_d_ff
         self.shared = SwiGLU(arch.d_model, shared_width) if shared_width else None
-        self.shared_gate = (
-            nn.Linear(arch.d_model, 1, bias=False)
-            if shared_width and arch.shared_expert_gate
-            else None
-        )
+        self.shared_gate = nn.Linear(arch.d_model, 1, bias=False) if shared_width and arch.shared_expert_gate else None
         self.aux_loss = torch.zeros(())
         self.z_loss = torch.zeros(())
 
@@ -295,9 +291,7 @@ class ProxyModel(nn.Module):
         self.embedding = nn.Embedding(arch.vocab_size, arch.d_model)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(arch.n_layers))
         self.final_norm = RMSNorm(arch.d_model, arch.norm_eps)
-        self.head = (
-            None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
-        )
+        self.head = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         rotations = rope_tables(arch.head_dim, config.max_seq_len, arch.rope_theta)
         self.register_buffer("rope_rotations", rotations, persistent=False)
         self.reset_parameters()

@@ -108,9 +108,7 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(
-                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,9 +176,7 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
     ) -> None:
         if arch.vocab_size < 256:
-            raise UserError(
-                f"vocab_size={arch.vocab_size} is below the 256 byte tokens of the corpus"
-            )
+            raise UserError(f"vocab_size={arch.vocab_size} is below the 256 byte tokens of the corpus")
         corpus.check_seq_len(config.seq_len)
         self.arch, self.config, self.corpus = arch, config, corpus
         self.device = resolve_device(config.device)
@@ -225,9 +221,7 @@ class Trainer:
     def _load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         if state["arch"] != self.arch.to_dict():
-            raise UserError(
-                f"checkpoint {self.checkpoint_path} belongs to a different architecture"
-            )
+            raise UserError(f"checkpoint {self.checkpoint_path} belongs to a different architecture")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed, self.history = state["step"], state["elapsed"], state["history"]
@@ -241,9 +235,7 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean cross-entropy (nats/byte) on fixed held-out windows."""
         self.model.eval()
-        inputs, targets = validation_windows(
-            self.corpus.val, self.config.eval_windows, self.config.seq_len
-        )
+        inputs, targets = validation_windows(self.corpus.val, self.config.eval_windows, self.config.seq_len)
         losses = []
         for start in range(0, len(inputs), self.config.batch_size):
             x = torch.from_numpy(inputs[start : start + self.config.batch_size]).to(self.device)
@@ -286,17 +278,11 @@ class Trainer:
             lm_loss = self.train_step(step)
             self.step = step + 1
             last = self.step == config.steps
-            if (
-                self.step % config.log_interval == 0
-                or self.step % config.eval_interval == 0
-                or last
-            ):
+            if self.step % config.log_interval == 0 or self.step % config.eval_interval == 0 or last:
                 train_loss = float(lm_loss)
                 if not math.isfinite(train_loss):
                     raise FloatingPointError(f"training loss is {train_loss} at step {self.step}")
-                val_loss = (
-                    self.evaluate() if (self.step % config.eval_interval == 0 or last) else None
-                )
+                val_loss = self.evaluate() if (self.step % config.eval_interval == 0 or last) else None
                 self.elapsed = time.perf_counter() - started
                 point = {
                     "step": self.step,

@@ -197,6 +197,63 @@ def _command_train(args: argparse.Namespace) -> None:
         })  # fmt: skip
 
 
+# --- command: fit ------------------------------------------------------------------------------
+def read_table(path: str) -> Any:
+    """A CSV or Parquet file as a DataFrame, with one-line errors."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise UserError(f"data file {path!r} does not exist")
+    try:
+        if path.endswith(".parquet"):
+            return pd.read_parquet(path)
+        if path.endswith(".csv"):
+            return pd.read_csv(path)
+    except Exception as error:  # pandas raises many types for a malformed file
+        raise UserError(f"cannot read {path!r}: {_one_line(error)}") from None
+    raise UserError(f"data file {path!r} must end in .csv or .parquet")
+
+
+def _command_fit(args: argparse.Namespace) -> None:
+    from scaling.fit import fit_law, select_checkpoints
+
+    frame = read_table(args.data)
+    if args.tokens_from_compute:
+        if not {"C", "N"} <= set(frame.columns):
+            raise UserError("--tokens-from-compute needs columns C and N")
+        frame["D"] = frame["C"] / (6 * frame["N"])
+    frame = select_checkpoints(frame, args.checkpoints)
+    fit = fit_law(frame, args.law, delta=args.delta, bootstrap=args.bootstrap, seed=args.seed,
+                  workers=args.workers)  # fmt: skip
+    document = fit.to_dict()
+    document.pop("bootstrap", None)
+    document["predictions"] = None
+    if args.predict:
+        document["predictions"] = [float(x) for x in fit.predict(read_table(args.predict))]
+    isoflop = None
+    if args.isoflop or args.plot:
+        from scaling.isoflop import isoflop_analysis
+
+        try:
+            isoflop = isoflop_analysis(frame, skip_invalid=not args.isoflop)
+            document["isoflop"] = isoflop.to_dict()
+        except UserError as error:
+            if args.isoflop:
+                raise
+            print(f"note: no isoFLOP plot: {error}", file=sys.stderr)
+    if args.out:
+        _write_text(args.out, fit.to_json() + "\n")
+    if args.plot:
+        from scaling.plots import write_fit_plots
+
+        for path in write_fit_plots(frame, fit, args.plot, isoflop):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        _print_json(document)
+    else:
+        print(fit.summary())
+
+
 # --- command: demo ------------------------------------------------------------------------------
 def _command_demo(args: argparse.Namespace) -> None:
     from search.demo import run_demo
@@ -280,6 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--jsonl", action="store_true", help="stream logged points as JSON lines")
     train.add_argument("--json", action="store_true", help="print the run summary as JSON")
     train.set_defaults(handler=_command_train)
+
+    fit = commands.add_parser("fit", help="fit a scaling law to runs")
+    fit.add_argument("data", metavar="DATA", help="CSV or Parquet with canonical columns")
+    fit.add_argument("--law", default="chinchilla", help="a law name, or auto")
+    fit.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates")
+    fit.add_argument("--predict", metavar="OTHER.csv", help="predict the loss of these rows")
+    fit.add_argument("--out", metavar="FIT.json", help="save the fit")
+    fit.add_argument("--plot", metavar="DIR", help="write the fit plots here")
+    fit.add_argument("--json", action="store_true")
+    fit.add_argument("--delta", type=_positive_float, default=1e-3, help="Huber threshold")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--workers", type=_positive_int, default=None)
+    fit.add_argument(
+        "--checkpoints",
+        choices=("final", "all"),
+        default="final",
+        help="with a 'run' column: each run's final point, or all late checkpoints",
+    )
+    fit.add_argument("--tokens-from-compute", action="store_true", help="set D = C / (6 N)")
+    fit.add_argument("--isoflop", action="store_true", help="also run the isoFLOP analysis")
+    fit.set_defaults(handler=_command_fit)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the embedded defaults")
     demo.set_defaults(handler=_command_demo)

@@ -65,17 +65,13 @@ def test_flops_and_bytes():
     vectors = 4 * 2 * 128 + 128
     assert accounting.weight_bytes(spec, "fp32") == 4 * total
     assert accounting.weight_bytes(spec, "bf16") == 2 * total
-    assert accounting.weight_bytes(spec, "int8") == pytest.approx(
-        (total - vectors) * (1 + 2 / 32) + 2 * vectors
-    )
+    assert accounting.weight_bytes(spec, "int8") == pytest.approx((total - vectors) * (1 + 2 / 32) + 2 * vectors)
     assert accounting.weight_bytes(spec, "int4", group_size=64) == pytest.approx(
         (total - vectors) * (0.5 + 2 / 64) + 2 * vectors
     )
     mixed = accounting.weight_bytes(spec, "int4", embedding_precision="fp16")
     embeddings = 2 * 256 * 128
-    assert mixed == pytest.approx(
-        (total - vectors - embeddings) * (0.5 + 2 / 32) + 2 * vectors + 2 * embeddings
-    )
+    assert mixed == pytest.approx((total - vectors - embeddings) * (0.5 + 2 / 32) + 2 * vectors + 2 * embeddings)
     assert accounting.kv_cache_bytes_per_token(spec) == 2 * 4 * 4 * 32 * 2
 
 
@@ -91,9 +87,7 @@ def test_arrays_match_scalars():
         accounting.forward_flops_per_token,
     ):
         assert np.array_equal(function(arrays), [function(s) for s in specs])
-    assert np.allclose(
-        accounting.weight_bytes(arrays, "int4"), [accounting.weight_bytes(s, "int4") for s in specs]
-    )
+    assert np.allclose(accounting.weight_bytes(arrays, "int4"), [accounting.weight_bytes(s, "int4") for s in specs])
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -128,18 +122,14 @@ def _moe_specs():
 def test_active_never_exceeds_total(spec):
     assert 0 < accounting.active_params(spec) <= accounting.total_params(spec)
     assert accounting.non_embedding_active_params(spec) <= accounting.non_embedding_params(spec)
-    assert accounting.weight_bytes(spec, "int4", active_only=True) <= accounting.weight_bytes(
-        spec, "int4"
-    )
+    assert accounting.weight_bytes(spec, "int4", active_only=True) <= accounting.weight_bytes(spec, "int4")
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 8), st.integers(1, 64), st.booleans())
 def test_single_expert_moe_is_dense(layers, width, tie):
     d_ff = 8 * width
-    dense = ArchSpec(
-        vocab_size=300, d_model=64, n_layers=layers, n_heads=2, d_ff=d_ff, tie_embeddings=tie
-    )
+    dense = ArchSpec(vocab_size=300, d_model=64, n_layers=layers, n_heads=2, d_ff=d_ff, tie_embeddings=tie)
     moe = ArchSpec(
         vocab_size=300,
         d_model=64,
@@ -166,10 +156,7 @@ def test_granularity_keeps_params_up_to_router(spec, new_granularity):
     assume(spec.is_moe and spec.n_experts * new_granularity > 1)
     assume(spec.moe_d_ff % new_granularity == 0)
     changed = spec.replace(granularity=new_granularity, shared_expert_d_ff=spec.shared_expert_d_ff)
-    router_change = (
-        accounting.parameter_breakdown(changed)["router"]
-        - accounting.parameter_breakdown(spec)["router"]
-    )
+    router_change = accounting.parameter_breakdown(changed)["router"] - accounting.parameter_breakdown(spec)["router"]
     assert accounting.total_params(changed) - accounting.total_params(spec) == router_change
     assert accounting.active_params(changed) - accounting.active_params(spec) == router_change
 

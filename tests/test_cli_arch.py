@@ -49,10 +49,7 @@ def test_json_contract_from_each_source(tmp_path):
     assert from_file.json()["weight_bytes"] == preset.json()["weight_bytes"]
     json_file = tmp_path / "shape.json"
     json_file.write_text(json.dumps(preset.json()["arch"]))
-    assert (
-        run_cli("arch", "--arch", str(json_file), "--json").json()["active_params"]
-        == preset.json()["active_params"]
-    )
+    assert run_cli("arch", "--arch", str(json_file), "--json").json()["active_params"] == preset.json()["active_params"]
 
 
 def test_table_and_presets():
@@ -67,10 +64,7 @@ def test_to_hf_config(tmp_path):
     result = run_cli("arch", "--preset", "proxy-moe-d128", "--to-hf-config", str(out))
     assert result.returncode == 0, result.stderr
     again = run_cli("arch", "--hf-config", str(out), "--json").json()
-    assert (
-        again["active_params"]
-        == run_cli("arch", "--preset", "proxy-moe-d128", "--json").json()["active_params"]
-    )
+    assert again["active_params"] == run_cli("arch", "--preset", "proxy-moe-d128", "--json").json()["active_params"]
 
 
 def _write(tmp_path, name, text):

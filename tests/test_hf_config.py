@@ -55,9 +55,7 @@ def test_presets_round_trip(name):
     spec = get_preset(name)
     exported = to_hf_config(spec)
     again = from_hf_config(exported)
-    assert accounting.active_params(again) == pytest.approx(
-        accounting.active_params(spec), rel=0.01
-    )
+    assert accounting.active_params(again) == pytest.approx(accounting.active_params(spec), rel=0.01)
 
 
 def test_unknown_type_and_missing_field():

@@ -17,9 +17,7 @@ from tests.conftest import MOEPLAN, assert_user_error, run_cli
 
 TINY_BASE = "vocab_size = 256\nd_model = 64\nn_layers = 2\nn_heads = 4\n"
 TINY = TINY_BASE + "d_ff = 128\n"
-TINY_MOE = (
-    TINY_BASE + "d_ff = 64\nn_experts = 4\ntop_k = 1\ngranularity = 2\nn_shared_experts = 1\n"
-)
+TINY_MOE = TINY_BASE + "d_ff = 64\nn_experts = 4\ntop_k = 1\ngranularity = 2\nn_shared_experts = 1\n"
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +114,7 @@ def test_sigkill_and_resume_is_exact(tmp_path, shape, corpus):
 def test_bad_inputs(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_user_error(
-        run_cli("train", "--preset", "proxy-dense-d128", "--corpus", str(empty)), "no .txt"
-    )
+    assert_user_error(run_cli("train", "--preset", "proxy-dense-d128", "--corpus", str(empty)), "no .txt")
     assert_user_error(
         run_cli("train", "--preset", "proxy-dense-d128", "--corpus", str(tmp_path / "nope")),
         "does not exist",
@@ -126,9 +122,7 @@ def test_bad_inputs(tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     (one / "a.txt").write_text("only one document")
-    assert_user_error(
-        run_cli("train", "--preset", "proxy-dense-d128", "--corpus", str(one)), "at least 2"
-    )
+    assert_user_error(run_cli("train", "--preset", "proxy-dense-d128", "--corpus", str(one)), "at least 2")
     short = tmp_path / "short"
     short.mkdir()
     (short / "a.txt").write_text("a short document " * 3)
