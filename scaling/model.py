@@ -292,8 +292,9 @@ class ProxyModel(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(arch.n_layers))
         self.final_norm = RMSNorm(arch.d_model, arch.norm_eps)
         self.head = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
-        rotations = rope_tables(arch.head_dim, config.max_seq_len, arch.rope_theta)
-        self.register_buffer("rope_rotations", rotations, persistent=False)
+        # Complex RoPE tables, kept out of the module's buffers so that .to(dtype) never
+        # casts them to a real type; rebuilt per device on first use.
+        self._rope = {"cpu": rope_tables(arch.head_dim, config.max_seq_len, arch.rope_theta)}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -310,6 +311,12 @@ class ProxyModel(nn.Module):
             else:
                 nn.init.normal_(parameter, 0.0, std)
 
+    def rope_rotations(self, device: torch.device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._rope:
+            self._rope[key] = self._rope["cpu"].to(device)
+        return self._rope[key]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -318,23 +325,27 @@ class ProxyModel(nn.Module):
         tokens: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        last_logits_only: bool = False,
     ):
         """Logits for ``tokens``; with ``targets``, also the loss (cross-entropy + router losses).
 
         Returns:
-            ``(logits, loss)``, where ``loss`` is None without targets. With ``targets`` the
-            logits are not materialised beyond what the loss needs.
+            ``(logits, loss)``, where ``loss`` is None without targets. With
+            ``last_logits_only`` (generation) the head runs on the last position only.
         """
         start = cache.length if cache is not None else 0
         length = tokens.shape[1]
-        if start + length > self.rope_rotations.shape[0]:
+        rotations = self.rope_rotations(tokens.device)
+        if start + length > rotations.shape[0]:
             raise ValueError(f"sequence of {start + length} tokens exceeds max_seq_len")
-        rotations = self.rope_rotations[start : start + length]
+        rotations = rotations[start : start + length]
         x = self.embedding(tokens)
         for block in self.blocks:
             x = block(x, rotations, cache)
         if cache is not None:
             cache.length += length
+        if last_logits_only and targets is None:
+            x = x[:, -1:]
         x = self.final_norm(x)
         head = self.embedding.weight if self.head is None else self.head.weight
         logits = F.linear(x, head)

@@ -55,10 +55,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
         shared_expert_d_ff=704,
         tie_embeddings=True,
     ),
-    "phone-dense-1.4b": dict(
+    "phone-dense-1.5b": dict(
         vocab_size=32000,
         d_model=2048,
-        n_layers=24,
+        n_layers=32,
         n_heads=16,
         n_kv_heads=4,
         d_ff=5632,

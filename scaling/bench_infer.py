@@ -1,0 +1,117 @@
+"""Inference measurement on this machine: prefill latency, decode speed and peak memory.
+
+The torch backend runs the proxy model (random weights: speed does not depend on them) with a
+preallocated KV cache. Prefill is one forward pass over the prompt; decode then generates one
+token at a time against the cache. Each is repeated after warm-up and the median is reported.
+MoE decode reads only the experts its token selected (see :class:`scaling.model.MoE`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from scaling import accounting
+from scaling.arch import ArchSpec
+from scaling.bench import current_rss_bytes, synchronize
+from scaling.errors import UserError
+from scaling.model import KVCache, ProxyConfig, ProxyModel
+from scaling.train import resolve_device
+
+TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_inference_model(arch: ArchSpec, precision: str, device: torch.device, max_len: int) -> ProxyModel:
+    """A proxy in eval mode at the given weight precision, seeded for reproducibility."""
+    if precision not in TORCH_PRECISIONS:
+        raise UserError(
+            f"the torch backend runs fp32, bf16 or fp16 weights, not {precision!r}; "
+            "use --backend mlx for int8/int4 weights"
+        )
+    torch.manual_seed(0)
+    model = ProxyModel(ProxyConfig(arch, max_seq_len=max_len)).eval()
+    return model.to(device=device, dtype=TORCH_PRECISIONS[precision])
+
+
+@torch.no_grad()
+def _prefill(model: ProxyModel, prompt: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    logits, _ = model(prompt, cache=cache, last_logits_only=True)
+    return logits[:, -1].argmax(dim=-1, keepdim=True)
+
+
+def bench_infer(
+    arch: ArchSpec,
+    backend: str = "torch",
+    precision: str = "fp32",
+    prompt_tokens: int = 128,
+    decode_tokens: int = 32,
+    device: str = "auto",
+    repeats: int = 5,
+    warmup: int = 1,
+) -> dict[str, Any]:
+    """Measure prefill and decode.
+
+    Returns:
+        ``prefill_ms`` (median), ``decode_tokens_per_s`` (median), ``peak_memory_bytes``,
+        ``backend`` and the settings.
+    """
+    if backend == "mlx":
+        raise UserError("the mlx backend is not available in this version yet; use --backend torch")
+    if backend != "torch":
+        raise UserError(f"unknown backend {backend!r}; choose torch or mlx")
+    if prompt_tokens < 1 or decode_tokens < 1 or repeats < 1:
+        raise UserError("prompt-tokens, decode-tokens and repeats must be >= 1")
+    torch_device = resolve_device(device)
+    max_len = prompt_tokens + decode_tokens
+    baseline = current_rss_bytes()
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    model = build_inference_model(arch, precision, torch_device, max_len)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, arch.vocab_size, (1, prompt_tokens), generator=generator).to(torch_device)
+    dtype = TORCH_PRECISIONS[precision]
+    prefill_times, decode_rates, peak_rss = [], [], 0
+    for index in range(warmup + repeats):
+        cache = KVCache(arch, batch=1, max_len=max_len, dtype=dtype, device=torch_device)
+        synchronize(torch_device)
+        start = time.perf_counter()
+        token = _prefill(model, prompt, cache)
+        synchronize(torch_device)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(decode_tokens):
+                logits, _ = model(token, cache=cache)
+                token = logits[:, -1].argmax(dim=-1, keepdim=True)
+        synchronize(torch_device)
+        decode_s = time.perf_counter() - start
+        peak_rss = max(peak_rss, current_rss_bytes())
+        if index >= warmup:
+            prefill_times.append(prefill_s)
+            decode_rates.append(decode_tokens / decode_s)
+    if torch_device.type == "cuda":
+        peak_memory = torch.cuda.max_memory_allocated(torch_device)
+    else:
+        peak_memory = max(0, peak_rss - baseline)
+    return {
+        "mode": "infer",
+        "backend": "torch",
+        "arch": arch.name,
+        "device": torch_device.type,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "prompt_tokens": prompt_tokens,
+        "decode_tokens": decode_tokens,
+        "repeats": repeats,
+        "prefill_ms": statistics.median(prefill_times) * 1e3,
+        "prefill_ms_all": [t * 1e3 for t in prefill_times],
+        "decode_tokens_per_s": statistics.median(decode_rates),
+        "decode_tokens_per_s_all": decode_rates,
+        "peak_memory_bytes": int(peak_memory),
+        "weight_bytes": int(accounting.weight_bytes(arch, precision)),
+        "total_params": int(accounting.total_params(arch)),
+        "active_params": int(accounting.active_params(arch)),
+    }
