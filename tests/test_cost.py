@@ -99,7 +99,7 @@ def test_calibration_recovers_known_factors():
                           "context_tokens": [512] * 8})  # fmt: skip
     rows = [
         predict(s, truth, p, t, c)
-        for s, p, t, c in zip(specs, frame.precision, frame.prompt_tokens, frame.context_tokens)
+        for s, p, t, c in zip(specs, frame.precision, frame.prompt_tokens, frame.context_tokens, strict=True)
     ]
     frame["prefill_ms"] = [r["prefill_ms"] for r in rows]
     frame["decode_tokens_per_s"] = [r["decode_tokens_per_s"] for r in rows]
