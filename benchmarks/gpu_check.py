@@ -9,6 +9,7 @@ and a short real training run with checkpoint resume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import shutil
@@ -82,8 +83,8 @@ def main() -> None:
             result = bench_train(
                 spec, steps=10, batch_size=16, seq_len=1024, dtype="bf16", device="cuda", dispatch=dispatch
             )
-            benches.append({"arch": spec.name, "dispatch": dispatch,
-                            **{k: result[k] for k in ("dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes")}})  # fmt: skip
+            keys = ("dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes")
+            benches.append({"arch": spec.name, "dispatch": dispatch, **{k: result[k] for k in keys}})
     report["train_bench"] = benches
     report["infer_bench"] = [
         {k: r[k] for k in ("arch", "precision", "prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")}
@@ -97,8 +98,8 @@ def main() -> None:
     )
     start = time.perf_counter()
     full = train(get_preset("proxy-moe-d128"), config, corpus)
-    report["train_run"] = {"seconds": time.perf_counter() - start,
-                           "val_losses": [p["val_loss"] for p in full.history if p["val_loss"] is not None]}  # fmt: skip
+    val_losses = [p["val_loss"] for p in full.history if p["val_loss"] is not None]
+    report["train_run"] = {"seconds": time.perf_counter() - start, "val_losses": val_losses}
     checkpoints = folder / "ck"
     half = TrainConfig(**{**config.to_dict(), "checkpoint_interval": 100})
     trainer_stop = {"done": False}
@@ -111,10 +112,8 @@ def main() -> None:
             trainer_stop["done"] = True
             raise Stop
 
-    try:
+    with contextlib.suppress(Stop):
         train(get_preset("proxy-moe-d128"), half, corpus, checkpoints, callback=stop_at_150)
-    except Stop:
-        pass
     resumed = train(get_preset("proxy-moe-d128"), half, corpus, checkpoints)
     pairs = list(zip([p["train_loss"] for p in full.history], [p["train_loss"] for p in resumed.history], strict=True))
     report["resume"] = {"resumed_from": resumed.resumed_from_step, "bit_exact": all(a == b for a, b in pairs),
