@@ -42,17 +42,22 @@ def main() -> None:
     start = time.perf_counter()
     booted = fit_law(frame, "chinchilla", extrapolate=False, bootstrap=args.bootstrap, workers=args.workers)
     bootstrap_s = time.perf_counter() - start
-    print(json.dumps({
-        "points": len(frame),
-        "starts": len(get_law("chinchilla").init_grid()),
-        "fit_s_median": statistics.median(timings),
-        "fit_s_all": timings,
-        "bootstrap_replicates": args.bootstrap,
-        "bootstrap_workers": args.workers,
-        "bootstrap_s": bootstrap_s,
-        "params": fit.params.to_dict(),
-        "ci95": booted.conf_int().to_dict(orient="index"),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "points": len(frame),
+                "starts": len(get_law("chinchilla").init_grid()),
+                "fit_s_median": statistics.median(timings),
+                "fit_s_all": timings,
+                "bootstrap_replicates": args.bootstrap,
+                "bootstrap_workers": args.workers,
+                "bootstrap_s": bootstrap_s,
+                "params": fit.params.to_dict(),
+                "ci95": booted.conf_int().to_dict(orient="index"),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

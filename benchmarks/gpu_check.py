@@ -30,8 +30,17 @@ from scaling.train import TrainConfig, train
 
 
 def dispatch_check(device: torch.device) -> dict:
-    spec = ArchSpec(vocab_size=256, d_model=128, n_layers=2, n_heads=4, d_ff=128, n_experts=8, top_k=2,
-                    granularity=2, n_shared_experts=1)  # fmt: skip
+    spec = ArchSpec(
+        vocab_size=256,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        d_ff=128,
+        n_experts=8,
+        top_k=2,
+        granularity=2,
+        n_shared_experts=1,
+    )
     torch.manual_seed(0)
     oracle = ProxyModel(ProxyConfig(spec, dispatch="loop")).to(device)
     tokens = torch.randint(0, 256, (4, 64), device=device)
@@ -45,8 +54,10 @@ def dispatch_check(device: torch.device) -> dict:
             reference, _ = oracle(tokens)
             logits, loss = fast(tokens, tokens)
         loss.backward()
-        results[mode] = {"max_abs_logit_diff": (logits.float() - reference.float()).abs().max().item(),
-                         "dtype": str(dtype)}  # fmt: skip
+        results[mode] = {
+            "max_abs_logit_diff": (logits.float() - reference.float()).abs().max().item(),
+            "dtype": str(dtype),
+        }
     return results
 
 
@@ -69,15 +80,28 @@ def main() -> None:
     report["matmul_peak_tflops"] = {d: matmul_peak_flops(device, d) / 1e12 for d in ("fp32", "bf16")}
     report["dispatch"] = dispatch_check(device)
     benches = []
-    for name, dtype, batch, seq in (("proxy-dense-d256", "fp32", 16, 256), ("proxy-dense-d256", "bf16", 16, 256),
-                                    ("proxy-moe-d256", "bf16", 16, 256)):  # fmt: skip
+    for name, dtype, batch, seq in (
+        ("proxy-dense-d256", "fp32", 16, 256),
+        ("proxy-dense-d256", "bf16", 16, 256),
+        ("proxy-moe-d256", "bf16", 16, 256),
+    ):
         result = bench_train(get_preset(name), steps=10, batch_size=batch, seq_len=seq, dtype=dtype, device="cuda")
         benches.append(
             {k: result[k] for k in ("arch", "dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes")}
         )
     big = ArchSpec(name="dense-d1024-l12", vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, d_ff=4096)
-    big_moe = ArchSpec(name="moe-d1024-l12", vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, d_ff=1024,
-                       n_experts=16, top_k=2, granularity=2, n_shared_experts=1)  # fmt: skip
+    big_moe = ArchSpec(
+        name="moe-d1024-l12",
+        vocab_size=32000,
+        d_model=1024,
+        n_layers=12,
+        n_heads=16,
+        d_ff=1024,
+        n_experts=16,
+        top_k=2,
+        granularity=2,
+        n_shared_experts=1,
+    )
     for spec in (big, big_moe):
         for dispatch in ("sorted", "grouped") if spec.is_moe else ("sorted",):
             result = bench_train(
@@ -88,9 +112,12 @@ def main() -> None:
     report["train_bench"] = benches
     report["infer_bench"] = [
         {k: r[k] for k in ("arch", "precision", "prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")}
-        for r in (bench_infer(s, precision=p, prompt_tokens=512, decode_tokens=64, device="cuda")
-                  for s in (big, big_moe) for p in ("fp32", "bf16"))
-    ]  # fmt: skip
+        for r in (
+            bench_infer(s, precision=p, prompt_tokens=512, decode_tokens=64, device="cuda")
+            for s in (big, big_moe)
+            for p in ("fp32", "bf16")
+        )
+    ]
     folder = Path(tempfile.mkdtemp())
     corpus = prepare_corpus(text_corpus(folder / "corpus"))
     config = TrainConfig(
@@ -116,8 +143,11 @@ def main() -> None:
         train(get_preset("proxy-moe-d128"), half, corpus, checkpoints, callback=stop_at_150)
     resumed = train(get_preset("proxy-moe-d128"), half, corpus, checkpoints)
     pairs = list(zip([p["train_loss"] for p in full.history], [p["train_loss"] for p in resumed.history], strict=True))
-    report["resume"] = {"resumed_from": resumed.resumed_from_step, "bit_exact": all(a == b for a, b in pairs),
-                        "max_abs_diff": max(abs(a - b) for a, b in pairs)}  # fmt: skip
+    report["resume"] = {
+        "resumed_from": resumed.resumed_from_step,
+        "bit_exact": all(a == b for a, b in pairs),
+        "max_abs_diff": max(abs(a - b) for a, b in pairs),
+    }
     shutil.rmtree(folder, ignore_errors=True)
     text = json.dumps(report, indent=2)
     print(text)

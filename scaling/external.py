@@ -35,8 +35,12 @@ def chinchilla_points(folder: str | Path | None = None, drop_highest: int = 5) -
     return frame.iloc[: len(frame) - drop_highest].reset_index(drop=True)
 
 
-def routed_moe_runs(folder: str | Path | None = None, routers: tuple[str, ...] = ("Dense", "S-Base"),
-                    checkpoints: str = "final", min_step: int = 50_000) -> pd.DataFrame:  # fmt: skip
+def routed_moe_runs(
+    folder: str | Path | None = None,
+    routers: tuple[str, ...] = ("Dense", "S-Base"),
+    checkpoints: str = "final",
+    min_step: int = 50_000,
+) -> pd.DataFrame:
     """Clark et al.-style routed runs: N (dense-equivalent), N_total, E, G=1, D, C, loss, run.
 
     D is C / (6 N) with C = flops_per_step x step. ``checkpoints="final"`` keeps each run's
@@ -47,18 +51,28 @@ def routed_moe_runs(folder: str | Path | None = None, routers: tuple[str, ...] =
     final = checkpoints == "final"
     raw = raw.loc[raw.groupby("hyper_id")["step"].idxmax()] if final else raw[raw["step"] >= min_step]
     compute = raw["flops_per_step"] * raw["step"]
-    frame = pd.DataFrame({
-        "N": raw["dense_parameter_count"], "N_total": raw["total_parameter_count"],
-        "E": raw["num_experts"].astype(float), "G": 1.0, "S": 0.0,
-        "C": compute, "D": compute / (6 * raw["dense_parameter_count"]),
-        "loss": raw["loss_validation"], "run": raw["hyper_id"], "router": raw["router_type"],
-        "size_label": raw["model_size_label"], "step": raw["step"],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "N": raw["dense_parameter_count"],
+            "N_total": raw["total_parameter_count"],
+            "E": raw["num_experts"].astype(float),
+            "G": 1.0,
+            "S": 0.0,
+            "C": compute,
+            "D": compute / (6 * raw["dense_parameter_count"]),
+            "loss": raw["loss_validation"],
+            "run": raw["hyper_id"],
+            "router": raw["router_type"],
+            "size_label": raw["model_size_label"],
+            "step": raw["step"],
+        }
+    )
     return frame.reset_index(drop=True)
 
 
-def overtraining_runs(folder: str | Path | None = None, dataset: str = "c4_original",
-                      loss: str = "loss_c4_val") -> pd.DataFrame:  # fmt: skip
+def overtraining_runs(
+    folder: str | Path | None = None, dataset: str = "c4_original", loss: str = "loss_c4_val"
+) -> pd.DataFrame:
     """Gadre et al. 2024 open_lm runs: N, D, C = 6 N D, loss on one validation set."""
     raw = _read("overtraining_openlm_runs.csv", folder)
     raw = raw[raw["dataset_name"] == dataset]

@@ -223,10 +223,13 @@ class FitResult:
         }
         if self.bootstrap_params is not None:
             intervals = self.conf_int()
-            document["ci95"] = {k: [float(intervals.loc[k, "lower"]), float(intervals.loc[k, "upper"])]
-                                for k in intervals.index}  # fmt: skip
-            document["bootstrap"] = {"n": len(self.bootstrap_params),
-                                     "samples": self.bootstrap_params.to_dict(orient="list")}  # fmt: skip
+            document["ci95"] = {
+                k: [float(intervals.loc[k, "lower"]), float(intervals.loc[k, "upper"])] for k in intervals.index
+            }
+            document["bootstrap"] = {
+                "n": len(self.bootstrap_params),
+                "samples": self.bootstrap_params.to_dict(orient="list"),
+            }
         return document
 
     def to_json(self) -> str:
@@ -241,8 +244,21 @@ class FitResult:
         if not isinstance(document, dict) or document.get("law") not in LAWS or "theta" not in document:
             raise UserError("fit file is not a moeplan fit (needs 'law' and 'theta'); make one with moeplan fit --out")
         samples = document.get("bootstrap", {}).get("samples")
-        known = {"law", "theta", "objective", "n_points", "delta", "converged", "at_bounds", "message", "unidentified",
-                 "extrapolation", "params", "ci95", "bootstrap"}  # fmt: skip
+        known = {
+            "law",
+            "theta",
+            "objective",
+            "n_points",
+            "delta",
+            "converged",
+            "at_bounds",
+            "message",
+            "unidentified",
+            "extrapolation",
+            "params",
+            "ci95",
+            "bootstrap",
+        }
         return cls(
             law=document["law"],
             theta=np.array(document["theta"], dtype=float),
@@ -310,8 +326,9 @@ def fit_law(
     )
     if bootstrap:
         groups = _groups(frame)
-        result.bootstrap_params = _bootstrap(law, data, log_loss, delta, grid, grid_huber, best.x,
-                                             groups, bootstrap, seed, workers)  # fmt: skip
+        result.bootstrap_params = _bootstrap(
+            law, data, log_loss, delta, grid, grid_huber, best.x, groups, bootstrap, seed, workers
+        )
     if extrapolate:
         result.extrapolation = _safe_extrapolation(frame, law, delta)
     return result
@@ -362,15 +379,22 @@ def _bootstrap_replicates(seeds: list[int]) -> list[np.ndarray]:
         scores = state["grid_huber"] @ weights
         # Warm start from the full-data optimum, plus the replicate's best grid start.
         starts = np.vstack([state["theta"], state["grid"][np.argmin(scores)]])
-        best = _refine(law, state["data"], state["log_loss"], weights, state["delta"], starts,
-                       BOOTSTRAP_OPTIONS)  # fmt: skip
+        best = _refine(law, state["data"], state["log_loss"], weights, state["delta"], starts, BOOTSTRAP_OPTIONS)
         results.append(best.x)
     return results
 
 
 def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, seed, workers):
-    state = {"law": law.name, "data": data, "log_loss": log_loss, "delta": delta, "grid": grid,
-             "grid_huber": grid_huber, "theta": theta, "groups": groups}  # fmt: skip
+    state = {
+        "law": law.name,
+        "data": data,
+        "log_loss": log_loss,
+        "delta": delta,
+        "grid": grid,
+        "grid_huber": grid_huber,
+        "theta": theta,
+        "groups": groups,
+    }
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
     workers = workers or os.cpu_count() or 1
     chunks = [c.tolist() for c in np.array_split(seeds, max(1, workers * 4)) if len(c)]
@@ -382,16 +406,22 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
             thetas = [t for chunk in chunks for t in _bootstrap_replicates(chunk)]
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                 initializer=_bootstrap_init, initargs=(state,)) as pool:  # fmt: skip
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context(method), initializer=_bootstrap_init, initargs=(state,)
+        ) as pool:
             thetas = [t for part in pool.map(_bootstrap_replicates, chunks) for t in part]
     rows = [law.reported(t) for t in thetas]
     return pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
 
 
 # --- extrapolation ------------------------------------------------------------------------------
-def leave_largest_out(frame: pd.DataFrame, law: str | Law, delta: float = DEFAULT_DELTA,
-                      column: str | None = None, held_out_share: float = 0.1):  # fmt: skip
+def leave_largest_out(
+    frame: pd.DataFrame,
+    law: str | Law,
+    delta: float = DEFAULT_DELTA,
+    column: str | None = None,
+    held_out_share: float = 0.1,
+):
     """Split off the largest models and fit the law on the rest.
 
     The largest distinct sizes are held out until they cover at least ``held_out_share`` of
@@ -416,8 +446,9 @@ def leave_largest_out(frame: pd.DataFrame, law: str | Law, delta: float = DEFAUL
     return column, float(threshold), fit_law(kept, law, delta=delta, extrapolate=False), held_out
 
 
-def extrapolation_check(frame: pd.DataFrame, law: str | Law, delta: float = DEFAULT_DELTA,
-                        column: str | None = None) -> dict[str, Any]:  # fmt: skip
+def extrapolation_check(
+    frame: pd.DataFrame, law: str | Law, delta: float = DEFAULT_DELTA, column: str | None = None
+) -> dict[str, Any]:
     """Fit without the largest models (by ``N``, else ``C``), predict them, report the error."""
     column, threshold, fit, held_out = leave_largest_out(frame, law, delta, column)
     actual = held_out["loss"].to_numpy(dtype=float)

@@ -41,8 +41,9 @@ def group_budgets(compute: pd.Series, gap_dex: float = 0.05) -> np.ndarray:
     return labels
 
 
-def isoflop_analysis(frame: pd.DataFrame, min_points: int = 3, skip_invalid: bool = False,
-                     gap_dex: float = 0.05, alpha: float = 0.05) -> IsoFlopResult:  # fmt: skip
+def isoflop_analysis(
+    frame: pd.DataFrame, min_points: int = 3, skip_invalid: bool = False, gap_dex: float = 0.05, alpha: float = 0.05
+) -> IsoFlopResult:
     """Approach 2 on data with ``N``, ``C`` and ``loss`` columns (``D`` defaults to C/6N)."""
     import statsmodels.api as sm
 
@@ -73,11 +74,17 @@ def isoflop_analysis(frame: pd.DataFrame, min_points: int = 3, skip_invalid: boo
             skipped.append(reason)
             continue
         n_opt = float(np.exp(vertex))
-        rows.append({
-            "C": compute, "N_opt": n_opt, "D_opt": compute / (6 * n_opt),
-            "loss_opt": float(parabola.params[0] + slope * vertex + curvature * vertex**2),
-            "n_points": len(budget), "curvature": float(curvature), "label": int(label),
-        })  # fmt: skip
+        rows.append(
+            {
+                "C": compute,
+                "N_opt": n_opt,
+                "D_opt": compute / (6 * n_opt),
+                "loss_opt": float(parabola.params[0] + slope * vertex + curvature * vertex**2),
+                "n_points": len(budget),
+                "curvature": float(curvature),
+                "label": int(label),
+            }
+        )
     budgets = pd.DataFrame(rows)
     if len(budgets) < 3:
         raise UserError(
@@ -107,7 +114,12 @@ def chinchilla_allocation(params: pd.Series | dict, compute: np.ndarray | float)
     compute = np.atleast_1d(np.asarray(compute, dtype=float))
     scale = (alpha * a / (beta * b)) ** (1 / (alpha + beta))
     n_opt = scale * (compute / 6) ** (beta / (alpha + beta))
-    return pd.DataFrame({
-        "C": compute, "N_opt": n_opt, "D_opt": compute / (6 * n_opt),
-        "N_exponent": beta / (alpha + beta), "D_exponent": alpha / (alpha + beta),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "C": compute,
+            "N_opt": n_opt,
+            "D_opt": compute / (6 * n_opt),
+            "N_exponent": beta / (alpha + beta),
+            "D_exponent": alpha / (alpha + beta),
+        }
+    )

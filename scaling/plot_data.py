@@ -51,22 +51,26 @@ def parity(frame: pd.DataFrame, fit: FitResult) -> pd.DataFrame:
 def residuals(frame: pd.DataFrame, fit: FitResult) -> pd.DataFrame:
     """log(predicted) - log(actual) against N."""
     predicted = fit.predict(frame)
-    return pd.DataFrame({
-        "N": frame["N"].to_numpy(float),
-        "log_residual": np.log(predicted) - np.log(frame["loss"].to_numpy(float)),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "N": frame["N"].to_numpy(float),
+            "log_residual": np.log(predicted) - np.log(frame["loss"].to_numpy(float)),
+        }
+    )
 
 
 def extrapolation(frame: pd.DataFrame, law: str, delta: float = 1e-3) -> pd.DataFrame:
     """Fit without the largest N (as :func:`scaling.fit.extrapolation_check` holds them out),
     predict every point; ``held_out`` marks the largest models."""
     _, threshold, fit, _ = leave_largest_out(frame, law, delta, column="N")
-    return pd.DataFrame({
-        "N": frame["N"].to_numpy(float),
-        "actual": frame["loss"].to_numpy(float),
-        "predicted": fit.predict(frame),
-        "held_out": (frame["N"] >= threshold).to_numpy(),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "N": frame["N"].to_numpy(float),
+            "actual": frame["loss"].to_numpy(float),
+            "predicted": fit.predict(frame),
+            "held_out": (frame["N"] >= threshold).to_numpy(),
+        }
+    )
 
 
 def isoflop_curves(frame: pd.DataFrame, result: IsoFlopResult, points: int = 40) -> dict[str, pd.DataFrame]:

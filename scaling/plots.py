@@ -107,8 +107,9 @@ def draw_isoflop(data: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
     return _save(plt, figure, path)
 
 
-def write_fit_plots(frame: pd.DataFrame, fit: FitResult, folder: str | Path,
-                    isoflop: IsoFlopResult | None = None) -> list[Path]:  # fmt: skip
+def write_fit_plots(
+    frame: pd.DataFrame, fit: FitResult, folder: str | Path, isoflop: IsoFlopResult | None = None
+) -> list[Path]:
     """Write every plot for a fit into ``folder``; returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

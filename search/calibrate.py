@@ -69,21 +69,28 @@ def predicted_seconds(
 def evaluate(profile: DeviceProfile, specs: list[ArchSpec], frame: pd.DataFrame) -> pd.DataFrame:
     """Measured against predicted, per measurement."""
     prefill, decode = predicted_seconds(profile, specs, frame)
-    table = pd.DataFrame({
-        "arch": [s.name for s in specs],
-        "precision": frame["precision"].to_numpy(),
-        "measured_prefill_ms": frame["prefill_ms"].to_numpy(float),
-        "predicted_prefill_ms": prefill * 1e3,
-        "measured_decode_tokens_per_s": frame["decode_tokens_per_s"].to_numpy(float),
-        "predicted_decode_tokens_per_s": 1 / decode,
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "arch": [s.name for s in specs],
+            "precision": frame["precision"].to_numpy(),
+            "measured_prefill_ms": frame["prefill_ms"].to_numpy(float),
+            "predicted_prefill_ms": prefill * 1e3,
+            "measured_decode_tokens_per_s": frame["decode_tokens_per_s"].to_numpy(float),
+            "predicted_decode_tokens_per_s": 1 / decode,
+        }
+    )
     table["prefill_error"] = table["predicted_prefill_ms"] / table["measured_prefill_ms"] - 1
     table["decode_error"] = table["predicted_decode_tokens_per_s"] / table["measured_decode_tokens_per_s"] - 1
     return table
 
 
-def calibrate(profile: DeviceProfile, specs: list[ArchSpec], frame: pd.DataFrame, name: str | None = None,
-              source: str = "calibrated by moeplan devices calibrate") -> Calibration:  # fmt: skip
+def calibrate(
+    profile: DeviceProfile,
+    specs: list[ArchSpec],
+    frame: pd.DataFrame,
+    name: str | None = None,
+    source: str = "calibrated by moeplan devices calibrate",
+) -> Calibration:
     """Fit the efficiency factors and overheads of ``profile`` to measurements."""
     from scipy.optimize import least_squares
 
@@ -109,8 +116,9 @@ def calibrate(profile: DeviceProfile, specs: list[ArchSpec], frame: pd.DataFrame
 
     start = np.clip([profile.get(k, 0.0) for k in CALIBRATED], BOUNDS[0], BOUNDS[1])
     solution = least_squares(residuals, start, bounds=BOUNDS, x_scale=SCALES)
-    fitted = profile.with_values(name or profile.name, dict(zip(CALIBRATED, solution.x, strict=True)),
-                                 "measured", "calibrated", source)  # fmt: skip
+    fitted = profile.with_values(
+        name or profile.name, dict(zip(CALIBRATED, solution.x, strict=True)), "measured", "calibrated", source
+    )
     table = evaluate(fitted, specs, frame)
     return Calibration(
         profile=fitted,

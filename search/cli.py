@@ -126,9 +126,16 @@ def _command_bench(args: argparse.Namespace) -> None:
         print_table(
             f"Training step: {spec.name or 'arch'} ({result['dtype']}, {result['device']})",
             ["step ms (median)", "tokens/s", "MFU", "peak RSS", "RSS growth"],
-            [[f"{result['step_ms']:.1f}", f"{result['tokens_per_s']:.0f}", f"{result['mfu']:.3f}",
-              human_bytes(result["peak_rss_bytes"]), human_bytes(result["rss_growth_bytes"])]],
-        )  # fmt: skip
+            [
+                [
+                    f"{result['step_ms']:.1f}",
+                    f"{result['tokens_per_s']:.0f}",
+                    f"{result['mfu']:.3f}",
+                    human_bytes(result["peak_rss_bytes"]),
+                    human_bytes(result["rss_growth_bytes"]),
+                ]
+            ],
+        )
         return
     from scaling.bench_infer import bench_infer
 
@@ -149,9 +156,14 @@ def _command_bench(args: argparse.Namespace) -> None:
     print_table(
         f"Inference: {spec.name or 'arch'} ({result['backend']}, {result['precision']})",
         ["prefill ms (median)", "decode tokens/s (median)", "peak memory"],
-        [[f"{result['prefill_ms']:.2f}", f"{result['decode_tokens_per_s']:.1f}",
-          human_bytes(result["peak_memory_bytes"])]],
-    )  # fmt: skip
+        [
+            [
+                f"{result['prefill_ms']:.2f}",
+                f"{result['decode_tokens_per_s']:.1f}",
+                human_bytes(result["peak_memory_bytes"]),
+            ]
+        ],
+    )
 
 
 # --- command: train ----------------------------------------------------------------------------
@@ -187,14 +199,16 @@ def _command_train(args: argparse.Namespace) -> None:
 
     result = trainer.run(callback=emit)
     if args.json:
-        _print_json({
-            "final_train_loss": result.final_train_loss,
-            "final_val_loss": result.final_val_loss,
-            "tokens": result.tokens,
-            "elapsed_s": result.elapsed_s,
-            "resumed_from_step": result.resumed_from_step,
-            "history": result.history,
-        })  # fmt: skip
+        _print_json(
+            {
+                "final_train_loss": result.final_train_loss,
+                "final_val_loss": result.final_val_loss,
+                "tokens": result.tokens,
+                "elapsed_s": result.elapsed_s,
+                "resumed_from_step": result.resumed_from_step,
+                "history": result.history,
+            }
+        )
 
 
 # --- command: fit ------------------------------------------------------------------------------
@@ -223,8 +237,7 @@ def _command_fit(args: argparse.Namespace) -> None:
             raise UserError("--tokens-from-compute needs columns C and N")
         frame["D"] = frame["C"] / (6 * frame["N"])
     frame = select_checkpoints(frame, args.checkpoints)
-    fit = fit_law(frame, args.law, delta=args.delta, bootstrap=args.bootstrap, seed=args.seed,
-                  workers=args.workers)  # fmt: skip
+    fit = fit_law(frame, args.law, delta=args.delta, bootstrap=args.bootstrap, seed=args.seed, workers=args.workers)
     document = fit.to_dict()
     document.pop("bootstrap", None)
     document["predictions"] = None
@@ -270,11 +283,18 @@ def _command_predict(args: argparse.Namespace) -> None:
     print_table(
         f"{spec.name or 'arch'} on {device.name} ({args.precision})",
         ["prefill ms", "decode tok/s", "weights", "KV cache", "peak memory", "usable", "fits"],
-        [[f"{prediction['prefill_ms']:.1f}", f"{prediction['decode_tokens_per_s']:.1f}",
-          human_bytes(prediction["weight_bytes"]), human_bytes(prediction["kv_cache_bytes"]),
-          human_bytes(prediction["peak_memory_bytes"]), human_bytes(prediction["usable_memory_bytes"]),
-          "yes" if prediction["fits_in_memory"] else "NO"]],
-    )  # fmt: skip
+        [
+            [
+                f"{prediction['prefill_ms']:.1f}",
+                f"{prediction['decode_tokens_per_s']:.1f}",
+                human_bytes(prediction["weight_bytes"]),
+                human_bytes(prediction["kv_cache_bytes"]),
+                human_bytes(prediction["peak_memory_bytes"]),
+                human_bytes(prediction["usable_memory_bytes"]),
+                "yes" if prediction["fits_in_memory"] else "NO",
+            ]
+        ],
+    )
 
 
 def _command_devices_list(args: argparse.Namespace) -> None:
@@ -289,10 +309,17 @@ def _command_devices_list(args: argparse.Namespace) -> None:
     print_table(
         "Device profiles",
         ["name", "usable / DRAM", "bandwidth", "fp16 compute", "measured fields"],
-        [[d["name"], f"{human_bytes(d['usable_bytes'])} / {human_bytes(d['dram_bytes'])}",
-          f"{d['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s", f"{d['compute_flops_fp16'] / 1e12:.2f} TFLOP/s",
-          len(d["measured"])] for d in devices],
-    )  # fmt: skip
+        [
+            [
+                d["name"],
+                f"{human_bytes(d['usable_bytes'])} / {human_bytes(d['dram_bytes'])}",
+                f"{d['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+                f"{d['compute_flops_fp16'] / 1e12:.2f} TFLOP/s",
+                len(d["measured"]),
+            ]
+            for d in devices
+        ],
+    )
 
 
 def _command_devices_calibrate(args: argparse.Namespace) -> None:
@@ -308,8 +335,9 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
         if "arch" not in frame.columns:
             raise UserError("measurements need an 'arch' column (a preset name or an --arch file path)")
         specs = [_arch_from_reference(str(reference)) for reference in frame["arch"]]
-        result = calibrate(get_device(args.base), specs, frame, name=args.name,
-                           source=f"calibrated on {args.measurements}")  # fmt: skip
+        result = calibrate(
+            get_device(args.base), specs, frame, name=args.name, source=f"calibrated on {args.measurements}"
+        )
     else:
         from search.host import calibrate_host
 
@@ -319,8 +347,10 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(document)
     else:
-        print(f"saved {path}: prefill MAPE {result.prefill_mape:.1%}, decode MAPE {result.decode_mape:.1%} "
-              f"over {len(result.table)} measurements")  # fmt: skip
+        print(
+            f"saved {path}: prefill MAPE {result.prefill_mape:.1%}, decode MAPE {result.decode_mape:.1%} "
+            f"over {len(result.table)} measurements"
+        )
 
 
 def _arch_from_reference(reference: str) -> Any:
@@ -328,6 +358,110 @@ def _arch_from_reference(reference: str) -> Any:
     from scaling.presets import get_preset
 
     return load_arch_file(reference) if reference.endswith((".toml", ".json")) else get_preset(reference)
+
+
+# --- commands: sweep and runs -------------------------------------------------------------------
+def _command_sweep_run(args: argparse.Namespace) -> None:
+    from scaling.sweep import run_sweep
+    from scaling.sweep_spec import load_sweep
+
+    spec = load_sweep(args.spec)  # validated in full before anything runs
+    summary = run_sweep(
+        spec,
+        args.store,
+        workers=args.workers,
+        executor=args.executor,
+        retry_failed=args.retry_failed,
+        quiet=args.quiet,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+    if args.json:
+        _print_json(summary)
+    if summary["failed"]:
+        raise SystemExit(EXIT_RUNTIME_ERROR)
+
+
+RUN_LIST_KEYS = (
+    "id",
+    "sweep",
+    "status",
+    "arch_name",
+    "total_params",
+    "active_params",
+    "n_experts",
+    "top_k",
+    "granularity",
+    "n_shared_experts",
+    "tokens",
+    "flops",
+    "final_train_loss",
+    "final_val_loss",
+    "error",
+)
+
+
+def _command_runs_list(args: argparse.Namespace) -> None:
+    from scaling.store import RunStore
+
+    runs = [{k: r[k] for k in RUN_LIST_KEYS} for r in RunStore(args.store, create=False).runs(args.sweep)]
+    if args.json:
+        _print_json(runs)
+        return
+    from search.report import human_count, print_table
+
+    print_table(
+        "Runs",
+        ["id", "sweep", "status", "arch", "total", "active", "tokens", "val loss"],
+        [
+            [
+                r["id"],
+                r["sweep"],
+                r["status"],
+                r["arch_name"],
+                human_count(r["total_params"]),
+                human_count(r["active_params"]),
+                human_count(r["tokens"]),
+                "-" if r["final_val_loss"] is None else f"{r['final_val_loss']:.4f}",
+            ]
+            for r in runs
+        ],
+    )
+
+
+def _command_runs_show(args: argparse.Namespace) -> None:
+    from scaling.store import RunStore
+
+    store = RunStore(args.store, create=False)
+    run = store.run(args.id)
+    document = {
+        **run,
+        "config": json.loads(run["config"]),
+        "metrics": store.metrics(run["id"]),
+        "measurements": store.measurements(run["id"]),
+    }
+    if args.json:
+        _print_json(document)
+        return
+    print(json.dumps({k: v for k, v in document.items() if k != "metrics"}, indent=2, default=str))
+    for point in document["metrics"]:
+        val = "" if point["val_loss"] is None else f" val {point['val_loss']:.4f}"
+        print(f"step {point['step']:>6} tokens {point['tokens']:>10} train {point['train_loss']:.4f}{val}")
+
+
+def _command_runs_export(args: argparse.Namespace) -> None:
+    from scaling.store import fit_frame
+
+    if not args.out.endswith((".csv", ".parquet")):
+        raise UserError(f"--out must end in .csv or .parquet, got {args.out!r}")
+    frame = fit_frame(args.store, finished_only=False)
+    directory = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(directory):
+        raise UserError(f"cannot write {args.out!r}: the folder {directory!r} does not exist")
+    if args.out.endswith(".csv"):
+        frame.to_csv(args.out, index=False)
+    else:
+        frame.to_parquet(args.out, index=False)
+    print(f"wrote {len(frame)} runs to {args.out}", file=sys.stderr)
 
 
 # --- command: demo ------------------------------------------------------------------------------
@@ -457,6 +591,39 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--budget-s", type=_positive_float, default=55.0, help="time budget on this machine")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(handler=_command_devices_calibrate)
+
+    sweep = commands.add_parser("sweep", help="run sweeps of proxy trainings")
+    sweep_commands = sweep.add_subparsers(dest="sweep_command", metavar="COMMAND", parser_class=_Parser)
+    sweep_commands.required = True
+    sweep_run = sweep_commands.add_parser("run", help="run (or resume) a sweep spec")
+    sweep_run.add_argument("spec", metavar="SPEC.toml")
+    sweep_run.add_argument("--store", help="SQLAlchemy URL (default: runs/moeplan.sqlite or $MOEPLAN_STORE)")
+    sweep_run.add_argument("--workers", type=_positive_int, default=1)
+    sweep_run.add_argument("--executor", choices=("local", "ray"), default="local")
+    sweep_run.add_argument("--ray-address", default=None, help="ray cluster address (ray executor)")
+    sweep_run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    sweep_run.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/ beside the store")
+    sweep_run.add_argument("--quiet", action="store_true", help="no live display (batch logs)")
+    sweep_run.add_argument("--json", action="store_true")
+    sweep_run.set_defaults(handler=_command_sweep_run)
+
+    runs = commands.add_parser("runs", help="inspect and export the run store")
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", parser_class=_Parser)
+    runs_commands.required = True
+    runs_list = runs_commands.add_parser("list", help="list runs")
+    runs_list.add_argument("--store")
+    runs_list.add_argument("--sweep", default=None)
+    runs_list.add_argument("--json", action="store_true")
+    runs_list.set_defaults(handler=_command_runs_list)
+    runs_show = runs_commands.add_parser("show", help="one run with its loss curve")
+    runs_show.add_argument("id")
+    runs_show.add_argument("--store")
+    runs_show.add_argument("--json", action="store_true")
+    runs_show.set_defaults(handler=_command_runs_show)
+    runs_export = runs_commands.add_parser("export", help="one row per run, canonical fit columns")
+    runs_export.add_argument("--store")
+    runs_export.add_argument("--out", required=True, metavar="FILE.csv|FILE.parquet")
+    runs_export.set_defaults(handler=_command_runs_export)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the embedded defaults")
     demo.set_defaults(handler=_command_demo)

@@ -82,8 +82,14 @@ def forward_seconds(
     return seconds + shape.n_layers * device["overheads.per_layer_s"] + device["overheads.per_forward_s"]
 
 
-def peak_memory_bytes(shape: Shape, device: DeviceProfile, precision: str, context_tokens: Any,
-                      prompt_tokens: Any, kv_precision: str = "fp16") -> dict[str, Any]:  # fmt: skip
+def peak_memory_bytes(
+    shape: Shape,
+    device: DeviceProfile,
+    precision: str,
+    context_tokens: Any,
+    prompt_tokens: Any,
+    kv_precision: str = "fp16",
+) -> dict[str, Any]:
     """Weights + KV cache at the context + prefill activations + runtime overhead."""
     weights = accounting.weight_bytes(shape, precision)
     kv = accounting.kv_cache_bytes_per_token(shape, kv_precision) * context_tokens

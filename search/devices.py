@@ -86,8 +86,12 @@ class DeviceProfile:
 
     def to_toml(self) -> str:
         """Serialise in the shipped files' layout."""
-        lines = [f"name = {_quote(self.name)}", f"description = {_quote(self.description)}",
-                 f"backend = {_quote(self.backend)}", ""]  # fmt: skip
+        lines = [
+            f"name = {_quote(self.name)}",
+            f"description = {_quote(self.description)}",
+            f"backend = {_quote(self.backend)}",
+            "",
+        ]
         for key, fact in self.facts.items():
             lines.append(f"[{key}]")
             lines.append(f"value = {fact['value']!r}")

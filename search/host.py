@@ -22,12 +22,31 @@ from search.devices import DeviceProfile
 CALIBRATION_SHAPES = [
     ArchSpec(name="cal-dense-d256", vocab_size=256, d_model=256, n_layers=4, n_heads=4, d_ff=1024),
     ArchSpec(name="cal-dense-d768", vocab_size=8000, d_model=768, n_layers=6, n_heads=12, d_ff=2048),
-    ArchSpec(name="cal-moe-d512", vocab_size=4000, d_model=512, n_layers=4, n_heads=8, d_ff=1024,
-             n_experts=8, top_k=2, n_shared_experts=1),
+    ArchSpec(
+        name="cal-moe-d512",
+        vocab_size=4000,
+        d_model=512,
+        n_layers=4,
+        n_heads=8,
+        d_ff=1024,
+        n_experts=8,
+        top_k=2,
+        n_shared_experts=1,
+    ),
     ArchSpec(name="cal-dense-d1024", vocab_size=32000, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, d_ff=2816),
-    ArchSpec(name="cal-moe-d768", vocab_size=16000, d_model=768, n_layers=6, n_heads=12, d_ff=1536,
-             n_experts=16, top_k=2, granularity=2, n_shared_experts=1),
-]  # fmt: skip
+    ArchSpec(
+        name="cal-moe-d768",
+        vocab_size=16000,
+        d_model=768,
+        n_layers=6,
+        n_heads=12,
+        d_ff=1536,
+        n_experts=16,
+        top_k=2,
+        granularity=2,
+        n_shared_experts=1,
+    ),
+]
 PROMPT_TOKENS = (32, 128)
 
 
@@ -50,8 +69,13 @@ def total_memory_bytes() -> float:
         return 8e9
 
 
-def measure(shapes: list[ArchSpec], prompts=PROMPT_TOKENS, decode_tokens: int = 8, repeats: int = 3,
-            deadline: float | None = None) -> tuple[list[ArchSpec], pd.DataFrame]:  # fmt: skip
+def measure(
+    shapes: list[ArchSpec],
+    prompts=PROMPT_TOKENS,
+    decode_tokens: int = 8,
+    repeats: int = 3,
+    deadline: float | None = None,
+) -> tuple[list[ArchSpec], pd.DataFrame]:
     """Run the torch inference bench on each shape and prompt length (fp32, CPU)."""
     from scaling.bench_infer import bench_infer
 
@@ -62,11 +86,16 @@ def measure(shapes: list[ArchSpec], prompts=PROMPT_TOKENS, decode_tokens: int = 
                 break
             result = bench_infer(spec, "torch", "fp32", prompt, decode_tokens, device="cpu", repeats=repeats)
             specs.append(spec)
-            rows.append({
-                "arch": spec.name, "precision": "fp32", "prompt_tokens": prompt,
-                "context_tokens": prompt + decode_tokens / 2, "prefill_ms": result["prefill_ms"],
-                "decode_tokens_per_s": result["decode_tokens_per_s"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "arch": spec.name,
+                    "precision": "fp32",
+                    "prompt_tokens": prompt,
+                    "context_tokens": prompt + decode_tokens / 2,
+                    "prefill_ms": result["prefill_ms"],
+                    "decode_tokens_per_s": result["decode_tokens_per_s"],
+                }
+            )
     return specs, pd.DataFrame(rows)
 
 
@@ -80,13 +109,27 @@ def host_profile(name: str = "host") -> DeviceProfile:
     bandwidth = memory_bandwidth_bytes_per_s()
     source = f"measured by moeplan on this machine ({torch.get_num_threads()} threads, torch {torch.__version__})"
     base = DeviceProfile(name, "This machine, torch backend (fp32, CPU)", "torch-cpu", {}, {})
-    return base.with_values(name, {
-        "dram_bytes": total_memory_bytes(), "usable_fraction": 0.8, "bandwidth_bytes_per_s": bandwidth,
-        "compute_flops.fp32": peak, "compute_flops.fp16": peak, "efficiency.compute": 0.7,
-        "efficiency.bandwidth": 0.7, "overheads.per_layer_s": 1e-4, "overheads.per_forward_s": 1e-3,
-        "overheads.runtime_bytes": 300e6, "overheads.dequant_flops_per_weight": 2.0,
-        "efficiency.half_tokens": 16.0, "overheads.per_expert_s": 5e-5,
-    }, "measured", "measured", source)  # fmt: skip
+    return base.with_values(
+        name,
+        {
+            "dram_bytes": total_memory_bytes(),
+            "usable_fraction": 0.8,
+            "bandwidth_bytes_per_s": bandwidth,
+            "compute_flops.fp32": peak,
+            "compute_flops.fp16": peak,
+            "efficiency.compute": 0.7,
+            "efficiency.bandwidth": 0.7,
+            "overheads.per_layer_s": 1e-4,
+            "overheads.per_forward_s": 1e-3,
+            "overheads.runtime_bytes": 300e6,
+            "overheads.dequant_flops_per_weight": 2.0,
+            "efficiency.half_tokens": 16.0,
+            "overheads.per_expert_s": 5e-5,
+        },
+        "measured",
+        "measured",
+        source,
+    )
 
 
 def calibrate_host(name: str = "host", budget_s: float = 55.0) -> Calibration:

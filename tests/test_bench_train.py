@@ -8,8 +8,20 @@ from tests.conftest import assert_user_error, run_cli
 
 
 def test_bench_train_json_contract():
-    result = run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "train", "--steps", "3",
-                     "--batch-size", "2", "--seq-len", "64", "--json")  # fmt: skip
+    result = run_cli(
+        "bench",
+        "--preset",
+        "proxy-moe-d128",
+        "--mode",
+        "train",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "64",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     document = result.json()
     for key in ("tokens_per_s", "step_ms", "mfu", "peak_rss_bytes"):
@@ -26,8 +38,9 @@ def test_matmul_peak_is_cached_and_plausible():
 
 
 def test_no_memory_leak_over_200_steps():
-    tiny = ArchSpec(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=4,
-                    top_k=2, n_shared_experts=1)  # fmt: skip
+    tiny = ArchSpec(
+        vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=4, top_k=2, n_shared_experts=1
+    )
     result = bench_train(tiny, steps=200, batch_size=4, seq_len=64, device="cpu", warmup=20)
     assert result["rss_growth_bytes"] < 16 * 2**20, result["rss_growth_bytes"]
 

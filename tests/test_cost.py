@@ -91,12 +91,20 @@ def test_vectorised_form_matches_and_is_fast():
 
 def test_calibration_recovers_known_factors():
     truth = get_device("pixel-9-pro").with_values(
-        "truth", {"efficiency.compute": 0.3, "efficiency.bandwidth": 0.55, "overheads.per_forward_s": 0.004},
-        "spec", "assumption", "test",
-    )  # fmt: skip
+        "truth",
+        {"efficiency.compute": 0.3, "efficiency.bandwidth": 0.55, "overheads.per_forward_s": 0.004},
+        "spec",
+        "assumption",
+        "test",
+    )
     specs = [get_preset(n) for n in ("phone-moe-a0.4b", "phone-dense-1.5b", "qwen3-0.6b", "llama-3.2-1b")] * 2
-    frame = pd.DataFrame({"precision": ["int4"] * 4 + ["int8"] * 4, "prompt_tokens": [64, 256, 512, 1024] * 2,
-                          "context_tokens": [512] * 8})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "precision": ["int4"] * 4 + ["int8"] * 4,
+            "prompt_tokens": [64, 256, 512, 1024] * 2,
+            "context_tokens": [512] * 8,
+        }
+    )
     rows = [
         predict(s, truth, p, t, c)
         for s, p, t, c in zip(specs, frame.precision, frame.prompt_tokens, frame.context_tokens, strict=True)
@@ -112,8 +120,15 @@ def test_predict_command_and_errors(tmp_path):
     result = run_cli("predict", "--preset", "phone-moe-a0.4b", "--device", "iphone-16-pro", "--json")
     assert result.returncode == 0, result.stderr
     document = result.json()
-    for key in ("weight_bytes", "kv_cache_bytes", "peak_memory_bytes", "prefill_ms", "decode_tokens_per_s",
-                "fits_in_memory", "device"):  # fmt: skip
+    for key in (
+        "weight_bytes",
+        "kv_cache_bytes",
+        "peak_memory_bytes",
+        "prefill_ms",
+        "decode_tokens_per_s",
+        "fits_in_memory",
+        "device",
+    ):
         assert key in document, key
     assert document["device"] == "iphone-16-pro" and isinstance(document["fits_in_memory"], bool)
     assert_user_error(run_cli("predict", "--preset", "phone-moe-a0.4b", "--device", "nokia"), "known devices")
@@ -126,12 +141,29 @@ def test_predict_command_and_errors(tmp_path):
 
 def test_calibrate_from_phone_csv(tmp_path):
     measurements = tmp_path / "phone.csv"
-    pd.DataFrame({"arch": ["phone-moe-a0.4b", "phone-dense-1.5b", "qwen3-0.6b"], "precision": ["int4"] * 3,
-                  "prompt_tokens": [512] * 3, "context_tokens": [1024] * 3, "prefill_ms": [400.0, 1900.0, 800.0],
-                  "decode_tokens_per_s": [90.0, 30.0, 60.0]}).to_csv(measurements, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "arch": ["phone-moe-a0.4b", "phone-dense-1.5b", "qwen3-0.6b"],
+            "precision": ["int4"] * 3,
+            "prompt_tokens": [512] * 3,
+            "context_tokens": [1024] * 3,
+            "prefill_ms": [400.0, 1900.0, 800.0],
+            "decode_tokens_per_s": [90.0, 30.0, 60.0],
+        }
+    ).to_csv(measurements, index=False)
     env = {"MOEPLAN_DEVICES": str(tmp_path / "devices"), "PATH": "/usr/bin:/bin"}
-    result = run_cli("devices", "calibrate", "--name", "my-iphone", "--base", "iphone-16-pro",
-                     "--measurements", str(measurements), "--json", env=env)  # fmt: skip
+    result = run_cli(
+        "devices",
+        "calibrate",
+        "--name",
+        "my-iphone",
+        "--base",
+        "iphone-16-pro",
+        "--measurements",
+        str(measurements),
+        "--json",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "devices" / "my-iphone.toml").exists()
     again = run_cli("predict", "--preset", "qwen3-0.6b", "--device", "my-iphone", "--json", env=env).json()
@@ -144,8 +176,20 @@ def test_bench_infer_torch():
     )
     result = bench_infer(spec, prompt_tokens=16, decode_tokens=4, repeats=2, device="cpu")
     assert result["prefill_ms"] > 0 and result["decode_tokens_per_s"] > 0 and result["backend"] == "torch"
-    cli = run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "infer", "--prompt-tokens", "16",
-                  "--decode-tokens", "4", "--repeats", "2", "--json")  # fmt: skip
+    cli = run_cli(
+        "bench",
+        "--preset",
+        "proxy-moe-d128",
+        "--mode",
+        "infer",
+        "--prompt-tokens",
+        "16",
+        "--decode-tokens",
+        "4",
+        "--repeats",
+        "2",
+        "--json",
+    )
     assert cli.returncode == 0, cli.stderr
     assert {"prefill_ms", "decode_tokens_per_s", "peak_memory_bytes", "backend"} <= set(cli.json())
     assert_user_error(run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "infer", "--precision", "int4"), "mlx")

@@ -161,10 +161,16 @@ def test_law_without_its_variables():
 
 def test_every_law_has_a_consistent_jacobian():
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({
-        "N": rng.uniform(1e7, 1e9, 30), "D": rng.uniform(1e9, 1e11, 30), "E": rng.choice([1, 4, 16], 30),
-        "G": rng.choice([1, 2, 4], 30), "S": rng.choice([0, 1], 30), "loss": rng.uniform(2, 4, 30),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "N": rng.uniform(1e7, 1e9, 30),
+            "D": rng.uniform(1e9, 1e11, 30),
+            "E": rng.choice([1, 4, 16], 30),
+            "G": rng.choice([1, 2, 4], 30),
+            "S": rng.choice([0, 1], 30),
+            "loss": rng.uniform(2, 4, 30),
+        }
+    )
     frame["N_total"] = frame["N"] * frame["E"]
     from scaling.laws import prepare_data
 
@@ -188,8 +194,21 @@ def test_fit_command(tmp_path):
     synthetic(5).head(3).to_parquet(tmp_path / "other.parquet")
     synthetic(5).head(3).to_csv(other, index=False)
     out, plots = tmp_path / "fit.json", tmp_path / "plots"
-    result = run_cli("fit", str(data), "--law", "chinchilla", "--bootstrap", "40", "--predict", str(other),
-                     "--out", str(out), "--plot", str(plots), "--json")  # fmt: skip
+    result = run_cli(
+        "fit",
+        str(data),
+        "--law",
+        "chinchilla",
+        "--bootstrap",
+        "40",
+        "--predict",
+        str(other),
+        "--out",
+        str(out),
+        "--plot",
+        str(plots),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     document = result.json()
     for key in ("law", "params", "ci95", "n_points", "objective", "extrapolation", "predictions"):

@@ -14,19 +14,45 @@ from scaling.model import KVCache, ProxyConfig, ProxyModel, swiglu
 SHAPES = {
     "dense": ArchSpec(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=96),
     "dense-gqa-tied-qknorm-bias": ArchSpec(
-        vocab_size=300, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=80,
-        tie_embeddings=True, qk_norm=True, qkv_bias=True,
+        vocab_size=300,
+        d_model=64,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=80,
+        tie_embeddings=True,
+        qk_norm=True,
+        qkv_bias=True,
     ),
     "moe-shared": ArchSpec(
-        vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=8, top_k=2,
+        vocab_size=256,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        n_experts=8,
+        top_k=2,
         n_shared_experts=1,
     ),
     "moe-fine-gated-mixed": ArchSpec(
-        vocab_size=256, d_model=64, n_layers=4, n_heads=4, n_kv_heads=1, d_ff=96, moe_d_ff=64,
-        n_experts=4, top_k=1, granularity=4, n_shared_experts=2, shared_expert_d_ff=16,
-        shared_expert_gate=True, router_renorm=False, first_dense_layers=1, moe_layer_step=1,
+        vocab_size=256,
+        d_model=64,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=1,
+        d_ff=96,
+        moe_d_ff=64,
+        n_experts=4,
+        top_k=1,
+        granularity=4,
+        n_shared_experts=2,
+        shared_expert_d_ff=16,
+        shared_expert_gate=True,
+        router_renorm=False,
+        first_dense_layers=1,
+        moe_layer_step=1,
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", SHAPES)

@@ -64,8 +64,9 @@ def test_schedules():
 
 
 def test_loss_falls_and_bigger_is_better(corpus):
-    config = TrainConfig(steps=120, batch_size=8, seq_len=128, lr=3e-3, warmup_steps=10,
-                         eval_interval=40, log_interval=20)  # fmt: skip
+    config = TrainConfig(
+        steps=120, batch_size=8, seq_len=128, lr=3e-3, warmup_steps=10, eval_interval=40, log_interval=20
+    )
     small = ArchSpec(vocab_size=256, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     large = ArchSpec(vocab_size=256, d_model=96, n_layers=3, n_heads=4, d_ff=256)
     small_run = train(small, config, corpus)
@@ -78,30 +79,52 @@ def test_loss_falls_and_bigger_is_better(corpus):
 
 
 def _train_command(arch_path, checkpoint_dir, *extra):
-    return [str(MOEPLAN), "train", "--arch", str(arch_path), "--steps", "60", "--batch-size", "4",
-            "--seq-len", "64", "--eval-interval", "20", "--log-interval", "5",
-            "--checkpoint-interval", "10", "--warmup-steps", "5", "--device", "cpu",
-            "--checkpoint-dir", str(checkpoint_dir), *extra]  # fmt: skip
+    return [
+        str(MOEPLAN),
+        "train",
+        "--arch",
+        str(arch_path),
+        "--steps",
+        "60",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--eval-interval",
+        "20",
+        "--log-interval",
+        "5",
+        "--checkpoint-interval",
+        "10",
+        "--warmup-steps",
+        "5",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        str(checkpoint_dir),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("shape", [TINY, TINY_MOE], ids=["dense", "moe"])
 def test_sigkill_and_resume_is_exact(tmp_path, shape, corpus):
     arch = tmp_path / "arch.toml"
     arch.write_text(shape)
-    reference = subprocess.run(_train_command(arch, tmp_path / "reference", "--json"),
-                               capture_output=True, text=True, check=True)  # fmt: skip
+    reference = subprocess.run(
+        _train_command(arch, tmp_path / "reference", "--json"), capture_output=True, text=True, check=True
+    )
     expected = json.loads(reference.stdout)["history"]
 
-    process = subprocess.Popen(_train_command(arch, tmp_path / "killed", "--jsonl"),
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(_train_command(arch, tmp_path / "killed", "--jsonl"), stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if json.loads(line)["step"] >= 35:  # past the checkpoint at step 30
             os.kill(process.pid, signal.SIGKILL)
             break
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    resumed = subprocess.run(_train_command(arch, tmp_path / "killed", "--json"),
-                             capture_output=True, text=True, check=True)  # fmt: skip
+    resumed = subprocess.run(
+        _train_command(arch, tmp_path / "killed", "--json"), capture_output=True, text=True, check=True
+    )
     document = json.loads(resumed.stdout)
     assert document["resumed_from_step"] in (30, 40)
 

@@ -1,0 +1,393 @@
+"""The run store: every sweep, run, logged point, measurement and artifact, in one database.
+
+SQLAlchemy over SQLite by default (``runs/moeplan.sqlite``, WAL mode), or any SQLAlchemy URL
+(PostgreSQL in particular). Each write is one transaction, so a process killed mid-write
+leaves no partial row. Runs are claimed with a conditional UPDATE, so any number of sweep
+processes can share one store without running anything twice.
+
+For notebooks: :func:`runs_frame` and :func:`metrics_frame` return pandas DataFrames, and
+:func:`fit_frame` returns the canonical fit columns (N, N_total, E, G, S, D, C, loss).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from scaling.errors import UserError
+
+SCHEMA_VERSION = 1
+DEFAULT_URL = "sqlite:///runs/moeplan.sqlite"
+STATUSES = ("pending", "running", "finished", "failed")
+LEASE_S = 600.0  # a running claim with no heartbeat for this long is taken over
+
+metadata = MetaData()
+meta_table = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text))
+sweeps_table = Table(
+    "sweeps",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("spec", Text),
+    Column("created_at", Float),
+)
+runs_table = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sweep", String(200), index=True),
+    Column("status", String(16), index=True),
+    Column("config", Text),
+    Column("arch_name", String(300)),
+    Column("total_params", Integer),
+    Column("active_params", Integer),
+    Column("n_experts", Integer),
+    Column("expansion", Integer),
+    Column("granularity", Integer),
+    Column("top_k", Integer),
+    Column("n_shared_experts", Integer),
+    Column("tokens", Integer),
+    Column("flops", Float),
+    Column("final_train_loss", Float),
+    Column("final_val_loss", Float),
+    Column("error", Text),
+    Column("owner", String(200)),
+    Column("heartbeat", Float),
+    Column("created_at", Float),
+    Column("finished_at", Float),
+    Column("elapsed_s", Float),
+    Column("attempts", Integer, default=0),
+)
+metrics_table = Table(
+    "metrics",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("tokens", Integer),
+    Column("train_loss", Float),
+    Column("val_loss", Float),
+    Column("lr", Float),
+    Column("elapsed", Float),
+)
+measurements_table = Table(
+    "measurements",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("key", String(100), primary_key=True),
+    Column("value", Float),
+)
+artifacts_table = Table(
+    "artifacts",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("kind", String(50), primary_key=True),
+    Column("path", Text),
+)
+
+# Migrations from version v to v+1, applied in order by :meth:`RunStore.migrate`.
+MIGRATIONS: dict[int, Any] = {}
+
+
+def resolve_url(url: str | None) -> str:
+    """``--store`` or ``$MOEPLAN_STORE`` or the default SQLite file; bare paths become SQLite URLs."""
+    url = url or os.environ.get("MOEPLAN_STORE") or DEFAULT_URL
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    if url.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver moeplan ships for
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class RunStore:
+    """A handle on one store. Create it, then call its methods; each is one transaction."""
+
+    def __init__(self, url: str | None = None, create: bool = True) -> None:
+        self.url = resolve_url(url)
+        try:
+            self.engine: Engine = self._connect(create)
+        except (ArgumentError, ValueError) as error:
+            raise UserError(f"cannot use store URL {self.url!r}: {error}") from None
+        except ImportError as error:
+            raise UserError(
+                f"store URL {self.url!r} needs the database driver {error.name!r}: "
+                "pip install 'moeplan[postgres]' (or the driver your URL names)"
+            ) from None
+        except (OperationalError, SQLAlchemyError) as error:
+            reason = str(getattr(error, "orig", error)).splitlines()[0]
+            raise UserError(f"cannot open store {self.url!r}: {reason}; check --store / MOEPLAN_STORE") from None
+
+    def _connect(self, create: bool) -> Engine:
+        if self.url.startswith("sqlite:///"):
+            path = Path(self.url.removeprefix("sqlite:///"))
+            if not create and not path.exists():
+                raise UserError(f"store {str(path)!r} does not exist; run a sweep first or pass --store")
+            if not path.parent.exists():
+                raise UserError(f"cannot create store {str(path)!r}: folder {str(path.parent)!r} does not exist")
+        engine = create_engine(self.url, future=True)
+        if engine.dialect.name == "sqlite":
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(connection, _record):  # WAL: readers never block the writer
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+        with engine.begin() as connection:
+            metadata.create_all(connection)
+            version = connection.execute(
+                select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).scalar()
+            if version is None:
+                connection.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        self.engine = engine
+        self.migrate()
+        return engine
+
+    # --- schema ------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+            )
+
+    def migrate(self) -> None:
+        """Apply every migration newer than the store's schema version, each in a transaction."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"store schema version {version} is newer than this moeplan ({SCHEMA_VERSION}); upgrade moeplan"
+            )
+        while version < SCHEMA_VERSION:
+            with self.engine.begin() as connection:
+                MIGRATIONS[version](connection)
+                version += 1
+                connection.execute(
+                    update(meta_table).where(meta_table.c.key == "schema_version").values(value=str(version))
+                )
+
+    # --- writes ------------------------------------------------------------------------------
+    def register_sweep(self, name: str, spec_text: str, runs: list[dict[str, Any]]) -> int:
+        """Record a sweep and its runs (as pending); runs already known are left as they are."""
+        with self.engine.begin() as connection:
+            if connection.execute(select(sweeps_table.c.name).where(sweeps_table.c.name == name)).first() is None:
+                connection.execute(insert(sweeps_table).values(name=name, spec=spec_text, created_at=time.time()))
+            known = set(connection.execute(select(runs_table.c.id)).scalars())
+            new = [row for row in runs if row["id"] not in known]
+            for row in new:
+                connection.execute(
+                    insert(runs_table).values(**row, status="pending", created_at=time.time(), attempts=0)
+                )
+        return len(new)
+
+    def claim(self, run_id: str, owner: str, retry_failed: bool = False) -> bool:
+        """Atomically take a run: pending, failed (with ``retry_failed``) or abandoned running."""
+        now = time.time()
+        with self.engine.begin() as connection:
+            row = connection.execute(select(runs_table).where(runs_table.c.id == run_id)).mappings().first()
+            if row is None or row["status"] == "finished":
+                return False
+            claimable = row["status"] == "pending" or (row["status"] == "failed" and retry_failed)
+            if row["status"] == "running" and _abandoned(row["owner"], row["heartbeat"], now):
+                claimable = True
+            if not claimable:
+                return False
+            result = connection.execute(
+                update(runs_table)
+                .where(
+                    runs_table.c.id == run_id,
+                    runs_table.c.status == row["status"],
+                    runs_table.c.owner.is_(None) if row["owner"] is None else runs_table.c.owner == row["owner"],
+                )
+                .values(status="running", owner=owner, heartbeat=now, error=None, attempts=(row["attempts"] or 0) + 1)
+            )
+            return result.rowcount == 1
+
+    def record_point(self, run_id: str, point: dict[str, Any]) -> None:
+        """Store one logged point (replacing a point at the same step from before a resume)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                metrics_table.delete().where(metrics_table.c.run_id == run_id, metrics_table.c.step >= point["step"])
+            )
+            connection.execute(
+                insert(metrics_table).values(
+                    run_id=run_id,
+                    **{k: point[k] for k in ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")},
+                )
+            )
+            connection.execute(update(runs_table).where(runs_table.c.id == run_id).values(heartbeat=time.time()))
+
+    def replace_history(self, run_id: str, points: list[dict[str, Any]]) -> None:
+        """Make the stored curve exactly ``points`` (a resumed checkpoint's history), in one transaction."""
+        with self.engine.begin() as connection:
+            connection.execute(metrics_table.delete().where(metrics_table.c.run_id == run_id))
+            for point in points:
+                connection.execute(
+                    insert(metrics_table).values(
+                        run_id=run_id,
+                        **{k: point[k] for k in ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")},
+                    )
+                )
+
+    def finish(
+        self,
+        run_id: str,
+        owner: str,
+        final_train_loss: float,
+        final_val_loss: float,
+        elapsed_s: float,
+        measurements: dict[str, float] | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
+        with self.engine.begin() as connection:
+            for key, value in (measurements or {}).items():
+                connection.execute(
+                    measurements_table.delete().where(
+                        measurements_table.c.run_id == run_id, measurements_table.c.key == key
+                    )
+                )
+                connection.execute(insert(measurements_table).values(run_id=run_id, key=key, value=float(value)))
+            if checkpoint:
+                connection.execute(artifacts_table.delete().where(artifacts_table.c.run_id == run_id))
+                connection.execute(insert(artifacts_table).values(run_id=run_id, kind="checkpoint", path=checkpoint))
+            connection.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, runs_table.c.owner == owner)
+                .values(
+                    status="finished",
+                    final_train_loss=final_train_loss,
+                    final_val_loss=final_val_loss,
+                    elapsed_s=elapsed_s,
+                    finished_at=time.time(),
+                    error=None,
+                )
+            )
+
+    def fail(self, run_id: str, owner: str, error: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, runs_table.c.owner == owner)
+                .values(status="failed", error=error[:2000], finished_at=time.time())
+            )
+
+    # --- reads -------------------------------------------------------------------------------
+    def runs(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        query = select(runs_table).order_by(runs_table.c.created_at, runs_table.c.id)
+        if sweep is not None:
+            query = query.where(runs_table.c.sweep == sweep)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(runs_table).where(runs_table.c.id.startswith(run_id))).mappings().all()
+        if not rows:
+            raise UserError(f"no run with id {run_id!r}; see 'moeplan runs list'")
+        if len(rows) > 1:
+            raise UserError(f"run id prefix {run_id!r} is ambiguous ({len(rows)} runs); give more characters")
+        return dict(rows[0])
+
+    def metrics(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(metrics_table).order_by(metrics_table.c.run_id, metrics_table.c.step)
+        if run_id is not None:
+            query = query.where(metrics_table.c.run_id == run_id)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
+
+    def measurements(self, run_id: str) -> dict[str, float]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(measurements_table).where(measurements_table.c.run_id == run_id))
+            return {row.key: row.value for row in rows}
+
+    def counts(self, sweep: str | None = None) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self.runs(sweep):
+            counts[row["status"]] += 1
+        return counts
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _abandoned(owner: str | None, heartbeat: float | None, now: float) -> bool:
+    """A running claim whose process is gone (same host) or silent past the lease."""
+    if owner is None:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return heartbeat is None or now - heartbeat > LEASE_S
+
+
+# --- pandas API -----------------------------------------------------------------------------------
+def runs_frame(store: RunStore | str | None = None) -> pd.DataFrame:
+    """One row per run: the store's columns plus every architecture and training field."""
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    rows = []
+    for run in store.runs():
+        config = json.loads(run["config"])
+        rows.append(
+            {
+                **{k: v for k, v in run.items() if k not in ("config",)},
+                **{f"arch.{k}": v for k, v in config["arch"].items()},
+                **{f"train.{k}": v for k, v in config["train"].items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def metrics_frame(store: RunStore | str | None = None) -> pd.DataFrame:
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    return pd.DataFrame(store.metrics())
+
+
+def fit_frame(store: RunStore | str | None = None, finished_only: bool = True) -> pd.DataFrame:
+    """The canonical fit columns per run (N = active params, N_total, E, G, S, D, C, loss) and config fields."""
+    frame = runs_frame(store)
+    if frame.empty:
+        return frame
+    if finished_only:
+        frame = frame[frame["status"] == "finished"]
+    canonical = pd.DataFrame(
+        {
+            "N": frame["active_params"],
+            "N_total": frame["total_params"],
+            "E": frame["expansion"],
+            "G": frame["granularity"],
+            "S": frame["n_shared_experts"],
+            "D": frame["tokens"],
+            "C": frame["flops"],
+            "loss": frame["final_val_loss"],
+            "run": frame["id"],
+        }
+    )
+    return pd.concat([canonical, frame.drop(columns=["id"])], axis=1).reset_index(drop=True)

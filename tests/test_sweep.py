@@ -1,0 +1,208 @@
+"""Sweeps and the run store: validation, idempotence, SIGKILL at random moments, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from scaling.errors import UserError
+from scaling.store import SCHEMA_VERSION, RunStore, fit_frame
+from scaling.sweep_spec import parse_sweep
+from tests.conftest import MOEPLAN, REPO, assert_user_error, run_cli
+
+TINY = """
+name = "tiny"
+[base]
+vocab_size = 256
+d_model = 16
+n_layers = 1
+n_heads = 2
+d_ff = 32
+[[vary]]
+list = [{n_experts = 1}, {n_experts = 4, top_k = 1, n_shared_experts = 1, d_ff = 16}]
+[tokens]
+absolute = [12288, 20480]
+[train]
+batch_size = 4
+seq_len = 32
+eval_interval = 40
+log_interval = 10
+checkpoint_interval = 20
+eval_windows = 4
+[run]
+seeds = [0]
+"""
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def sweep(spec, store, *extra, **kwargs):
+    return run_cli("sweep", "run", str(spec), "--store", str(store), "--quiet", *extra, **kwargs)
+
+
+def curves(store_path):
+    store = RunStore(str(store_path), create=False)
+    return {
+        r["id"]: [(m["step"], m["train_loss"], m["val_loss"]) for m in store.metrics(r["id"])] for r in store.runs()
+    }
+
+
+def test_spec_expansion_and_budgets():
+    spec = parse_sweep(TINY.replace("absolute = [12288, 20480]", "tokens_per_param = [1.0]"))
+    assert len(spec.runs) == 2 and len({r.run_id for r in spec.runs}) == 2
+    iso = parse_sweep(TINY.replace("absolute = [12288, 20480]", "compute = [1e11]"))
+    for run in iso.runs:  # D = C / (6 N_active), rounded to whole steps
+        from scaling.accounting import active_params
+
+        assert abs(run.tokens - 1e11 / (6 * active_params(run.arch))) <= 128
+    grid = parse_sweep(
+        TINY.replace(
+            "list = [{n_experts = 1}, {n_experts = 4, top_k = 1, n_shared_experts = 1, d_ff = 16}]",
+            "grid = {d_model = [16, 32], n_layers = [1, 2]}",
+        )
+    )
+    assert len(grid.runs) == 8
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("d_model = 16", "d_model = 15"), "base"),
+        (("[run]", "[rnu]"), "rnu: unknown key"),
+        (("absolute = [12288, 20480]", "absolute = [-1]"), "tokens.absolute"),
+        (("absolute = [12288, 20480]", "tokenz = [1]"), "tokens"),
+        (("list = [{n_experts = 1},", "list = [{n_expert = 1},"), "vary[0].list[0].n_expert"),
+        (("batch_size = 4", "batch_size = 0"), "train"),
+        (("seeds = [0]", "seeds = [-1]"), "run.seeds"),
+        (("n_shared_experts = 1, d_ff = 16}", "n_shared_experts = 1, top_k = 9}"), "top_k"),
+    ],
+)
+def test_bad_specs_fail_with_key_path(change, fragment):
+    with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        parse_sweep(TINY.replace(*change))
+
+
+def test_bad_sweeps_fail_before_training_and_leave_the_store_alone(tmp_path, tiny_spec):
+    store = tmp_path / "store.sqlite"
+    assert sweep(tiny_spec, store).returncode == 0
+    before = curves(store)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("d_model = 16", "d_model = 16\nwidth = 3"))
+    assert_user_error(sweep(bad, store), "unknown architecture field")
+    assert_user_error(sweep(tmp_path / "missing.toml", store), "does not exist")
+    assert_user_error(sweep(tiny_spec, "postgresql://nobody@127.0.0.1:1/none"), "cannot open store")
+    assert_user_error(sweep(tiny_spec, tmp_path / "no" / "dir" / "s.sqlite"), "does not exist")
+    assert curves(store) == before
+
+
+def test_idempotent_export_and_listing(tmp_path, tiny_spec):
+    store = tmp_path / "store.sqlite"
+    first = sweep(tiny_spec, store, "--json")
+    assert first.returncode == 0, first.stderr
+    assert first.json()["finished"] == 4
+    start = time.perf_counter()
+    again = sweep(tiny_spec, store, "--json")
+    assert again.json()["finished"] == 4 and time.perf_counter() - start < 20  # nothing retrained
+    assert all(r["attempts"] == 1 for r in RunStore(str(store)).runs())
+    listed = run_cli("runs", "list", "--store", str(store), "--json").json()
+    assert len(listed) == 4 and {
+        "id",
+        "sweep",
+        "status",
+        "total_params",
+        "active_params",
+        "n_experts",
+        "top_k",
+        "tokens",
+        "flops",
+        "final_val_loss",
+    } <= set(listed[0])
+    shown = run_cli("runs", "show", listed[0]["id"][:6], "--store", str(store), "--json").json()
+    assert shown["metrics"] and shown["config"]["tokens"] == listed[0]["tokens"]
+    out = tmp_path / "runs.parquet"
+    assert run_cli("runs", "export", "--store", str(store), "--out", str(out)).returncode == 0
+    frame = pd.read_parquet(out)
+    assert {"N", "N_total", "E", "G", "D", "C", "loss", "arch.d_model", "train.lr"} <= set(frame.columns)
+    assert len(frame) == 4 and (frame["N"] <= frame["N_total"]).all()
+    assert (fit_frame(str(store))["loss"] > 0).all()
+    assert_user_error(run_cli("runs", "show", "zzz", "--store", str(store)), "no run")
+    assert_user_error(run_cli("runs", "list", "--store", str(tmp_path / "none.sqlite")), "does not exist")
+    assert_user_error(
+        run_cli("runs", "export", "--store", str(store), "--out", str(tmp_path / "x.txt")), ".csv or .parquet"
+    )
+
+
+def test_sigkill_at_random_moments(tmp_path, tiny_spec):
+    reference = tmp_path / "reference.sqlite"
+    assert sweep(tiny_spec, reference).returncode == 0
+    expected = curves(reference)
+    store = tmp_path / "killed.sqlite"
+    rng = random.Random(7)
+    for _ in range(3):
+        process = subprocess.Popen(
+            [str(MOEPLAN), "sweep", "run", str(tiny_spec), "--store", str(store), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(2.5, 8.0))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    final = sweep(tiny_spec, store, "--json")
+    assert final.returncode == 0, final.stderr
+    assert final.json()["finished"] == 4
+    assert curves(store) == expected  # nothing lost, duplicated or corrupted
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_two_processes_share_one_store(tmp_path, tiny_spec):
+    store = tmp_path / "shared.sqlite"
+    command = [str(MOEPLAN), "sweep", "run", str(tiny_spec), "--store", str(store), "--quiet"]
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    runs = RunStore(str(store)).runs()
+    assert len(runs) == 4 and all(r["status"] == "finished" for r in runs)
+    assert sum(r["attempts"] for r in runs) == 4  # no run trained twice
+
+
+def test_failures_are_recorded_and_retried(tmp_path):
+    spec = tmp_path / "nan.toml"
+    spec.write_text(TINY.replace("eval_windows = 4", "eval_windows = 4\nlr = 1e30\ngrad_clip = 0.0"))
+    store = tmp_path / "store.sqlite"
+    result = sweep(spec, store, "--json")
+    assert result.returncode == 1 and result.json()["failed"] >= 1
+    failed = [r for r in RunStore(str(store)).runs() if r["status"] == "failed"]
+    assert failed and all("loss" in r["error"] or "Error" in r["error"] for r in failed)
+    retry = sweep(spec, store, "--retry-failed", "--json")
+    assert retry.json()["failed"] >= 1
+    assert all(r["attempts"] == 2 for r in RunStore(str(store)).runs() if r["status"] == "failed")
+
+
+def test_schema_version(tmp_path):
+    store = RunStore(str(tmp_path / "s.sqlite"))
+    assert store.schema_version() == SCHEMA_VERSION
+    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_shipped_specs_are_valid():
+    for path in sorted((REPO / "runs" / "sweeps").glob("*.toml")):
+        spec = parse_sweep(path.read_text(), str(path))
+        assert spec.runs, path
+    assert json.loads(
+        json.dumps([r.canonical() for r in parse_sweep((REPO / "runs/sweeps/smoke.toml").read_text()).runs])
+    )
