@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--dispatch", default="sorted", choices=("sorted", "grouped", "loop"))
+    parser.add_argument("--dispatch", default="auto", choices=("auto", "grouped", "sorted", "loop"))
     args = parser.parse_args()
     dense_spec, dense = make_step("proxy-dense-d128", "sorted", args.batch_size, args.seq_len, args.dtype)
     moe_spec, moe = make_step("proxy-moe-d128", args.dispatch, args.batch_size, args.seq_len, args.dtype)

@@ -92,7 +92,7 @@ def bench_train(
     seq_len: int = 256,
     dtype: str = "fp32",
     device: str = "auto",
-    dispatch: str = "sorted",
+    dispatch: str = "auto",
     warmup: int = 2,
 ) -> dict[str, Any]:
     """Time full training steps (forward, backward, clip, AdamW) on random tokens.

@@ -41,7 +41,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         shared_expert_d_ff=256,
     ),
     # --- phone-sized shapes (a MobileMoE-like MoE and a dense model of similar INT4 bytes) ----
-    "phone-moe-a0.4b": dict(
+    "phone-moe-a0.3b": dict(
         vocab_size=32000,
         d_model=1024,
         n_layers=20,

@@ -72,7 +72,7 @@ class TrainConfig:
     checkpoint_interval: int = 50
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 0.001
-    dispatch: str = "sorted"
+    dispatch: str = "auto"
     device: str = "auto"
     threads: int = 0
 

@@ -43,7 +43,7 @@ def test_profile_errors_name_the_field():
 
 def test_moe_decode_reads_fewer_bytes_and_is_faster():
     iphone = get_device("iphone-16-pro")
-    moe, dense = get_preset("phone-moe-a0.4b"), get_preset("phone-dense-1.5b")
+    moe, dense = get_preset("phone-moe-a0.3b"), get_preset("phone-dense-1.5b")
     assert accounting.weight_bytes(moe, "int4") == pytest.approx(accounting.weight_bytes(dense, "int4"), rel=0.01)
     fast, slow = predict(moe, iphone, "int4", 512, 1024), predict(dense, iphone, "int4", 512, 1024)
     assert fast["decode_tokens_per_s"] > 2 * slow["decode_tokens_per_s"]
@@ -66,17 +66,17 @@ def test_experts_touched_by_a_prompt():
 
 def test_memory_and_fit():
     iphone = get_device("iphone-16-pro")
-    small = predict(get_preset("phone-moe-a0.4b"), iphone, "int4", 512, 2048)
+    small = predict(get_preset("phone-moe-a0.3b"), iphone, "int4", 512, 2048)
     huge = predict(get_preset("mixtral-8x7b"), iphone, "int4", 512, 2048)
     assert small["fits_in_memory"] and not huge["fits_in_memory"]
-    kv = accounting.kv_cache_bytes_per_token(get_preset("phone-moe-a0.4b")) * 2048
+    kv = accounting.kv_cache_bytes_per_token(get_preset("phone-moe-a0.3b")) * 2048
     assert small["kv_cache_bytes"] == pytest.approx(kv)
     assert small["peak_memory_bytes"] > small["weight_bytes"] + small["kv_cache_bytes"]
 
 
 def test_vectorised_form_matches_and_is_fast():
     iphone = get_device("galaxy-s25")
-    specs = [get_preset(n) for n in ("phone-moe-a0.4b", "phone-dense-1.5b", "olmoe-1b-7b", "qwen3-0.6b")]
+    specs = [get_preset(n) for n in ("phone-moe-a0.3b", "phone-dense-1.5b", "olmoe-1b-7b", "qwen3-0.6b")]
     arrays = ArchArrays.from_specs(specs)
     batch = predict(arrays, iphone, "int8", 256, 1024)
     for index, spec in enumerate(specs):
@@ -97,7 +97,7 @@ def test_calibration_recovers_known_factors():
         "assumption",
         "test",
     )
-    specs = [get_preset(n) for n in ("phone-moe-a0.4b", "phone-dense-1.5b", "qwen3-0.6b", "llama-3.2-1b")] * 2
+    specs = [get_preset(n) for n in ("phone-moe-a0.3b", "phone-dense-1.5b", "qwen3-0.6b", "llama-3.2-1b")] * 2
     frame = pd.DataFrame(
         {
             "precision": ["int4"] * 4 + ["int8"] * 4,
@@ -117,7 +117,7 @@ def test_calibration_recovers_known_factors():
 
 
 def test_predict_command_and_errors(tmp_path):
-    result = run_cli("predict", "--preset", "phone-moe-a0.4b", "--device", "iphone-16-pro", "--json")
+    result = run_cli("predict", "--preset", "phone-moe-a0.3b", "--device", "iphone-16-pro", "--json")
     assert result.returncode == 0, result.stderr
     document = result.json()
     for key in (
@@ -131,10 +131,10 @@ def test_predict_command_and_errors(tmp_path):
     ):
         assert key in document, key
     assert document["device"] == "iphone-16-pro" and isinstance(document["fits_in_memory"], bool)
-    assert_user_error(run_cli("predict", "--preset", "phone-moe-a0.4b", "--device", "nokia"), "known devices")
+    assert_user_error(run_cli("predict", "--preset", "phone-moe-a0.3b", "--device", "nokia"), "known devices")
     bad = tmp_path / "bad.toml"
     bad.write_text((REPO / "search/devices/galaxy-s25.toml").read_text().replace("[dram_bytes]", "[dram]"))
-    assert_user_error(run_cli("predict", "--preset", "phone-moe-a0.4b", "--device", str(bad)), "dram_bytes")
+    assert_user_error(run_cli("predict", "--preset", "phone-moe-a0.3b", "--device", str(bad)), "dram_bytes")
     listed = run_cli("devices", "list", "--json").json()
     assert set(PHONES) <= {d["name"] for d in listed}
 
@@ -143,7 +143,7 @@ def test_calibrate_from_phone_csv(tmp_path):
     measurements = tmp_path / "phone.csv"
     pd.DataFrame(
         {
-            "arch": ["phone-moe-a0.4b", "phone-dense-1.5b", "qwen3-0.6b"],
+            "arch": ["phone-moe-a0.3b", "phone-dense-1.5b", "qwen3-0.6b"],
             "precision": ["int4"] * 3,
             "prompt_tokens": [512] * 3,
             "context_tokens": [1024] * 3,
