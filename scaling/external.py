@@ -6,6 +6,7 @@ from them is copied into the code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import pandas as pd
 
 from scaling.errors import UserError
 
-DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "external"
+DEFAULT_FOLDER = Path(
+    os.environ.get("MOEPLAN_EXTERNAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "external"
+)
 
 
 def _read(name: str, folder: str | Path | None) -> pd.DataFrame:

@@ -197,7 +197,9 @@ class FitResult:
                 lines.append(f"{name:>10} {value:>14.6g} {lo:>14.6g} {hi:>14.6g}")
             else:
                 lines.append(f"{name:>10} {value:>14.6g}")
-        if self.extrapolation:
+        if self.extrapolation and "error" in self.extrapolation:
+            lines.append(f"Leave-largest-out: not possible ({self.extrapolation['error']})")
+        elif self.extrapolation:
             e = self.extrapolation
             lines.append(
                 f"Leave-largest-out: fit below {e['held_out_column']}={e['held_out_value']:.4g}, "

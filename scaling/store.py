@@ -38,7 +38,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from scaling.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///runs/moeplan.sqlite"
 STATUSES = ("pending", "running", "finished", "failed")
 LEASE_S = 600.0  # a running claim with no heartbeat for this long is taken over
@@ -105,8 +105,17 @@ artifacts_table = Table(
     Column("path", Text),
 )
 
+
+def _add_attempts(connection) -> None:
+    """v1 -> v2: count the claims of each run (a run trained twice shows attempts > 1)."""
+    from sqlalchemy import inspect, text
+
+    if "attempts" not in {c["name"] for c in inspect(connection).get_columns("runs")}:
+        connection.execute(text("ALTER TABLE runs ADD COLUMN attempts INTEGER DEFAULT 0"))
+
+
 # Migrations from version v to v+1, applied in order by :meth:`RunStore.migrate`.
-MIGRATIONS: dict[int, Any] = {}
+MIGRATIONS: dict[int, Any] = {1: _add_attempts}
 
 
 def resolve_url(url: str | None) -> str:

@@ -231,7 +231,16 @@ def read_table(path: str) -> Any:
 def _command_fit(args: argparse.Namespace) -> None:
     from scaling.fit import fit_law, select_checkpoints
 
-    frame = read_table(args.data)
+    if (args.data is None) == (args.store is None):
+        raise UserError("give exactly one of DATA (a .csv or .parquet file) or --store URL")
+    if args.store is not None:
+        from scaling.store import fit_frame
+
+        frame = fit_frame(args.store)
+        if frame.empty:
+            raise UserError(f"store {args.store!r} has no finished runs to fit")
+    else:
+        frame = read_table(args.data)
     if args.tokens_from_compute:
         if not {"C", "N"} <= set(frame.columns):
             raise UserError("--tokens-from-compute needs columns C and N")
@@ -549,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_command_train)
 
     fit = commands.add_parser("fit", help="fit a scaling law to runs")
-    fit.add_argument("data", metavar="DATA", help="CSV or Parquet with canonical columns")
+    fit.add_argument("data", metavar="DATA", nargs="?", help="CSV or Parquet with canonical columns")
+    fit.add_argument("--store", default=None, help="fit the finished runs of a run store instead")
     fit.add_argument("--law", default="chinchilla", help="a law name, or auto")
     fit.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates")
     fit.add_argument("--predict", metavar="OTHER.csv", help="predict the loss of these rows")

@@ -138,6 +138,9 @@ def test_idempotent_export_and_listing(tmp_path, tiny_spec):
     assert {"N", "N_total", "E", "G", "D", "C", "loss", "arch.d_model", "train.lr"} <= set(frame.columns)
     assert len(frame) == 4 and (frame["N"] <= frame["N_total"]).all()
     assert (fit_frame(str(store))["loss"] > 0).all()
+    fitted = run_cli("fit", "--store", str(store), "--law", "kaplan_n", "--json")
+    assert fitted.returncode == 0, fitted.stderr
+    assert fitted.json()["n_points"] == 4 and fitted.json()["law"] == "kaplan_n"
     assert_user_error(run_cli("runs", "show", "zzz", "--store", str(store)), "no run")
     assert_user_error(run_cli("runs", "list", "--store", str(tmp_path / "none.sqlite")), "does not exist")
     assert_user_error(
@@ -190,6 +193,25 @@ def test_failures_are_recorded_and_retried(tmp_path):
     retry = sweep(spec, store, "--retry-failed", "--json")
     assert retry.json()["failed"] >= 1
     assert all(r["attempts"] == 2 for r in RunStore(str(store)).runs() if r["status"] == "failed")
+
+
+def test_migration_from_version_1(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as connection:  # a store as version 1 wrote it
+        connection.execute("CREATE TABLE meta (key VARCHAR(64) PRIMARY KEY, value TEXT)")
+        connection.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        connection.execute(
+            "CREATE TABLE runs (id VARCHAR(32) PRIMARY KEY, sweep VARCHAR(200), status VARCHAR(16), config TEXT, "
+            "arch_name VARCHAR(300), total_params INTEGER, active_params INTEGER, n_experts INTEGER, "
+            "expansion INTEGER, "
+            "granularity INTEGER, top_k INTEGER, n_shared_experts INTEGER, tokens INTEGER, flops FLOAT, "
+            "final_train_loss FLOAT, final_val_loss FLOAT, error TEXT, owner VARCHAR(200), heartbeat FLOAT, "
+            "created_at FLOAT, finished_at FLOAT, elapsed_s FLOAT)"
+        )
+        connection.execute("INSERT INTO runs (id, sweep, status, config) VALUES ('abc', 'old', 'finished', '{}')")
+    store = RunStore(str(path))
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.runs()[0]["id"] == "abc" and store.runs()[0]["attempts"] == 0
 
 
 def test_schema_version(tmp_path):
