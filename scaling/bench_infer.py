@@ -59,7 +59,9 @@ def bench_infer(
         ``backend`` and the settings.
     """
     if backend == "mlx":
-        raise UserError("the mlx backend is not available in this version yet; use --backend torch")
+        from scaling.mlx_backend import bench_infer_mlx
+
+        return bench_infer_mlx(arch, precision, prompt_tokens, decode_tokens, repeats, warmup)
     if backend != "torch":
         raise UserError(f"unknown backend {backend!r}; choose torch or mlx")
     if prompt_tokens < 1 or decode_tokens < 1 or repeats < 1:

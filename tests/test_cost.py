@@ -193,6 +193,9 @@ def test_bench_infer_torch():
     assert cli.returncode == 0, cli.stderr
     assert {"prefill_ms", "decode_tokens_per_s", "peak_memory_bytes", "backend"} <= set(cli.json())
     assert_user_error(run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "infer", "--precision", "int4"), "mlx")
+    assert_user_error(
+        run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "infer", "--backend", "tpu"), "invalid choice"
+    )
 
 
 def test_model_keeps_rope_when_cast():
