@@ -473,6 +473,70 @@ def _command_runs_export(args: argparse.Namespace) -> None:
     print(f"wrote {len(frame)} runs to {args.out}", file=sys.stderr)
 
 
+# --- command: plan -------------------------------------------------------------------------------
+def _command_plan(args: argparse.Namespace) -> None:
+    from scaling.fit import FitResult
+    from search.devices import get_device
+    from search.plan import PlanRequest, plan, write_outputs
+    from search.space import SearchSpace
+
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        raise UserError(f"--memory-gb must be positive, got {args.memory_gb}")
+    space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
+    space.precision = (args.precision,)
+    space = space.validated()
+    fit = None
+    if args.fit:
+        if not os.path.isfile(args.fit):
+            raise UserError(f"fit file {args.fit!r} does not exist")
+        with open(args.fit) as handle:
+            fit = FitResult.from_json(handle.read())
+    request = PlanRequest(
+        device=get_device(args.device),
+        memory_budget_bytes=None if args.memory_gb is None else args.memory_gb * 1e9,
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        fit=fit,
+        trials=args.trials,
+        train_tokens=args.train_tokens,
+        prompt_tokens=args.prompt_tokens,
+        context_tokens=args.context_tokens,
+        space=space,
+        storage=args.storage,
+        study=args.study,
+        seed=args.seed,
+        exhaustive=args.exhaustive,
+        max_decode_ms=args.max_decode_ms,
+        max_active_params=args.max_active_params,
+    )
+    document = plan(request)
+    if args.out:
+        for path in write_outputs(document, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        _print_json(document)
+        return
+    from search.report import human_bytes, human_count, print_table
+
+    print_table(
+        f"Pareto front on {document['device']} within {human_bytes(document['memory_budget_bytes'])} "
+        f"(hypervolume {document['hypervolume']:.3f} of exact {document['exact_hypervolume']:.3f})",
+        ["shape", "total", "active", "pred. loss", "decode tok/s", "prefill ms", "weights", "peak memory"],
+        [
+            [
+                e["arch"]["name"],
+                human_count(e["total_params"]),
+                human_count(e["active_params"]),
+                f"{e['predicted_loss']:.4f}",
+                f"{e['decode_tokens_per_s']:.1f}",
+                f"{e['prefill_ms']:.0f}",
+                human_bytes(e["weight_bytes"]),
+                human_bytes(e["peak_memory_bytes"]),
+            ]
+            for e in document["pareto"]
+        ],
+    )
+
+
 # --- command: demo ------------------------------------------------------------------------------
 def _command_demo(args: argparse.Namespace) -> None:
     from search.demo import run_demo
@@ -634,6 +698,31 @@ def build_parser() -> argparse.ArgumentParser:
     runs_export.add_argument("--store")
     runs_export.add_argument("--out", required=True, metavar="FILE.csv|FILE.parquet")
     runs_export.set_defaults(handler=_command_runs_export)
+
+    planner = commands.add_parser("plan", help="Pareto-optimal shapes for a device memory budget")
+    planner.add_argument("--device", required=True)
+    planner.add_argument("--memory-gb", type=float, default=None, help="budget in 10^9 bytes (default: usable DRAM)")
+    planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
+    planner.add_argument(
+        "--fit", metavar="FIT.json", help="a fit from moeplan fit --out (default: search/default_fit.json)"
+    )
+    planner.add_argument("--trials", type=_positive_int, default=500)
+    planner.add_argument(
+        "--objectives", default="loss,decode_ms", help="2 or 3 of loss,decode_ms,prefill_ms,active_flops"
+    )
+    planner.add_argument("--storage", default=None, help="Optuna storage: RDB URL or a journal file (*.log)")
+    planner.add_argument("--study", default=None, help="study name (resumes it when it exists)")
+    planner.add_argument("--exhaustive", action="store_true", help="enumerate the whole space (exact front)")
+    planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space")
+    planner.add_argument("--train-tokens", type=_positive_float, default=1e12, help="planned training tokens")
+    planner.add_argument("--prompt-tokens", type=_positive_int, default=512)
+    planner.add_argument("--context-tokens", type=_positive_int, default=2048)
+    planner.add_argument("--max-decode-ms", type=_positive_float, default=None)
+    planner.add_argument("--max-active-params", type=_positive_float, default=None)
+    planner.add_argument("--seed", type=int, default=0)
+    planner.add_argument("--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot")
+    planner.add_argument("--json", action="store_true")
+    planner.set_defaults(handler=_command_plan)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the embedded defaults")
     demo.set_defaults(handler=_command_demo)
