@@ -507,6 +507,7 @@ def _command_plan(args: argparse.Namespace) -> None:
         exhaustive=args.exhaustive,
         max_decode_ms=args.max_decode_ms,
         max_active_params=args.max_active_params,
+        max_weight_bytes=None if args.max_weight_gb is None else args.max_weight_gb * 1e9,
     )
     document = plan(request)
     if args.out:
@@ -719,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--context-tokens", type=_positive_int, default=2048)
     planner.add_argument("--max-decode-ms", type=_positive_float, default=None)
     planner.add_argument("--max-active-params", type=_positive_float, default=None)
+    planner.add_argument("--max-weight-gb", type=_positive_float, default=None, help="bound on weight bytes alone")
     planner.add_argument("--seed", type=int, default=0)
     planner.add_argument("--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot")
     planner.add_argument("--json", action="store_true")

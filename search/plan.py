@@ -49,6 +49,7 @@ class PlanRequest:
     exhaustive: bool = False
     max_decode_ms: float | None = None
     max_active_params: float | None = None
+    max_weight_bytes: float | None = None
 
     def validated(self) -> PlanRequest:
         if self.memory_budget_bytes is not None and not self.memory_budget_bytes > 0:
@@ -118,6 +119,8 @@ def evaluate(request: PlanRequest, arrays, precisions: np.ndarray) -> pd.DataFra
         feasible &= frame["decode_ms"] <= request.max_decode_ms
     if request.max_active_params is not None:
         feasible &= frame["active_params"] <= request.max_active_params
+    if request.max_weight_bytes is not None:
+        feasible &= frame["weight_bytes"] <= request.max_weight_bytes
     frame["feasible"] = feasible
     return frame
 
@@ -268,6 +271,8 @@ def _extra_constraints(request: PlanRequest, row) -> dict[str, float]:
         extra["decode_ms_over_bound"] = float(row["decode_ms"] - request.max_decode_ms)
     if request.max_active_params is not None:
         extra["active_billions_over_bound"] = float(row["active_params"] - request.max_active_params) / 1e9
+    if request.max_weight_bytes is not None:
+        extra["weight_gb_over_bound"] = float(row["weight_bytes"] - request.max_weight_bytes) / 1e9
     return extra
 
 

@@ -117,7 +117,7 @@ class SearchSpace:
                 if choice["granularity"] != min(self.granularity):
                     continue
                 choice.update(top_k=1, granularity=1, n_shared_experts=0)
-            elif choice["top_k"] > choice["n_experts"]:
+            elif choice["top_k"] >= choice["n_experts"]:  # every expert active: a dense model with a router
                 continue
             key = tuple(choice.values())
             if key in seen:
