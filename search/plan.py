@@ -126,18 +126,20 @@ def evaluate(request: PlanRequest, arrays, precisions: np.ndarray) -> pd.DataFra
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Non-dominated rows of a (n, m) array to minimise."""
+    """Non-dominated rows of a (n, m) array to minimise; of equal rows, one is kept.
+
+    In lexicographic order a row can only be dominated by an earlier one, so each surviving
+    row removes, in one vectorised comparison, every later row it weakly dominates.
+    """
     order = np.lexsort(values.T[::-1])
-    keep = np.zeros(len(values), dtype=bool)
-    front: list[np.ndarray] = []
-    for index in order:
-        row = values[index]
-        if any(np.all(f <= row) and np.any(f < row) for f in front) or any(np.all(f == row) for f in front):
-            continue
-        front = [f for f in front if not (np.all(row <= f) and np.any(row < f))]
-        front.append(row)
-        keep[index] = True
-    return keep
+    ordered = values[order]
+    keep = np.ones(len(values), dtype=bool)
+    for index in range(len(ordered)):
+        if keep[index]:
+            keep[index + 1 :] &= ~np.all(ordered[index + 1 :] >= ordered[index], axis=1)
+    mask = np.zeros(len(values), dtype=bool)
+    mask[order] = keep
+    return mask
 
 
 def hypervolume(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:

@@ -87,7 +87,7 @@ class SearchSpace:
             d_model=d_model,
             n_layers=choice["n_layers"],
             n_heads=heads,
-            n_kv_heads=max(1, heads // 4),
+            n_kv_heads=kv_heads(heads),
             d_ff=width,
             n_experts=experts,
             top_k=choice["top_k"] if moe else 1,
@@ -141,7 +141,7 @@ class SearchSpace:
                 "d_model": d_model,
                 "n_layers": [c["n_layers"] for c in choices],
                 "n_heads": heads,
-                "n_kv_heads": np.maximum(1, heads // 4),
+                "n_kv_heads": [kv_heads(h) for h in heads],
                 "head_dim": np.full(len(choices), HEAD_DIM),
                 "d_ff": width,
                 "n_experts": experts,
@@ -158,6 +158,11 @@ class SearchSpace:
                 "qk_norm": np.zeros(len(choices)),
             }
         )
+
+
+def kv_heads(heads: int) -> int:
+    """Grouped-query attention: the largest divisor of the head count up to a quarter of it."""
+    return max(d for d in range(1, max(1, int(heads) // 4) + 1) if heads % d == 0)
 
 
 def _label(choice: dict[str, Any]) -> str:

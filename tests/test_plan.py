@@ -128,3 +128,22 @@ def test_space_enumeration_is_valid():
     specs = [space.spec(c) for c in choices]
     np.testing.assert_array_equal(accounting.total_params(arrays), [accounting.total_params(s) for s in specs])
     assert sum(1 for c in choices if c["n_experts"] == 1) == 4  # dense shapes are not repeated
+
+
+def test_pareto_mask_matches_brute_force():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 6, size=(300, 3)).astype(float)
+    mask = pareto_mask(values)
+    for index, row in enumerate(values):
+        dominated = np.any(np.all(values <= row, axis=1) & np.any(values < row, axis=1))
+        if dominated:
+            assert not mask[index]
+    kept = values[mask]
+    assert len({tuple(r) for r in kept}) == len(kept)  # one of each duplicate
+    assert {tuple(r) for r in kept} == {
+        tuple(r)
+        for r, d in zip(
+            values, [np.any(np.all(values <= r, axis=1) & np.any(values < r, axis=1)) for r in values], strict=True
+        )
+        if not d
+    }
