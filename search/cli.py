@@ -538,6 +538,14 @@ def _command_plan(args: argparse.Namespace) -> None:
     )
 
 
+# --- command: serve ------------------------------------------------------------------------------
+def _command_serve(args: argparse.Namespace) -> None:
+    from search.service import serve
+
+    print(f"serving the moeplan API on http://{args.host}:{args.port}/v1 (schema at /openapi.json)", file=sys.stderr)
+    serve(args.host, args.port, args.store)
+
+
 # --- command: demo ------------------------------------------------------------------------------
 def _command_demo(args: argparse.Namespace) -> None:
     from search.demo import run_demo
@@ -725,6 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot")
     planner.add_argument("--json", action="store_true")
     planner.set_defaults(handler=_command_plan)
+
+    server = commands.add_parser("serve", help="serve the JSON API")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=_positive_int, default=8000)
+    server.add_argument("--store", default=None, help="run store URL (jobs persist there)")
+    server.set_defaults(handler=_command_serve)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the embedded defaults")
     demo.set_defaults(handler=_command_demo)
