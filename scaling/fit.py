@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -407,7 +408,10 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
             _WORKER_STATE.update(state)
             thetas = [t for chunk in chunks for t in _bootstrap_replicates(chunk)]
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # fork is fastest, but forking a process that runs other threads (a Jupyter kernel, a web
+        # server) can deadlock; spawn is always safe.
+        single_threaded = threading.active_count() == 1
+        method = "fork" if single_threaded and "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context(method), initializer=_bootstrap_init, initargs=(state,)
         ) as pool:

@@ -294,6 +294,17 @@ class RunStore:
                 )
             )
 
+    def record_measurements(self, key: str, values: dict[str, float]) -> None:
+        """Measurements not tied to a training run (e.g. a shape benchmarked by the search)."""
+        with self.engine.begin() as connection:
+            for name, value in values.items():
+                connection.execute(
+                    measurements_table.delete().where(
+                        measurements_table.c.run_id == key, measurements_table.c.key == name
+                    )
+                )
+                connection.execute(insert(measurements_table).values(run_id=key, key=name, value=float(value)))
+
     def fail(self, run_id: str, owner: str, error: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(

@@ -508,6 +508,8 @@ def _command_plan(args: argparse.Namespace) -> None:
         max_decode_ms=args.max_decode_ms,
         max_active_params=args.max_active_params,
         max_weight_bytes=None if args.max_weight_gb is None else args.max_weight_gb * 1e9,
+        measure=args.measure,
+        measure_store=args.store,
     )
     document = plan(request)
     if args.out:
@@ -723,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--study", default=None, help="study name (resumes it when it exists)")
     planner.add_argument("--exhaustive", action="store_true", help="enumerate the whole space (exact front)")
     planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space")
+    planner.add_argument("--measure", action="store_true", help="measure latency on this machine (cached per shape)")
+    planner.add_argument("--store", default=None, help="run store caching measured shapes (with --measure)")
     planner.add_argument("--train-tokens", type=_positive_float, default=1e12, help="planned training tokens")
     planner.add_argument("--prompt-tokens", type=_positive_int, default=512)
     planner.add_argument("--context-tokens", type=_positive_int, default=2048)

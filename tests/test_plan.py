@@ -147,3 +147,42 @@ def test_pareto_mask_matches_brute_force():
         )
         if not d
     }
+
+
+def test_measured_mode_caches_shapes(tmp_path):
+    import sqlite3
+
+    space = tmp_path / "space.toml"
+    space.write_text(
+        "[space]\nvocab_size = 256\nn_layers = [2, 4]\nd_model = [64, 128]\nn_experts = [1, 4]\n"
+        "top_k = [1, 2]\ngranularity = [1]\nn_shared_experts = [0, 1]\nffn_ratio = [2.0]\n"
+    )
+    store = tmp_path / "measure.sqlite"
+    args = [
+        "plan",
+        "--device",
+        "iphone-16-pro",
+        "--space",
+        str(space),
+        "--measure",
+        "--trials",
+        "6",
+        "--store",
+        str(store),
+        "--objectives",
+        "active_flops,decode_ms",
+        "--json",
+    ]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.json()["pareto"] and all(e["decode_ms"] > 0 for e in first.json()["pareto"])
+    with sqlite3.connect(store) as connection:
+        measured = connection.execute("SELECT run_id, key, value FROM measurements ORDER BY run_id, key").fetchall()
+    assert measured and all(row[0].startswith("shape:") for row in measured)
+    assert run_cli(*args).returncode == 0
+    with sqlite3.connect(store) as connection:  # the same shapes again: nothing measured twice
+        assert (
+            connection.execute("SELECT run_id, key, value FROM measurements ORDER BY run_id, key").fetchall()
+            == measured
+        )
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--measure", "--exhaustive"), "do not combine")
