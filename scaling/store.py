@@ -240,12 +240,7 @@ class RunStore:
             connection.execute(
                 metrics_table.delete().where(metrics_table.c.run_id == run_id, metrics_table.c.step >= point["step"])
             )
-            connection.execute(
-                insert(metrics_table).values(
-                    run_id=run_id,
-                    **{k: point[k] for k in ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")},
-                )
-            )
+            _insert_point(connection, run_id, point)
             connection.execute(update(runs_table).where(runs_table.c.id == run_id).values(heartbeat=time.time()))
 
     def replace_history(self, run_id: str, points: list[dict[str, Any]]) -> None:
@@ -253,12 +248,7 @@ class RunStore:
         with self.engine.begin() as connection:
             connection.execute(metrics_table.delete().where(metrics_table.c.run_id == run_id))
             for point in points:
-                connection.execute(
-                    insert(metrics_table).values(
-                        run_id=run_id,
-                        **{k: point[k] for k in ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")},
-                    )
-                )
+                _insert_point(connection, run_id, point)
 
     def finish(
         self,
@@ -271,13 +261,7 @@ class RunStore:
         checkpoint: str | None = None,
     ) -> None:
         with self.engine.begin() as connection:
-            for key, value in (measurements or {}).items():
-                connection.execute(
-                    measurements_table.delete().where(
-                        measurements_table.c.run_id == run_id, measurements_table.c.key == key
-                    )
-                )
-                connection.execute(insert(measurements_table).values(run_id=run_id, key=key, value=float(value)))
+            _put_measurements(connection, run_id, measurements or {})
             if checkpoint:
                 connection.execute(artifacts_table.delete().where(artifacts_table.c.run_id == run_id))
                 connection.execute(insert(artifacts_table).values(run_id=run_id, kind="checkpoint", path=checkpoint))
@@ -297,13 +281,7 @@ class RunStore:
     def record_measurements(self, key: str, values: dict[str, float]) -> None:
         """Measurements not tied to a training run (e.g. a shape benchmarked by the search)."""
         with self.engine.begin() as connection:
-            for name, value in values.items():
-                connection.execute(
-                    measurements_table.delete().where(
-                        measurements_table.c.run_id == key, measurements_table.c.key == name
-                    )
-                )
-                connection.execute(insert(measurements_table).values(run_id=key, key=name, value=float(value)))
+            _put_measurements(connection, key, values)
 
     def fail(self, run_id: str, owner: str, error: str) -> None:
         with self.engine.begin() as connection:
@@ -347,6 +325,22 @@ class RunStore:
         for row in self.runs(sweep):
             counts[row["status"]] += 1
         return counts
+
+
+POINT_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")
+
+
+def _insert_point(connection, run_id: str, point: dict[str, Any]) -> None:
+    connection.execute(insert(metrics_table).values(run_id=run_id, **{k: point[k] for k in POINT_FIELDS}))
+
+
+def _put_measurements(connection, key: str, values: dict[str, float]) -> None:
+    """Insert or replace named measurements under ``key`` (a run id, or ``shape:<hash>``)."""
+    for name, value in values.items():
+        connection.execute(
+            measurements_table.delete().where(measurements_table.c.run_id == key, measurements_table.c.key == name)
+        )
+        connection.execute(insert(measurements_table).values(run_id=key, key=name, value=float(value)))
 
 
 def owner_id() -> str:
