@@ -155,6 +155,8 @@ def hypervolume(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
     if len(values) == 0:
         return 0.0
     scaled = (values - low) / np.where(high > low, high - low, 1.0)
+    # A point beyond the reference (a measured latency above the predicted range) adds no volume.
+    scaled = np.minimum(scaled, 1.1)
     front = scaled[pareto_mask(scaled)]
     return float(compute_hypervolume(front, np.full(values.shape[1], 1.1)))
 
