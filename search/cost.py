@@ -70,9 +70,8 @@ def forward_seconds(
     experts = np.maximum(shape.n_routed_experts, 1)
     touched = experts * (1 - (1 - shape.routed_top_k / experts) ** tokens)
     expert_params = accounting.moe_layer_count(shape) * 3 * shape.d_model * shape.expert_d_ff
-    routed_flops_weights = parts["routed_experts_active"]
     moe_read = parts["router"] + parts["shared_experts"] + expert_params * touched
-    moe_weights = parts["router"] + parts["shared_experts"] + routed_flops_weights
+    moe_weights = parts["router"] + parts["shared_experts"] + parts["routed_experts_active"]
     seconds = seconds + _roofline(2 * moe_weights * tokens + dequant * moe_read, moe_read * weight, compute, bandwidth)
     # Each touched expert is its own small kernel (or loop step): a fixed cost per expert.
     seconds = seconds + accounting.moe_layer_count(shape) * touched * device.get("overheads.per_expert_s", 0.0)

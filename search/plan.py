@@ -167,7 +167,7 @@ def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd
         spec = space.spec(choices[row.index])
         entries.append(
             {
-                "arch": {k: v for k, v in spec.to_dict().items()},
+                "arch": spec.to_dict(),
                 "precision": row.precision,
                 "predicted_loss": float(row.loss),
                 "decode_tokens_per_s": float(row.decode_tokens_per_s),

@@ -22,7 +22,7 @@ import numpy as np
 import tomllib
 
 from scaling.accounting import PRECISIONS, ArchArrays
-from scaling.arch import ArchError, ArchSpec
+from scaling.arch import ArchSpec
 from scaling.errors import UserError
 
 HEAD_DIM = 64
@@ -173,10 +173,3 @@ def _label(choice: dict[str, Any]) -> str:
         f"moe-L{choice['n_layers']}-d{choice['d_model']}-E{choice['n_experts']}-k{choice['top_k']}"
         f"-G{choice['granularity']}{shared}-r{choice['ffn_ratio']}"
     )
-
-
-def check_choice(space: SearchSpace, choice: dict[str, Any]) -> ArchSpec | None:
-    try:
-        return space.spec(choice)
-    except ArchError:
-        return None
