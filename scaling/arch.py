@@ -200,6 +200,10 @@ class ArchSpec:
         """All fields, derived defaults filled in; `from_dict` reads it back."""
         return asdict(self)
 
+    def canonical(self) -> dict[str, Any]:
+        """The shape alone: every field but the display name (equal shapes, equal dicts)."""
+        return {key: value for key, value in asdict(self).items() if key != "name"}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
         """Build a spec from a mapping of field names, rejecting unknown keys."""

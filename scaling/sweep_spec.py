@@ -62,9 +62,8 @@ class RunConfig:
     budget: dict[str, Any] = field(default_factory=dict)
 
     def canonical(self) -> dict[str, Any]:
-        arch = {k: v for k, v in self.arch.to_dict().items() if k != "name"}
         return {
-            "arch": arch,
+            "arch": self.arch.canonical(),
             "train": self.train.to_dict(),
             "tokens": self.tokens,
             "corpus": self.corpus,

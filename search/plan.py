@@ -297,7 +297,7 @@ def measure_shape(spec, request: PlanRequest) -> dict[str, float]:
     from scaling.store import RunStore
 
     store = RunStore(request.measure_store)
-    canonical = json.dumps({k: v for k, v in spec.to_dict().items() if k != "name"}, sort_keys=True)
+    canonical = json.dumps(spec.canonical(), sort_keys=True)
     key = "shape:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
     cached = store.measurements(key)
     if {"decode_ms", "prefill_ms"} <= set(cached):
