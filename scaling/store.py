@@ -278,6 +278,13 @@ class RunStore:
                 )
             )
 
+    def delete_runs(self, run_ids: list[str]) -> int:
+        """Delete runs with their metrics, measurements and artifact records, in one transaction."""
+        with self.engine.begin() as connection:
+            for table in (metrics_table, measurements_table, artifacts_table):
+                connection.execute(table.delete().where(table.c.run_id.in_(run_ids)))
+            return connection.execute(runs_table.delete().where(runs_table.c.id.in_(run_ids))).rowcount
+
     def record_measurements(self, key: str, values: dict[str, float]) -> None:
         """Measurements not tied to a training run (e.g. a shape benchmarked by the search)."""
         with self.engine.begin() as connection:
@@ -320,10 +327,12 @@ class RunStore:
             rows = connection.execute(select(measurements_table).where(measurements_table.c.run_id == run_id))
             return {row.key: row.value for row in rows}
 
-    def counts(self, sweep: str | None = None) -> dict[str, int]:
+    def counts(self, sweep: str | None = None, run_ids: set[str] | None = None) -> dict[str, int]:
+        """Runs per status, in ``sweep`` and (when given) among ``run_ids``."""
         counts = dict.fromkeys(STATUSES, 0)
         for row in self.runs(sweep):
-            counts[row["status"]] += 1
+            if run_ids is None or row["id"] in run_ids:
+                counts[row["status"]] += 1
         return counts
 
 

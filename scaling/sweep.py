@@ -5,16 +5,21 @@
 * Work is claimed run by run in the store, so several workers, or several ``moeplan sweep
   run`` processes on one store, never train a run twice.
 * ``local`` executor: ``workers`` processes, each with ``cores / workers`` torch threads.
+* ``ray`` executor: each run is a Ray task streaming its events back; only this process touches
+  the store and the checkpoint folder (see :mod:`scaling.sweep_ray`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from scaling.errors import UserError
 from scaling.store import RunStore, owner_id
 from scaling.sweep_spec import RunConfig, SweepSpec
 
+EXECUTORS = ("local", "ray")
 _CORPORA: dict[str, Any] = {}
 
 
@@ -48,48 +54,83 @@ def run_row(run: RunConfig, sweep: str) -> dict[str, Any]:
 
 
 def checkpoint_root_for(store: RunStore, override: str | None) -> Path:
+    """Where a store's checkpoints live: beside a SQLite file, else one folder per database.
+
+    Run ids are the same in every store, so two stores must never share a checkpoint folder:
+    a run would resume from another store's checkpoint.
+    """
     if override:
         return Path(override)
-    if store.url.startswith("sqlite:///"):  # one checkpoint folder per store file
+    if store.url.startswith("sqlite:///"):
         path = Path(store.url.removeprefix("sqlite:///"))
         return path.parent / f"{path.stem}-checkpoints"
-    return Path("runs") / "checkpoints"
+    database = store.engine.url.render_as_string(hide_password=True)
+    return Path("runs") / "checkpoints" / hashlib.sha256(database.encode()).hexdigest()[:16]
 
 
-def execute_run(store: RunStore, run: RunConfig, owner: str, checkpoint_root: Path) -> None:
-    """Train one claimed run to the end (resuming from its checkpoint), recording everything."""
+def run_events(run: RunConfig, checkpoint_dir: Path) -> Iterator[tuple[str, Any]]:
+    """Train one run, resuming from ``checkpoint_dir``, as a stream of events.
+
+    Yields ``("history", points)`` first (the checkpoint's curve: the truth up to its step),
+    then the trainer's ``("point", point)`` and ``("checkpoint", path)`` events, and last
+    ``("finished", summary)``. Every executor consumes this one stream.
+    """
     from scaling.data import prepare_corpus
     from scaling.train import Trainer
 
-    run_id = run.run_id
-    try:
-        if run.corpus not in _CORPORA:
-            _CORPORA[run.corpus] = prepare_corpus(run.corpus)
-        folder = checkpoint_root / run_id
-        trainer = Trainer(run.arch, run.train, _CORPORA[run.corpus], checkpoint_dir=folder)
-        # The checkpoint's history is the truth up to its step: points logged after it by a
-        # killed attempt are dropped, and they will be logged again, identically.
-        store.replace_history(run_id, trainer.history)
-        result = trainer.run(callback=lambda point: store.record_point(run_id, point))
-        measurements = {}
-        if run.infer_bench:
-            from scaling.bench_infer import bench_infer
+    if run.corpus not in _CORPORA:
+        _CORPORA[run.corpus] = prepare_corpus(run.corpus)
+    trainer = Trainer(run.arch, run.train, _CORPORA[run.corpus], checkpoint_dir=checkpoint_dir)
+    yield "history", list(trainer.history)
+    yield from trainer.iterate()
+    result = trainer.result()
+    measurements = {}
+    if run.infer_bench:
+        from scaling.bench_infer import bench_infer
 
-            bench = bench_infer(run.arch, prompt_tokens=64, decode_tokens=16, repeats=3, device=run.train.device)
-            measurements = {k: bench[k] for k in ("prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")}
+        bench = bench_infer(run.arch, prompt_tokens=64, decode_tokens=16, repeats=3, device=run.train.device)
+        measurements = {k: bench[k] for k in ("prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")}
+    yield (
+        "finished",
+        {
+            "final_train_loss": result.final_train_loss,
+            "final_val_loss": result.final_val_loss,
+            "elapsed_s": result.elapsed_s,
+            "measurements": measurements,
+        },
+    )
+
+
+def record_event(store: RunStore, run_id: str, owner: str, kind: str, payload: Any, checkpoint: Path) -> None:
+    """Apply one event of :func:`run_events` to the store."""
+    if kind == "history":
+        # Points logged after the checkpoint by a killed attempt are dropped here; they will
+        # be logged again, identically.
+        store.replace_history(run_id, payload)
+    elif kind == "point":
+        store.record_point(run_id, payload)
+    elif kind == "finished":
         store.finish(
             run_id,
             owner,
-            result.final_train_loss,
-            result.final_val_loss,
-            result.elapsed_s,
-            measurements,
-            str(folder / "checkpoint.pt"),
+            payload["final_train_loss"],
+            payload["final_val_loss"],
+            payload["elapsed_s"],
+            payload["measurements"],
+            str(checkpoint),
         )
+
+
+def execute_run(store: RunStore, run: RunConfig, owner: str, checkpoint_root: Path) -> None:
+    """Train one claimed run to the end in this process (resuming from its checkpoint)."""
+    folder = checkpoint_root / run.run_id
+    try:
+        for kind, payload in run_events(run, folder):
+            record_event(store, run.run_id, owner, kind, payload, folder / "checkpoint.pt")
     except KeyboardInterrupt:
         raise
     except Exception as error:  # recorded, and the sweep goes on
-        store.fail(run_id, owner, f"{type(error).__name__}: {error}")
+        store.fail(run.run_id, owner, f"{type(error).__name__}: {error}")
 
 
 def _work(url: str, runs: list[RunConfig], retry_failed: bool, checkpoint_root: str) -> int:
@@ -114,17 +155,23 @@ def _worker_init(threads: int) -> None:
 def run_sweep(
     spec: SweepSpec,
     store_url: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     executor: str = "local",
+    ray_address: str | None = None,
     retry_failed: bool = False,
     quiet: bool = False,
     checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run a sweep to completion and return the store's counts for it."""
-    if executor != "local":
-        raise UserError(f"executor {executor!r} is not available in this version; use --executor local")
-    if workers < 1:
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    cluster = None
+    if executor == "ray":  # connect first: an unreachable cluster fails before the store changes
+        from scaling.sweep_ray import RayCluster
+
+        cluster = RayCluster.connect(ray_address, workers)
     store = RunStore(store_url)  # fails here, before any training, if the URL is bad
     added = store.register_sweep(spec.name, spec.text, [run_row(run, spec.name) for run in spec.runs])
     root = checkpoint_root_for(store, checkpoint_dir)
@@ -132,7 +179,13 @@ def run_sweep(
     progress = SweepProgress(store, spec, quiet)
     progress.start(added)
     started = time.perf_counter()
-    if workers == 1:
+    workers = workers or 1
+    if cluster is not None:
+        try:
+            cluster.run(store, spec.runs, retry_failed, root, progress.update)
+        finally:
+            cluster.close()
+    elif workers == 1:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
@@ -151,7 +204,7 @@ def run_sweep(
             for future in futures:
                 future.result()
     progress.finish()
-    counts = store.counts(spec.name)
+    counts = store.counts(spec.name, progress.run_ids)
     return {
         "sweep": spec.name,
         "runs": len(spec.runs),
@@ -161,20 +214,48 @@ def run_sweep(
     }
 
 
+def stale_runs(store: RunStore, spec: SweepSpec) -> list[str]:
+    """Ids of runs stored under the spec's sweep that the spec no longer produces.
+
+    They appear when a spec, or a default it relies on, changes: the run ids (hashes of the
+    full config) change with it.
+    """
+    current = {run.run_id for run in spec.runs}
+    return [row["id"] for row in store.runs(spec.name) if row["id"] not in current]
+
+
+def prune_sweep(spec: SweepSpec, store_url: str | None = None, checkpoint_dir: str | None = None) -> list[str]:
+    """Delete the stale runs of a sweep (see :func:`stale_runs`) and their checkpoints."""
+    store = RunStore(store_url, create=False)
+    stale = stale_runs(store, spec)
+    running = [row["id"] for row in store.runs(spec.name) if row["id"] in set(stale) and row["status"] == "running"]
+    if running:
+        raise UserError(f"{len(running)} stale runs are running (e.g. {running[0]}); prune when the sweep is idle")
+    store.delete_runs(stale)
+    root = checkpoint_root_for(store, checkpoint_dir)
+    for run_id in stale:
+        shutil.rmtree(root / run_id, ignore_errors=True)
+    return stale
+
+
 class SweepProgress:
     """A live view on stderr (rich) of the sweep: done, running, failed, ETA and latest loss."""
 
     def __init__(self, store: RunStore, spec: SweepSpec, quiet: bool) -> None:
         self.store, self.spec, self.quiet = store, spec, quiet
+        self.run_ids = {run.run_id for run in spec.runs}
         self.progress = None
         self.task = None
 
     def start(self, added: int) -> None:
-        counts = self.store.counts(self.spec.name)
+        counts = self.store.counts(self.spec.name, self.run_ids)
         message = (
             f"sweep {self.spec.name}: {len(self.spec.runs)} runs ({added} new, {counts['finished']} "
             f"finished, {counts['failed']} failed earlier)"
         )
+        stale = len(stale_runs(self.store, self.spec))
+        if stale:
+            message += f"; {stale} stored runs are no longer in the spec (moeplan runs prune SPEC removes them)"
         print(message, file=sys.stderr)
         if self.quiet:
             return
@@ -197,12 +278,12 @@ class SweepProgress:
         )
 
     def update(self) -> None:
-        counts = self.store.counts(self.spec.name)
-        done = counts["finished"] + counts["failed"]
         if self.quiet:
             return
+        counts = self.store.counts(self.spec.name, self.run_ids)
+        done = counts["finished"] + counts["failed"]
         latest = ""
-        running = [r for r in self.store.runs(self.spec.name) if r["status"] == "running"]
+        running = [r for r in self.store.runs(self.spec.name) if r["status"] == "running" and r["id"] in self.run_ids]
         if running:
             points = self.store.metrics(running[0]["id"])
             if points:
@@ -215,7 +296,7 @@ class SweepProgress:
         if self.progress is not None:
             self.update()
             self.progress.stop()
-        counts = self.store.counts(self.spec.name)
+        counts = self.store.counts(self.spec.name, self.run_ids)
         print(
             f"sweep {self.spec.name}: {counts['finished']} finished, {counts['failed']} failed, "
             f"{counts['pending'] + counts['running']} left",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -267,8 +267,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return self.model.last_lm_loss
 
-    def run(self, callback: Callback | None = None) -> TrainResult:
-        """Train to ``config.steps``, calling ``callback`` with every logged point."""
+    def iterate(self) -> Iterator[tuple[str, Any]]:
+        """Train to ``config.steps``, yielding ``("point", point)`` for every logged point and
+        ``("checkpoint", path)`` after every checkpoint is written.
+
+        A generator, so that a caller elsewhere (a Ray task) can stream progress as it happens.
+        """
         config = self.config
         tokens_per_step = config.batch_size * config.seq_len
         self.model.train()
@@ -293,22 +297,32 @@ class Trainer:
                     "elapsed": self.elapsed,
                 }
                 self.history.append(point)
-                if callback is not None:
-                    callback(point)
+                yield "point", point
             if self.checkpoint_path is not None and (
                 last or (config.checkpoint_interval and self.step % config.checkpoint_interval == 0)
             ):
                 self.elapsed = time.perf_counter() - started
                 self._save_checkpoint()
+                yield "checkpoint", self.checkpoint_path
+
+    def result(self) -> TrainResult:
+        """The finished run's summary (after :meth:`iterate` or :meth:`run`)."""
         finals = [p for p in self.history if p["val_loss"] is not None]
         return TrainResult(
             history=self.history,
             final_train_loss=self.history[-1]["train_loss"],
             final_val_loss=finals[-1]["val_loss"],
-            tokens=config.steps * tokens_per_step,
+            tokens=self.config.steps * self.config.batch_size * self.config.seq_len,
             elapsed_s=self.elapsed,
             resumed_from_step=self.resumed_from_step,
         )
+
+    def run(self, callback: Callback | None = None) -> TrainResult:
+        """Train to ``config.steps``, calling ``callback`` with every logged point."""
+        for kind, payload in self.iterate():
+            if kind == "point" and callback is not None:
+                callback(payload)
+        return self.result()
 
 
 def train(

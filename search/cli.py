@@ -380,6 +380,7 @@ def _command_sweep_run(args: argparse.Namespace) -> None:
         args.store,
         workers=args.workers,
         executor=args.executor,
+        ray_address=args.ray_address,
         retry_failed=args.retry_failed,
         quiet=args.quiet,
         checkpoint_dir=args.checkpoint_dir,
@@ -455,6 +456,17 @@ def _command_runs_show(args: argparse.Namespace) -> None:
     for point in document["metrics"]:
         val = "" if point["val_loss"] is None else f" val {point['val_loss']:.4f}"
         print(f"step {point['step']:>6} tokens {point['tokens']:>10} train {point['train_loss']:.4f}{val}")
+
+
+def _command_runs_prune(args: argparse.Namespace) -> None:
+    from scaling.sweep import prune_sweep
+    from scaling.sweep_spec import load_sweep
+
+    spec = load_sweep(args.spec)
+    removed = prune_sweep(spec, args.store, args.checkpoint_dir)
+    if args.json:
+        _print_json({"sweep": spec.name, "removed": removed})
+    print(f"removed {len(removed)} stored runs that {args.spec} no longer produces", file=sys.stderr)
 
 
 def _command_runs_export(args: argparse.Namespace) -> None:
@@ -683,9 +695,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_run = sweep_commands.add_parser("run", help="run (or resume) a sweep spec")
     sweep_run.add_argument("spec", metavar="SPEC.toml")
     sweep_run.add_argument("--store", help="SQLAlchemy URL (default: runs/moeplan.sqlite or $MOEPLAN_STORE)")
-    sweep_run.add_argument("--workers", type=_positive_int, default=1)
+    sweep_run.add_argument(
+        "--workers", type=_positive_int, default=None, help="runs at once (default: 1; with Ray, every CPU)"
+    )
     sweep_run.add_argument("--executor", choices=("local", "ray"), default="local")
-    sweep_run.add_argument("--ray-address", default=None, help="ray cluster address (ray executor)")
+    sweep_run.add_argument(
+        "--ray-address", default=None, help="HOST:PORT, ray://HOST:PORT or auto (default: start Ray on this machine)"
+    )
     sweep_run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     sweep_run.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/ beside the store")
     sweep_run.add_argument("--quiet", action="store_true", help="no live display (batch logs)")
@@ -709,6 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs_export.add_argument("--store")
     runs_export.add_argument("--out", required=True, metavar="FILE.csv|FILE.parquet")
     runs_export.set_defaults(handler=_command_runs_export)
+    runs_prune = runs_commands.add_parser(
+        "prune", help="delete a sweep's stored runs that its spec no longer produces (after a spec or default change)"
+    )
+    runs_prune.add_argument("spec", metavar="SPEC.toml")
+    runs_prune.add_argument("--store")
+    runs_prune.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/ beside the store")
+    runs_prune.add_argument("--json", action="store_true")
+    runs_prune.set_defaults(handler=_command_runs_prune)
 
     planner = commands.add_parser("plan", help="Pareto-optimal shapes for a device memory budget")
     planner.add_argument("--device", required=True)

@@ -12,52 +12,12 @@ import time
 
 import pandas as pd
 import pytest
+from sqlalchemy import create_engine, text
 
 from scaling.errors import UserError
-from scaling.store import SCHEMA_VERSION, RunStore, fit_frame
+from scaling.store import SCHEMA_VERSION, RunStore, fit_frame, resolve_url
 from scaling.sweep_spec import parse_sweep
-from tests.conftest import MOEPLAN, REPO, assert_user_error, run_cli
-
-TINY = """
-name = "tiny"
-[base]
-vocab_size = 256
-d_model = 16
-n_layers = 1
-n_heads = 2
-d_ff = 32
-[[vary]]
-list = [{n_experts = 1}, {n_experts = 4, top_k = 1, n_shared_experts = 1, d_ff = 16}]
-[tokens]
-absolute = [12288, 20480]
-[train]
-batch_size = 4
-seq_len = 32
-eval_interval = 40
-log_interval = 10
-checkpoint_interval = 20
-eval_windows = 4
-[run]
-seeds = [0]
-"""
-
-
-@pytest.fixture
-def tiny_spec(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY)
-    return path
-
-
-def sweep(spec, store, *extra, **kwargs):
-    return run_cli("sweep", "run", str(spec), "--store", str(store), "--quiet", *extra, **kwargs)
-
-
-def curves(store_path):
-    store = RunStore(str(store_path), create=False)
-    return {
-        r["id"]: [(m["step"], m["train_loss"], m["val_loss"]) for m in store.metrics(r["id"])] for r in store.runs()
-    }
+from tests.conftest import MOEPLAN, REPO, TINY, assert_user_error, curves, run_cli, sweep
 
 
 def test_spec_expansion_and_budgets():
@@ -95,8 +55,8 @@ def test_bad_specs_fail_with_key_path(change, fragment):
         parse_sweep(TINY.replace(*change))
 
 
-def test_bad_sweeps_fail_before_training_and_leave_the_store_alone(tmp_path, tiny_spec):
-    store = tmp_path / "store.sqlite"
+def test_bad_sweeps_fail_before_training_and_leave_the_store_alone(tmp_path, tiny_spec, new_store):
+    store = new_store("store")
     assert sweep(tiny_spec, store).returncode == 0
     before = curves(store)
     bad = tmp_path / "bad.toml"
@@ -108,8 +68,8 @@ def test_bad_sweeps_fail_before_training_and_leave_the_store_alone(tmp_path, tin
     assert curves(store) == before
 
 
-def test_idempotent_export_and_listing(tmp_path, tiny_spec):
-    store = tmp_path / "store.sqlite"
+def test_idempotent_export_and_listing(tmp_path, tiny_spec, new_store):
+    store = new_store("store")
     first = sweep(tiny_spec, store, "--json")
     assert first.returncode == 0, first.stderr
     assert first.json()["finished"] == 4
@@ -146,19 +106,26 @@ def test_idempotent_export_and_listing(tmp_path, tiny_spec):
     assert_user_error(
         run_cli("runs", "export", "--store", str(store), "--out", str(tmp_path / "x.txt")), ".csv or .parquet"
     )
+    # A changed spec (or default) gives new run ids; prune removes the runs it no longer produces.
+    changed = tmp_path / "changed.toml"
+    changed.write_text(TINY.replace("eval_windows = 4", "eval_windows = 8"))
+    pruned = run_cli("runs", "prune", str(changed), "--store", store, "--json", cwd=tmp_path)
+    assert sorted(pruned.json()["removed"]) == sorted(r["id"] for r in listed)
+    assert RunStore(store).runs() == [] and RunStore(store).metrics() == []
 
 
-def test_sigkill_at_random_moments(tmp_path, tiny_spec):
-    reference = tmp_path / "reference.sqlite"
+def test_sigkill_at_random_moments(tmp_path, tiny_spec, new_store):
+    reference = new_store("reference")
     assert sweep(tiny_spec, reference).returncode == 0
     expected = curves(reference)
-    store = tmp_path / "killed.sqlite"
+    store = new_store("killed")
     rng = random.Random(7)
     for _ in range(3):
         process = subprocess.Popen(
             [str(MOEPLAN), "sweep", "run", str(tiny_spec), "--store", str(store), "--quiet"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
         )
         time.sleep(rng.uniform(2.5, 8.0))
         os.kill(process.pid, signal.SIGKILL)
@@ -167,14 +134,17 @@ def test_sigkill_at_random_moments(tmp_path, tiny_spec):
     assert final.returncode == 0, final.stderr
     assert final.json()["finished"] == 4
     assert curves(store) == expected  # nothing lost, duplicated or corrupted
-    with sqlite3.connect(store) as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if store.endswith(".sqlite"):
+        with sqlite3.connect(store) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_two_processes_share_one_store(tmp_path, tiny_spec):
-    store = tmp_path / "shared.sqlite"
-    command = [str(MOEPLAN), "sweep", "run", str(tiny_spec), "--store", str(store), "--quiet"]
-    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+def test_two_processes_share_one_store(tmp_path, tiny_spec, new_store):
+    store = new_store("shared")
+    command = [str(MOEPLAN), "sweep", "run", str(tiny_spec), "--store", store, "--quiet"]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path) for _ in range(2)
+    ]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()
     runs = RunStore(str(store)).runs()
@@ -182,10 +152,10 @@ def test_two_processes_share_one_store(tmp_path, tiny_spec):
     assert sum(r["attempts"] for r in runs) == 4  # no run trained twice
 
 
-def test_failures_are_recorded_and_retried(tmp_path):
+def test_failures_are_recorded_and_retried(tmp_path, new_store):
     spec = tmp_path / "nan.toml"
     spec.write_text(TINY.replace("eval_windows = 4", "eval_windows = 4\nlr = 1e30\ngrad_clip = 0.0"))
-    store = tmp_path / "store.sqlite"
+    store = new_store("store")
     result = sweep(spec, store, "--json")
     assert result.returncode == 1 and result.json()["failed"] >= 1
     failed = [r for r in RunStore(str(store)).runs() if r["status"] == "failed"]
@@ -195,21 +165,25 @@ def test_failures_are_recorded_and_retried(tmp_path):
     assert all(r["attempts"] == 2 for r in RunStore(str(store)).runs() if r["status"] == "failed")
 
 
-def test_migration_from_version_1(tmp_path):
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as connection:  # a store as version 1 wrote it
-        connection.execute("CREATE TABLE meta (key VARCHAR(64) PRIMARY KEY, value TEXT)")
-        connection.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+def test_migration_from_version_1(new_store):
+    url = new_store("old")
+    engine = create_engine(resolve_url(url))
+    with engine.begin() as connection:  # a store as version 1 wrote it
+        connection.execute(text("CREATE TABLE meta (key VARCHAR(64) PRIMARY KEY, value TEXT)"))
+        connection.execute(text("INSERT INTO meta VALUES ('schema_version', '1')"))
         connection.execute(
-            "CREATE TABLE runs (id VARCHAR(32) PRIMARY KEY, sweep VARCHAR(200), status VARCHAR(16), config TEXT, "
-            "arch_name VARCHAR(300), total_params INTEGER, active_params INTEGER, n_experts INTEGER, "
-            "expansion INTEGER, "
-            "granularity INTEGER, top_k INTEGER, n_shared_experts INTEGER, tokens INTEGER, flops FLOAT, "
-            "final_train_loss FLOAT, final_val_loss FLOAT, error TEXT, owner VARCHAR(200), heartbeat FLOAT, "
-            "created_at FLOAT, finished_at FLOAT, elapsed_s FLOAT)"
+            text(
+                "CREATE TABLE runs (id VARCHAR(32) PRIMARY KEY, sweep VARCHAR(200), status VARCHAR(16), config TEXT, "
+                "arch_name VARCHAR(300), total_params INTEGER, active_params INTEGER, n_experts INTEGER, "
+                "expansion INTEGER, "
+                "granularity INTEGER, top_k INTEGER, n_shared_experts INTEGER, tokens INTEGER, flops FLOAT, "
+                "final_train_loss FLOAT, final_val_loss FLOAT, error TEXT, owner VARCHAR(200), heartbeat FLOAT, "
+                "created_at FLOAT, finished_at FLOAT, elapsed_s FLOAT)"
+            )
         )
-        connection.execute("INSERT INTO runs (id, sweep, status, config) VALUES ('abc', 'old', 'finished', '{}')")
-    store = RunStore(str(path))
+        connection.execute(text("INSERT INTO runs (id, sweep, status, config) VALUES ('abc', 'old', 'finished', '{}')"))
+    engine.dispose()
+    store = RunStore(url)
     assert store.schema_version() == SCHEMA_VERSION
     assert store.runs()[0]["id"] == "abc" and store.runs()[0]["attempts"] == 0
 
