@@ -219,7 +219,7 @@ class RunStore:
             if row is None or row["status"] == "finished":
                 return False
             claimable = row["status"] == "pending" or (row["status"] == "failed" and retry_failed)
-            if row["status"] == "running" and _abandoned(row["owner"], row["heartbeat"], now):
+            if row["status"] == "running" and abandoned(row["owner"], row["heartbeat"], now):
                 claimable = True
             if not claimable:
                 return False
@@ -356,7 +356,7 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _abandoned(owner: str | None, heartbeat: float | None, now: float) -> bool:
+def abandoned(owner: str | None, heartbeat: float | None, now: float) -> bool:
     """A running claim whose process is gone (same host) or silent past the lease."""
     if owner is None:
         return True

@@ -26,7 +26,7 @@ from typing import Any
 
 from scaling import accounting
 from scaling.errors import UserError
-from scaling.store import RunStore, owner_id
+from scaling.store import RunStore, abandoned, owner_id
 from scaling.sweep_spec import RunConfig, SweepSpec
 
 EXECUTORS = ("local", "ray")
@@ -228,7 +228,12 @@ def prune_sweep(spec: SweepSpec, store_url: str | None = None, checkpoint_dir: s
     """Delete the stale runs of a sweep (see :func:`stale_runs`) and their checkpoints."""
     store = RunStore(store_url, create=False)
     stale = stale_runs(store, spec)
-    running = [row["id"] for row in store.runs(spec.name) if row["id"] in set(stale) and row["status"] == "running"]
+    now = time.time()
+    running = [
+        row["id"]
+        for row in store.runs(spec.name)
+        if row["id"] in set(stale) and row["status"] == "running" and not abandoned(row["owner"], row["heartbeat"], now)
+    ]
     if running:
         raise UserError(f"{len(running)} stale runs are running (e.g. {running[0]}); prune when the sweep is idle")
     store.delete_runs(stale)

@@ -140,6 +140,8 @@ def test_sigkill_at_random_moments(tmp_path, tiny_spec, new_store):
 
 
 def test_two_processes_share_one_store(tmp_path, tiny_spec, new_store):
+    # One torch thread each: two processes on a 2-core machine must not oversubscribe it.
+    tiny_spec.write_text(tiny_spec.read_text().replace("eval_windows = 4", "eval_windows = 4\nthreads = 1"))
     store = new_store("shared")
     command = [str(MOEPLAN), "sweep", "run", str(tiny_spec), "--store", store, "--quiet"]
     processes = [
