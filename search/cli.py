@@ -530,26 +530,9 @@ def _command_plan(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(document)
         return
-    from search.report import human_bytes, human_count, print_table
+    from search.report import pareto_table, print_table
 
-    print_table(
-        f"Pareto front on {document['device']} within {human_bytes(document['memory_budget_bytes'])} "
-        f"(hypervolume {document['hypervolume']:.3f} of exact {document['exact_hypervolume']:.3f})",
-        ["shape", "total", "active", "pred. loss", "decode tok/s", "prefill ms", "weights", "peak memory"],
-        [
-            [
-                e["arch"]["name"],
-                human_count(e["total_params"]),
-                human_count(e["active_params"]),
-                f"{e['predicted_loss']:.4f}",
-                f"{e['decode_tokens_per_s']:.1f}",
-                f"{e['prefill_ms']:.0f}",
-                human_bytes(e["weight_bytes"]),
-                human_bytes(e["peak_memory_bytes"]),
-            ]
-            for e in document["pareto"]
-        ],
-    )
+    print_table(*pareto_table(document))
 
 
 # --- command: serve ------------------------------------------------------------------------------

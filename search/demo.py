@@ -4,7 +4,9 @@
 2. A real sweep: the smoke spec, trained on Shakespeare into ``runs/demo/demo.sqlite``.
 3. A scaling-law fit with bootstrap intervals and leave-largest-out, on the reference sweep's
    exported results when they exist, else on the published Chinchilla points, with plots.
-4. Dense against MoE at equal INT4 weight memory on the iPhone 16 Pro profile.
+4. A plan: the exact Pareto front of loss against decode latency on the iPhone 16 Pro profile
+   within a 2 GB memory budget, with a plot and one --arch file per proposed shape.
+5. Dense against MoE at equal INT4 weight memory on the iPhone 16 Pro profile.
 
 Everything lands in ``runs/demo/``: ``summary.md`` and the PNG plots.
 """
@@ -21,6 +23,7 @@ from search.report import print_arch_table, print_table
 
 REPORT = Path("runs") / "demo"
 REFERENCE = Path("runs") / "reference" / "reference_runs.csv"
+PLAN_MEMORY_GB = 2.0  # a phone app's share of DRAM for the model: weights, KV cache, activations
 SMOKE = Path("runs") / "sweeps" / "smoke.toml"
 
 
@@ -32,17 +35,21 @@ def run_demo(args: argparse.Namespace) -> None:
     REPORT.mkdir(parents=True, exist_ok=True)
     lines = ["# moeplan demo report", ""]
 
-    _step("1/4 architecture accounting (INT4 weights, fp16 group scales)")
+    _step("1/5 architecture accounting (INT4 weights, fp16 group scales)")
     print_arch_table([get_preset(name) for name in preset_names()], "int4")
 
-    _step("2/4 a real sweep: runs/sweeps/smoke.toml on Shakespeare")
+    _step("2/5 a real sweep: runs/sweeps/smoke.toml on Shakespeare")
     from scaling.store import RunStore
-    from scaling.sweep import run_sweep
+    from scaling.sweep import prune_sweep, run_sweep
     from scaling.sweep_spec import load_sweep
 
     store_url = f"sqlite:///{REPORT / 'demo.sqlite'}"
-    summary = run_sweep(load_sweep(SMOKE), store_url, quiet=not sys.stderr.isatty())
-    runs = RunStore(store_url).runs("smoke")
+    spec = load_sweep(SMOKE)
+    if (REPORT / "demo.sqlite").exists():  # the demo's own scratch store: drop runs of older specs
+        prune_sweep(spec, store_url)
+    summary = run_sweep(spec, store_url, quiet=not sys.stderr.isatty())
+    current = {run.run_id for run in spec.runs}
+    runs = [run for run in RunStore(store_url).runs("smoke") if run["id"] in current]
     lines += [
         "## Smoke sweep",
         "",
@@ -57,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> None:
             f"{run['tokens']:,} | {run['final_val_loss']:.4f} |"
         )
 
-    _step("3/4 scaling-law fit with bootstrap intervals")
+    _step("3/5 scaling-law fit with bootstrap intervals")
     import pandas as pd
 
     from scaling.errors import UserError
@@ -87,7 +94,10 @@ def run_demo(args: argparse.Namespace) -> None:
         lines += ["", f"## Scaling-law fit: `{law}` on {origin}", "", "```", fit.summary(), "```", ""]
         lines += [f"![{p.stem}](fit/{p.name})" for p in plots]
 
-    _step("4/4 dense against MoE at equal INT4 weight memory on iphone-16-pro")
+    _step(f"4/5 plan: the Pareto front on iphone-16-pro within {PLAN_MEMORY_GB:g} GB (INT4)")
+    lines += _plan_section()
+
+    _step("5/5 dense against MoE at equal INT4 weight memory on iphone-16-pro")
     from search.cost import predict
     from search.devices import get_device
 
@@ -131,6 +141,34 @@ def run_demo(args: argparse.Namespace) -> None:
     ]
     (REPORT / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"\nreport: {REPORT / 'summary.md'} (plots beside it)", file=sys.stderr)
+
+
+def _plan_section() -> list[str]:
+    """Plan on the phone at the demo's budget (every shape of the default space), with a Pareto plot."""
+    from search.devices import get_device
+    from search.plan import PlanRequest, plan, write_outputs
+    from search.report import pareto_table
+
+    document = plan(
+        PlanRequest(device=get_device("iphone-16-pro"), memory_budget_bytes=PLAN_MEMORY_GB * 1e9, exhaustive=True)
+    )
+    write_outputs(document, REPORT / "plan")
+    title, columns, rows = pareto_table(document)
+    print_table(title, columns, rows)
+    return [
+        "",
+        f"## Plan: {title}",
+        "",
+        f"{document['feasible_shapes']:,} of {document['space_size']:,} shapes fit; loss predicted by the "
+        f"`{document['fit_law']}` law (search/default_fit.json) at {document['train_tokens']:.0e} training tokens. "
+        "Each proposed shape has an --arch file and a Hugging Face config.json in `plan/arch/`.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *["| " + " | ".join(row) + " |" for row in rows],
+        "",
+        "![Pareto front](plan/pareto.png)",
+    ]
 
 
 def _draw_speedups(rows: list[list[str]], path: Path) -> Path:

@@ -67,3 +67,28 @@ def print_arch_table(specs: Sequence[Any], precision: str) -> None:
         ["name", "layers x d", "MLP", "total", "active", "FLOPs/token", "weights", "KV/token"],
         rows,
     )
+
+
+PARETO_COLUMNS = ["shape", "total", "active", "pred. loss", "decode tok/s", "prefill ms", "weights", "peak memory"]
+
+
+def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """Title, columns and rows of a plan document's Pareto front."""
+    title = (
+        f"Pareto front on {document['device']} within {human_bytes(document['memory_budget_bytes'])} "
+        f"(hypervolume {document['hypervolume']:.3f} of exact {document['exact_hypervolume']:.3f})"
+    )
+    rows = [
+        [
+            entry["arch"]["name"],
+            human_count(entry["total_params"]),
+            human_count(entry["active_params"]),
+            f"{entry['predicted_loss']:.4f}",
+            f"{entry['decode_tokens_per_s']:.1f}",
+            f"{entry['prefill_ms']:.0f}",
+            human_bytes(entry["weight_bytes"]),
+            human_bytes(entry["peak_memory_bytes"]),
+        ]
+        for entry in document["pareto"]
+    ]
+    return title, PARETO_COLUMNS, rows
