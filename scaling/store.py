@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -329,11 +330,15 @@ class RunStore:
 
     def counts(self, sweep: str | None = None, run_ids: set[str] | None = None) -> dict[str, int]:
         """Runs per status, in ``sweep`` and (when given) among ``run_ids``."""
-        counts = dict.fromkeys(STATUSES, 0)
-        for row in self.runs(sweep):
-            if run_ids is None or row["id"] in run_ids:
-                counts[row["status"]] += 1
-        return counts
+        return status_counts(row for row in self.runs(sweep) if run_ids is None or row["id"] in run_ids)
+
+
+def status_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Runs per status among ``rows`` (every status present, zero when none)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        counts[row["status"]] += 1
+    return counts
 
 
 POINT_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")

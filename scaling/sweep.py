@@ -26,7 +26,7 @@ from typing import Any
 
 from scaling import accounting
 from scaling.errors import UserError
-from scaling.store import RunStore, abandoned, owner_id
+from scaling.store import RunStore, abandoned, owner_id, status_counts
 from scaling.sweep_spec import RunConfig, SweepSpec
 
 EXECUTORS = ("local", "ray")
@@ -214,33 +214,32 @@ def run_sweep(
     }
 
 
-def stale_runs(store: RunStore, spec: SweepSpec) -> list[str]:
-    """Ids of runs stored under the spec's sweep that the spec no longer produces.
+def stale_runs(store: RunStore, spec: SweepSpec) -> list[dict[str, Any]]:
+    """Stored runs of the spec's sweep that the spec no longer produces.
 
     They appear when a spec, or a default it relies on, changes: the run ids (hashes of the
     full config) change with it.
     """
-    current = {run.run_id for run in spec.runs}
-    return [row["id"] for row in store.runs(spec.name) if row["id"] not in current]
+    current = spec.run_ids
+    return [row for row in store.runs(spec.name) if row["id"] not in current]
 
 
 def prune_sweep(spec: SweepSpec, store_url: str | None = None, checkpoint_dir: str | None = None) -> list[str]:
-    """Delete the stale runs of a sweep (see :func:`stale_runs`) and their checkpoints."""
+    """Delete the stale runs of a sweep (see :func:`stale_runs`) and their checkpoints; returns their ids."""
     store = RunStore(store_url, create=False)
     stale = stale_runs(store, spec)
     now = time.time()
     running = [
-        row["id"]
-        for row in store.runs(spec.name)
-        if row["id"] in set(stale) and row["status"] == "running" and not abandoned(row["owner"], row["heartbeat"], now)
+        row["id"] for row in stale if row["status"] == "running" and not abandoned(row["owner"], row["heartbeat"], now)
     ]
     if running:
         raise UserError(f"{len(running)} stale runs are running (e.g. {running[0]}); prune when the sweep is idle")
-    store.delete_runs(stale)
+    stale_ids = [row["id"] for row in stale]
+    store.delete_runs(stale_ids)
     root = checkpoint_root_for(store, checkpoint_dir)
-    for run_id in stale:
+    for run_id in stale_ids:
         shutil.rmtree(root / run_id, ignore_errors=True)
-    return stale
+    return stale_ids
 
 
 class SweepProgress:
@@ -248,7 +247,7 @@ class SweepProgress:
 
     def __init__(self, store: RunStore, spec: SweepSpec, quiet: bool) -> None:
         self.store, self.spec, self.quiet = store, spec, quiet
-        self.run_ids = {run.run_id for run in spec.runs}
+        self.run_ids = spec.run_ids
         self.progress = None
         self.task = None
 
@@ -285,10 +284,11 @@ class SweepProgress:
     def update(self) -> None:
         if self.quiet:
             return
-        counts = self.store.counts(self.spec.name, self.run_ids)
+        rows = [row for row in self.store.runs(self.spec.name) if row["id"] in self.run_ids]
+        counts = status_counts(rows)
         done = counts["finished"] + counts["failed"]
         latest = ""
-        running = [r for r in self.store.runs(self.spec.name) if r["status"] == "running" and r["id"] in self.run_ids]
+        running = [row for row in rows if row["status"] == "running"]
         if running:
             points = self.store.metrics(running[0]["id"])
             if points:

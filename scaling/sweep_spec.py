@@ -85,6 +85,11 @@ class SweepSpec:
     skipped: list[str]
     text: str
 
+    @property
+    def run_ids(self) -> set[str]:
+        """The ids of the runs this spec produces."""
+        return {run.run_id for run in self.runs}
+
 
 def _fail(path: str, message: str) -> UserError:
     return UserError(f"sweep spec: {path}: {message}")

@@ -48,7 +48,7 @@ def run_demo(args: argparse.Namespace) -> None:
     if (REPORT / "demo.sqlite").exists():  # the demo's own scratch store: drop runs of older specs
         prune_sweep(spec, store_url)
     summary = run_sweep(spec, store_url, quiet=not sys.stderr.isatty())
-    current = {run.run_id for run in spec.runs}
+    current = spec.run_ids
     runs = [run for run in RunStore(store_url).runs("smoke") if run["id"] in current]
     lines += [
         "## Smoke sweep",
