@@ -42,6 +42,47 @@ def _prefill(model: ProxyModel, prompt: torch.Tensor, cache: KVCache) -> torch.T
     return logits[:, -1].argmax(dim=-1, keepdim=True)
 
 
+class InferenceSession:
+    """One model and prompt, ready to time prefill and decode as often as asked.
+
+    Building the model once lets a caller interleave measurements of many shapes (see
+    :func:`search.host.measure`), so a slow spell of a shared machine hits them all alike.
+    """
+
+    def __init__(
+        self, arch: ArchSpec, precision: str, prompt_tokens: int, decode_tokens: int, device: torch.device | str
+    ) -> None:
+        self.arch, self.precision, self.device = arch, precision, torch.device(device)
+        self.prompt_tokens, self.decode_tokens = prompt_tokens, decode_tokens
+        self.max_len = prompt_tokens + decode_tokens
+        self.model = build_inference_model(arch, precision, self.device, self.max_len)
+        generator = torch.Generator().manual_seed(0)
+        self.prompt = torch.randint(0, arch.vocab_size, (1, prompt_tokens), generator=generator).to(self.device)
+
+    def measure_once(self, prompt_tokens: int | None = None) -> tuple[float, float]:
+        """Prefill seconds and decode tokens/s of one generation from an empty cache.
+
+        Args:
+            prompt_tokens: Prefill only the first this many prompt tokens (default: all).
+        """
+        prompt = self.prompt if prompt_tokens is None else self.prompt[:, :prompt_tokens]
+        cache = KVCache(
+            self.arch, batch=1, max_len=self.max_len, dtype=TORCH_PRECISIONS[self.precision], device=self.device
+        )
+        synchronize(self.device)
+        start = time.perf_counter()
+        token = _prefill(self.model, prompt, cache)
+        synchronize(self.device)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(self.decode_tokens):
+                logits, _ = self.model(token, cache=cache)
+                token = logits[:, -1].argmax(dim=-1, keepdim=True)
+        synchronize(self.device)
+        return prefill_s, self.decode_tokens / (time.perf_counter() - start)
+
+
 def bench_infer(
     arch: ArchSpec,
     backend: str = "torch",
@@ -67,33 +108,17 @@ def bench_infer(
     if prompt_tokens < 1 or decode_tokens < 1 or repeats < 1:
         raise UserError("prompt-tokens, decode-tokens and repeats must be >= 1")
     torch_device = resolve_device(device)
-    max_len = prompt_tokens + decode_tokens
     baseline = current_rss_bytes()
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-    model = build_inference_model(arch, precision, torch_device, max_len)
-    generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, arch.vocab_size, (1, prompt_tokens), generator=generator).to(torch_device)
-    dtype = TORCH_PRECISIONS[precision]
+    session = InferenceSession(arch, precision, prompt_tokens, decode_tokens, torch_device)
     prefill_times, decode_rates, peak_rss = [], [], 0
     for index in range(warmup + repeats):
-        cache = KVCache(arch, batch=1, max_len=max_len, dtype=dtype, device=torch_device)
-        synchronize(torch_device)
-        start = time.perf_counter()
-        token = _prefill(model, prompt, cache)
-        synchronize(torch_device)
-        prefill_s = time.perf_counter() - start
-        start = time.perf_counter()
-        with torch.no_grad():
-            for _ in range(decode_tokens):
-                logits, _ = model(token, cache=cache)
-                token = logits[:, -1].argmax(dim=-1, keepdim=True)
-        synchronize(torch_device)
-        decode_s = time.perf_counter() - start
+        prefill_s, decode_rate = session.measure_once()
         peak_rss = max(peak_rss, current_rss_bytes())
         if index >= warmup:
             prefill_times.append(prefill_s)
-            decode_rates.append(decode_tokens / decode_s)
+            decode_rates.append(decode_rate)
     if torch_device.type == "cuda":
         peak_memory = torch.cuda.max_memory_allocated(torch_device)
     else:

@@ -1,10 +1,11 @@
 """Calibration: fit a profile's efficiency factors and overheads to measured latencies.
 
 Given measurements (shape, precision, prompt tokens, context, measured prefill ms and decode
-tokens/s), least squares on the log ratio of predicted to measured time fits
-``efficiency.compute``, ``efficiency.bandwidth``, ``efficiency.half_tokens`` and the
-overheads per layer, per forward pass and per touched expert. The report gives the fit's error per measurement.
-"""
+tokens/s), bounded least squares on the log ratio of predicted to measured time fits every key
+in :data:`CALIBRATED`: the compute and bandwidth efficiencies, the GEMM packing cost
+(``efficiency.half_tokens``), the routed-expert matmul efficiency, the overlap of arithmetic
+and memory time, and the fixed costs per layer, per MoE layer, per touched expert and per
+forward pass. The report gives the fit's error per measurement."""
 
 from __future__ import annotations
 
@@ -27,9 +28,15 @@ CALIBRATED = (
     "overheads.per_layer_s",
     "overheads.per_forward_s",
     "overheads.per_expert_s",
+    "efficiency.expert_compute",
+    "overheads.per_moe_layer_s",
+    "efficiency.overlap",
 )
-BOUNDS = ((1e-3, 1e-3, 0.0, 0.0, 0.0, 0.0), (2.0, 2.0, 4096.0, 0.05, 1.0, 0.05))
-SCALES = (0.1, 0.1, 16.0, 1e-4, 1e-3, 1e-4)
+BOUNDS = (
+    (1e-3, 1e-3, 0.0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0),
+    (2.0, 2.0, 4096.0, 0.05, 1.0, 0.05, 2.0, 0.05, 1.0),
+)
+SCALES = (0.1, 0.1, 16.0, 1e-4, 1e-3, 1e-4, 0.1, 1e-4, 0.1)
 MEASUREMENT_COLUMNS = ("precision", "prompt_tokens", "context_tokens", "prefill_ms", "decode_tokens_per_s")
 
 

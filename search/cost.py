@@ -5,16 +5,21 @@ Every function takes one :class:`~scaling.arch.ArchSpec` or many shapes at once 
 evaluate hundreds of thousands of shapes a second with the same formulas.
 
 For a forward pass of T new tokens after c cached ones, each component (attention
-projections, attention over the KV cache, dense MLPs, MoE layers, output head) costs
-``max(FLOPs / (peak x eff_compute), bytes / (bandwidth x eff_bandwidth))``; the components
-add up, plus a fixed cost per layer and per forward pass.
+projections, attention over the KV cache, dense MLPs, MoE layers, output head) costs its
+arithmetic time ``FLOPs / (peak x eff_compute)`` and its memory time ``bytes / (bandwidth x
+eff_bandwidth)`` combined as ``max(a, m) + (1 - overlap) min(a, m)``. ``efficiency.overlap``
+= 1 is the classic roofline (the two overlap fully), the prior for phones; 0 adds them, which
+is what calibration finds on the CPU host (benchmarks/cost_model_accuracy.py). The components
+add up, plus fixed costs per layer, per MoE layer, per touched expert and per forward pass.
 
 * Prefill (T = P, c = 0) is mostly compute-bound. A routed expert is read if any of the P
   tokens picks it: in expectation E (1 - (1 - k/E)^P) of E experts.
 * Decode (T = 1, c = context) is mostly bandwidth-bound: the active weights plus the KV cache.
 * Quantised weights (int8, int4) add dequantisation FLOPs per weight read.
-* Matmul efficiency saturates with the number of tokens (T / (T + T_half)); every touched
-  expert adds a fixed dispatch cost.
+* A matrix product over T > 1 tokens runs at T / (T + T_half) of the compute rate: the fixed
+  cost of packing each weight matrix, which a one-token matrix-vector product does not pay.
+  Routed-expert matmuls run at a further ``efficiency.expert_compute`` of that rate (gathered
+  rows, small products).
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from search.devices import DeviceProfile
 ACTIVATION_BYTES = 2  # fp16 activations on device
 
 
-def _roofline(flops, bytes_moved, compute_rate, bandwidth):
-    return np.maximum(flops / compute_rate, bytes_moved / bandwidth)
+def _roofline(flops, bytes_moved, compute_rate, bandwidth, overlap):
+    """The longer of arithmetic and memory time, plus the un-overlapped share of the shorter."""
+    arithmetic, memory = flops / compute_rate, bytes_moved / bandwidth
+    return np.maximum(arithmetic, memory) + (1 - overlap) * np.minimum(arithmetic, memory)
 
 
 def forward_seconds(
@@ -47,37 +54,44 @@ def forward_seconds(
     """Seconds for one forward pass of ``new_tokens`` after ``cached_tokens`` (batch 1)."""
     parts = accounting.parameter_breakdown(shape)
     weight = accounting.bytes_per_weight(precision, group_size)
-    # Skinny matmuls (few tokens) run below peak: efficiency saturates as T / (T + T_half).
-    saturation = new_tokens / (new_tokens + device.get("efficiency.half_tokens", 0.0))
+    # GEMMs over T > 1 rows pay a per-matrix packing cost worth T_half rows of compute.
+    half_tokens = device.get("efficiency.half_tokens", 0.0)
+    saturation = np.where(np.asarray(new_tokens) > 1, new_tokens / (new_tokens + half_tokens), 1.0)
     compute = device.compute_flops(precision) * device["efficiency.compute"] * saturation
     attention_compute = device.compute_flops("fp16") * device["efficiency.compute"] * saturation
     bandwidth = device["bandwidth_bytes_per_s"] * device["efficiency.bandwidth"]
     dequant = device["overheads.dequant_flops_per_weight"] if precision in QUANTISED else 0.0
+    overlap = device.get("efficiency.overlap", 1.0)
     tokens = new_tokens
 
     def matmul(weights, read_weights=None):
         read = weights if read_weights is None else read_weights
-        return _roofline(2 * weights * tokens + dequant * read, read * weight, compute, bandwidth)
+        return _roofline(2 * weights * tokens + dequant * read, read * weight, compute, bandwidth, overlap)
 
     # Attention projections, and attention over the cache (QK^T and AV for every new token).
     seconds = matmul(parts["attention"])
     context_sum = tokens * cached_tokens + tokens * (tokens + 1) / 2
     score_flops = 4 * shape.n_layers * shape.n_heads * shape.head_dim * context_sum
     kv_bytes = accounting.kv_cache_bytes_per_token(shape, kv_precision) * (cached_tokens + tokens)
-    seconds = seconds + _roofline(score_flops, kv_bytes, attention_compute, bandwidth)
+    seconds = seconds + _roofline(score_flops, kv_bytes, attention_compute, bandwidth, overlap)
     # Dense MLPs, then the MoE layers: router, the routed experts touched, shared experts.
     seconds = seconds + matmul(parts["dense_mlp"])
     experts = np.maximum(shape.n_routed_experts, 1)
     touched = experts * (1 - (1 - shape.routed_top_k / experts) ** tokens)
-    expert_params = accounting.moe_layer_count(shape) * 3 * shape.d_model * shape.expert_d_ff
-    moe_read = parts["router"] + parts["shared_experts"] + expert_params * touched
-    moe_weights = parts["router"] + parts["shared_experts"] + parts["routed_experts_active"]
-    seconds = seconds + _roofline(2 * moe_weights * tokens + dequant * moe_read, moe_read * weight, compute, bandwidth)
-    # Each touched expert is its own small kernel (or loop step): a fixed cost per expert.
-    seconds = seconds + accounting.moe_layer_count(shape) * touched * device.get("overheads.per_expert_s", 0.0)
+    moe_layers = accounting.moe_layer_count(shape)
+    expert_params = moe_layers * 3 * shape.d_model * shape.expert_d_ff
+    seconds = seconds + matmul(parts["router"] + parts["shared_experts"])
+    routed_read = expert_params * touched
+    routed_flops = 2 * parts["routed_experts_active"] * tokens + dequant * routed_read
+    expert_compute = compute * device.get("efficiency.expert_compute", 1.0)
+    seconds = seconds + _roofline(routed_flops, routed_read * weight, expert_compute, bandwidth, overlap)
+    # Each touched expert is its own small kernel (or loop step): a fixed cost per expert; and
+    # each MoE layer routes (softmax, top-k, sort, scatter) at a fixed cost of its own.
+    seconds = seconds + moe_layers * touched * device.get("overheads.per_expert_s", 0.0)
+    seconds = seconds + moe_layers * device.get("overheads.per_moe_layer_s", 0.0)
     # Output head: logits for the last position only.
     head = parts["embedding_input"]
-    seconds = seconds + _roofline(2 * head + dequant * head, head * weight, compute, bandwidth)
+    seconds = seconds + _roofline(2 * head + dequant * head, head * weight, compute, bandwidth, overlap)
     return seconds + shape.n_layers * device["overheads.per_layer_s"] + device["overheads.per_forward_s"]
 
 

@@ -38,6 +38,9 @@ OPTIONAL = (
     *(f"compute_flops.{p}" for p in ("fp32", "bf16", "int8", "int4")),
     "efficiency.half_tokens",  # default 0: matmuls at full efficiency whatever the token count
     "overheads.per_expert_s",  # default 0: no fixed cost per touched expert
+    "overheads.per_moe_layer_s",  # default 0: routing (softmax, top-k, sort) costs nothing fixed
+    "efficiency.expert_compute",  # default 1: routed-expert matmuls as efficient as dense ones
+    "efficiency.overlap",  # default 1: arithmetic and memory traffic overlap fully (roofline)
 )
 # Quantised weights are dequantised to 16-bit for the matmul; fp32 falls back to the fp16 rate.
 COMPUTE_FALLBACK = {"bf16": "fp16", "int8": "fp16", "int4": "fp16", "fp32": "fp16"}

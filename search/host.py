@@ -38,13 +38,33 @@ CALIBRATION_SHAPES = [
         name="cal-moe-d768",
         vocab_size=16000,
         d_model=768,
-        n_layers=6,
+        n_layers=4,
         n_heads=12,
         d_ff=1536,
-        n_experts=16,
+        n_experts=8,
         top_k=2,
         granularity=2,
         n_shared_experts=1,
+    ),
+    # Depth, few coarse experts, many fine ones, and many top-1 experts: each identifies a
+    # different term (per-layer cost, expert matmul rows, per-expert cost).
+    ArchSpec(name="cal-dense-d448-l10", vocab_size=4000, d_model=448, n_layers=10, n_heads=7, d_ff=1216),
+    ArchSpec(
+        name="cal-moe-d576-e4", vocab_size=4000, d_model=576, n_layers=6, n_heads=9, d_ff=1536, n_experts=4, top_k=1
+    ),
+    ArchSpec(
+        name="cal-moe-d448-e8-g4",
+        vocab_size=2000,
+        d_model=448,
+        n_layers=4,
+        n_heads=7,
+        d_ff=1024,
+        n_experts=8,
+        top_k=2,
+        granularity=4,
+    ),
+    ArchSpec(
+        name="cal-moe-d640-e16", vocab_size=8000, d_model=640, n_layers=4, n_heads=10, d_ff=640, n_experts=16, top_k=1
     ),
 ]
 PROMPT_TOKENS = (32, 128)
@@ -73,30 +93,46 @@ def measure(
     shapes: list[ArchSpec],
     prompts=PROMPT_TOKENS,
     decode_tokens: int = 8,
-    repeats: int = 3,
+    repeats: int = 5,
     deadline: float | None = None,
 ) -> tuple[list[ArchSpec], pd.DataFrame]:
-    """Run the torch inference bench on each shape and prompt length (fp32, CPU)."""
-    from scaling.bench_infer import bench_infer
+    """Time the torch inference bench on each shape and prompt length (fp32, CPU).
 
-    specs, rows = [], []
-    for spec in shapes:
-        for prompt in prompts:
-            if deadline is not None and time.perf_counter() > deadline and len(rows) >= 4:
-                break
-            result = bench_infer(spec, "torch", "fp32", prompt, decode_tokens, device="cpu", repeats=repeats)
-            specs.append(spec)
-            rows.append(
-                {
-                    "arch": spec.name,
-                    "precision": "fp32",
-                    "prompt_tokens": prompt,
-                    "context_tokens": prompt + decode_tokens / 2,
-                    "prefill_ms": result["prefill_ms"],
-                    "decode_tokens_per_s": result["decode_tokens_per_s"],
-                }
-            )
-    return specs, pd.DataFrame(rows)
+    The measurements interleave: every round times each shape once, after one warm-up round,
+    and each row reports the median over rounds. A slow spell of a shared machine then hits
+    all shapes alike instead of skewing the few measured during it.
+
+    Args:
+        shapes: Architectures to time; every model stays built until the end.
+        prompts: Prompt lengths; each shape is timed at each.
+        decode_tokens: Tokens generated after each prefill.
+        repeats: Measured rounds (at least one runs, even past the deadline).
+        deadline: ``time.perf_counter()`` value after which no new round starts.
+    """
+    from scaling.bench_infer import InferenceSession
+
+    sessions = [InferenceSession(spec, "fp32", max(prompts), decode_tokens, "cpu") for spec in shapes]
+    cells = [(session, prompt) for session in sessions for prompt in prompts]
+    timings: list[list[tuple[float, float]]] = [[] for _ in cells]
+    for round_index in range(repeats + 1):
+        if round_index > 1 and deadline is not None and time.perf_counter() > deadline:
+            break
+        for cell, (session, prompt) in enumerate(cells):
+            prefill_s, decode_rate = session.measure_once(prompt)
+            if round_index > 0:  # round 0 warms up every model
+                timings[cell].append((prefill_s, decode_rate))
+    rows = [
+        {
+            "arch": session.arch.name,
+            "precision": "fp32",
+            "prompt_tokens": prompt,
+            "context_tokens": prompt + decode_tokens / 2,
+            "prefill_ms": 1e3 * statistics.median(t[0] for t in timing),
+            "decode_tokens_per_s": statistics.median(t[1] for t in timing),
+        }
+        for (session, prompt), timing in zip(cells, timings, strict=True)
+    ]
+    return [session.arch for session, _ in cells], pd.DataFrame(rows)
 
 
 def host_profile(name: str = "host") -> DeviceProfile:

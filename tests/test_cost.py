@@ -16,6 +16,7 @@ from scaling.presets import get_preset
 from search.calibrate import calibrate
 from search.cost import predict
 from search.devices import get_device, list_devices, parse_profile
+from search.host import measure
 from tests.conftest import REPO, assert_user_error, run_cli
 
 PHONES = ("iphone-16-pro", "galaxy-s25", "pixel-9-pro")
@@ -114,6 +115,75 @@ def test_calibration_recovers_known_factors():
     result = calibrate(get_device("pixel-9-pro"), specs, frame, name="pixel-measured")
     assert result.prefill_mape < 0.01 and result.decode_mape < 0.01
     assert result.profile.facts["efficiency.compute"]["flag"] == "measured"
+
+
+def test_overlap_interpolates_between_roofline_and_sum():
+    spec = get_preset("phone-moe-a0.3b")
+    device = get_device("iphone-16-pro")
+    seconds = {
+        overlap: predict(spec, device.with_values("t", {"efficiency.overlap": overlap}, "spec", "assumption", "test"))
+        for overlap in (0.0, 0.5, 1.0)
+    }
+    assert seconds[1.0]["prefill_ms"] == pytest.approx(predict(spec, device)["prefill_ms"])  # default: roofline
+    for key in ("prefill_ms", "decode_ms_per_token"):
+        low, middle, high = (seconds[o][key] for o in (1.0, 0.5, 0.0))
+        assert low < middle < high
+        assert middle == pytest.approx((low + high) / 2)  # linear in the overlap
+
+
+def test_calibration_recovers_host_like_terms():
+    """All nine calibrated terms at once, on dense and MoE shapes at two prompt lengths."""
+    base = get_device("pixel-9-pro").with_values(
+        "cpu", {"compute_flops.fp32": 160e9, "bandwidth_bytes_per_s": 20e9}, "spec", "assumption", "test"
+    )
+    truth = base.with_values(
+        "truth",
+        {
+            "efficiency.compute": 0.6,
+            "efficiency.bandwidth": 0.5,
+            "efficiency.half_tokens": 40.0,
+            "efficiency.expert_compute": 0.7,
+            "efficiency.overlap": 0.3,
+            "overheads.per_layer_s": 1e-3,
+            "overheads.per_moe_layer_s": 6e-4,
+            "overheads.per_expert_s": 4e-5,
+        },
+        "spec",
+        "assumption",
+        "test",
+    )
+    specs = [
+        ArchSpec(vocab_size=4000, d_model=d, n_layers=layers, n_heads=d // 64, d_ff=4 * d, **moe)
+        for d, layers, moe in [
+            (256, 4, {}),
+            (512, 10, {}),
+            (1024, 6, {}),
+            (512, 4, {"n_experts": 8, "top_k": 2, "n_shared_experts": 1}),
+            (768, 4, {"n_experts": 16, "top_k": 1}),
+            (448, 6, {"n_experts": 8, "top_k": 2, "granularity": 4}),
+        ]
+        for _ in (32, 128)
+    ]
+    frame = pd.DataFrame({"precision": "fp32", "prompt_tokens": [32, 128] * 6, "context_tokens": 132})
+    predicted = [predict(s, truth, "fp32", p, 132) for s, p in zip(specs, frame.prompt_tokens, strict=True)]
+    frame["prefill_ms"] = [r["prefill_ms"] for r in predicted]
+    frame["decode_tokens_per_s"] = [r["decode_tokens_per_s"] for r in predicted]
+    result = calibrate(base, specs, frame, name="fitted")
+    assert result.prefill_mape < 0.01 and result.decode_mape < 0.01
+    assert result.profile["efficiency.overlap"] == pytest.approx(0.3, abs=0.1)
+    assert result.profile["efficiency.expert_compute"] == pytest.approx(0.7, rel=0.15)
+
+
+def test_interleaved_host_measurement():
+    shapes = [
+        ArchSpec(name="tiny-dense", vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=128),
+        ArchSpec(name="tiny-moe", vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=64, n_experts=4, top_k=2),
+    ]
+    specs, frame = measure(shapes, prompts=(8, 16), decode_tokens=2, repeats=2)
+    assert [s.name for s in specs] == ["tiny-dense", "tiny-dense", "tiny-moe", "tiny-moe"]
+    assert list(frame["prompt_tokens"]) == [8, 16, 8, 16]
+    assert (frame["prefill_ms"] > 0).all() and (frame["decode_tokens_per_s"] > 0).all()
+    assert list(frame["context_tokens"]) == [9.0, 17.0, 9.0, 17.0]
 
 
 def test_predict_command_and_errors(tmp_path):
