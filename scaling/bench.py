@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from scaling import accounting
+from scaling.allocator import retain_freed_memory
 from scaling.arch import ArchSpec
 from scaling.data import cache_dir
 from scaling.errors import UserError
@@ -108,6 +109,7 @@ def bench_train(
         steps=steps, batch_size=batch_size, seq_len=seq_len, dtype=dtype, dispatch=dispatch, device=device
     )
     torch_device = resolve_device(device)
+    retain_freed_memory()
     torch.manual_seed(0)
     model = ProxyModel(ProxyConfig(arch, dispatch=dispatch, max_seq_len=seq_len)).to(torch_device)
     optimizer = build_optimizer(model, config)

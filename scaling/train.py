@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from scaling.allocator import retain_freed_memory
 from scaling.arch import ArchSpec
 from scaling.data import Corpus, batch_at, validation_windows
 from scaling.errors import UserError
@@ -180,6 +181,7 @@ class Trainer:
         corpus.check_seq_len(config.seq_len)
         self.arch, self.config, self.corpus = arch, config, corpus
         self.device = resolve_device(config.device)
+        retain_freed_memory()
         if config.threads:
             torch.set_num_threads(config.threads)
         self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
