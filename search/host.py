@@ -129,6 +129,7 @@ def measure(
             "context_tokens": prompt + decode_tokens / 2,
             "prefill_ms": 1e3 * statistics.median(t[0] for t in timing),
             "decode_tokens_per_s": statistics.median(t[1] for t in timing),
+            "rounds": len(timing),
         }
         for (session, prompt), timing in zip(cells, timings, strict=True)
     ]
@@ -172,5 +173,5 @@ def calibrate_host(name: str = "host", budget_s: float = 55.0) -> Calibration:
     """Measure this machine and fit its profile, within about ``budget_s`` seconds."""
     start = time.perf_counter()
     profile = host_profile(name)
-    specs, frame = measure(CALIBRATION_SHAPES, deadline=start + 0.8 * budget_s)
+    specs, frame = measure(CALIBRATION_SHAPES, deadline=start + 0.7 * budget_s)  # a round takes ~4 s
     return calibrate(profile, specs, frame, name=name, source="calibrated by moeplan devices calibrate on this machine")

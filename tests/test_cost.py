@@ -183,7 +183,7 @@ def test_interleaved_host_measurement():
     assert [s.name for s in specs] == ["tiny-dense", "tiny-dense", "tiny-moe", "tiny-moe"]
     assert list(frame["prompt_tokens"]) == [8, 16, 8, 16]
     assert (frame["prefill_ms"] > 0).all() and (frame["decode_tokens_per_s"] > 0).all()
-    assert list(frame["context_tokens"]) == [9.0, 17.0, 9.0, 17.0]
+    assert list(frame["context_tokens"]) == [9.0, 17.0, 9.0, 17.0] and list(frame["rounds"]) == [2] * 4
 
 
 def test_predict_command_and_errors(tmp_path):
