@@ -46,8 +46,8 @@ CALIBRATION_SHAPES = [
         granularity=2,
         n_shared_experts=1,
     ),
-    # Depth, few coarse experts, many fine ones, and many top-1 experts: each identifies a
-    # different term (per-layer cost, expert matmul rows, per-expert cost).
+    # Depth, few coarse experts, many fine ones, and many top-1 experts: each pins a different
+    # term (per-layer cost, the experts' FLOP rate, per-expert and per-MoE-layer costs).
     ArchSpec(name="cal-dense-d448-l10", vocab_size=4000, d_model=448, n_layers=10, n_heads=7, d_ff=1216),
     ArchSpec(
         name="cal-moe-d576-e4", vocab_size=4000, d_model=576, n_layers=6, n_heads=9, d_ff=1536, n_experts=4, top_k=1
