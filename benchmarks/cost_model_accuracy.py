@@ -1,8 +1,8 @@
-"""Host check of the cost model: calibrate on search.host's shapes, then predict 8 others.
+"""Host check of the cost model: calibrate on search.host's shapes, then predict 14 others.
 
 Usage: python benchmarks/cost_model_accuracy.py [--rounds N] [--save DIR] [--load DIR]
 
-Times the calibration shapes and 8 held-out architectures (dense and MoE, none used in
+Times the calibration shapes and 14 held-out architectures (dense and MoE, none used in
 calibration) in the same interleaved rounds, so a slow spell of this shared machine affects
 both sides alike. Fits the host profile on the calibration rows only, then prints measured
 against predicted prefill ms and decode tokens/s (torch backend, fp32, CPU) for the held-out

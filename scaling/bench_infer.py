@@ -53,7 +53,7 @@ class InferenceSession:
         self, arch: ArchSpec, precision: str, prompt_tokens: int, decode_tokens: int, device: torch.device | str
     ) -> None:
         self.arch, self.precision, self.device = arch, precision, torch.device(device)
-        self.prompt_tokens, self.decode_tokens = prompt_tokens, decode_tokens
+        self.decode_tokens = decode_tokens
         self.max_len = prompt_tokens + decode_tokens
         self.model = build_inference_model(arch, precision, self.device, self.max_len)
         generator = torch.Generator().manual_seed(0)

@@ -5,7 +5,8 @@ tokens/s), bounded least squares on the log ratio of predicted to measured time 
 in :data:`CALIBRATED`: the compute and bandwidth efficiencies, the GEMM packing cost
 (``efficiency.half_tokens``), the routed-expert matmul efficiency, the overlap of arithmetic
 and memory time, and the fixed costs per layer, per MoE layer, per touched expert and per
-forward pass. The report gives the fit's error per measurement."""
+forward pass. The report gives the fit's error per measurement.
+"""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ For a forward pass of T new tokens after c cached ones, each component (attentio
 projections, attention over the KV cache, dense MLPs, MoE layers, output head) costs its
 arithmetic time ``FLOPs / (peak x eff_compute)`` and its memory time ``bytes / (bandwidth x
 eff_bandwidth)`` combined as ``max(a, m) + (1 - overlap) min(a, m)``. ``efficiency.overlap``
-= 1 is the classic roofline (the two overlap fully), the prior for phones; 0 adds them, which
-is what calibration finds on the CPU host (benchmarks/cost_model_accuracy.py). The components
+= 1 is the classic roofline (the two overlap fully), the prior for phones; 0 adds them. On the
+CPU host calibration finds 0.4-0.9 (benchmarks/cost_model_accuracy.py). The components
 add up, plus fixed costs per layer, per MoE layer, per touched expert and per forward pass.
 
 * Prefill (T = P, c = 0) is mostly compute-bound. A routed expert is read if any of the P
@@ -64,9 +64,10 @@ def forward_seconds(
     overlap = device.get("efficiency.overlap", 1.0)
     tokens = new_tokens
 
-    def matmul(weights, read_weights=None):
-        read = weights if read_weights is None else read_weights
-        return _roofline(2 * weights * tokens + dequant * read, read * weight, compute, bandwidth, overlap)
+    def matmul(weights, read=None, rate=compute, rows=tokens):
+        """``rows`` tokens through ``weights`` (active); ``read`` weights come from memory."""
+        read = weights if read is None else read
+        return _roofline(2 * weights * rows + dequant * read, read * weight, rate, bandwidth, overlap)
 
     # Attention projections, and attention over the cache (QK^T and AV for every new token).
     seconds = matmul(parts["attention"])
@@ -81,17 +82,14 @@ def forward_seconds(
     moe_layers = accounting.moe_layer_count(shape)
     expert_params = moe_layers * 3 * shape.d_model * shape.expert_d_ff
     seconds = seconds + matmul(parts["router"] + parts["shared_experts"])
-    routed_read = expert_params * touched
-    routed_flops = 2 * parts["routed_experts_active"] * tokens + dequant * routed_read
     expert_compute = compute * device.get("efficiency.expert_compute", 1.0)
-    seconds = seconds + _roofline(routed_flops, routed_read * weight, expert_compute, bandwidth, overlap)
+    seconds = seconds + matmul(parts["routed_experts_active"], read=expert_params * touched, rate=expert_compute)
     # Each touched expert is its own small kernel (or loop step): a fixed cost per expert; and
     # each MoE layer routes (softmax, top-k, sort, scatter) at a fixed cost of its own.
     seconds = seconds + moe_layers * touched * device.get("overheads.per_expert_s", 0.0)
     seconds = seconds + moe_layers * device.get("overheads.per_moe_layer_s", 0.0)
     # Output head: logits for the last position only.
-    head = parts["embedding_input"]
-    seconds = seconds + _roofline(2 * head + dequant * head, head * weight, compute, bandwidth, overlap)
+    seconds = seconds + matmul(parts["embedding_input"], rows=1)
     return seconds + shape.n_layers * device["overheads.per_layer_s"] + device["overheads.per_forward_s"]
 
 
