@@ -7,6 +7,7 @@ machine's own matmul peak (measured once and cached), not against a datasheet.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -42,7 +43,8 @@ def current_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _machine_key(device: torch.device, dtype: str) -> str:
+def machine_key(device: torch.device, dtype: str) -> str:
+    """The matmul-peak cache key: processor, device, threads, torch version and dtype."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -55,35 +57,57 @@ def _machine_key(device: torch.device, dtype: str) -> str:
     return f"{name}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype}"
 
 
-def matmul_peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False) -> float:
-    """This machine's best sustained matmul FLOP/s, measured once and cached.
+PEAK_SIZES = {"cpu": (256, 512, 1024, 2048, 4096), "cuda": (2048, 4096, 8192)}
+# The host-load probe: one square matmul of this size, timed between training steps.
+PROBE_SIZE = {"cpu": 2048, "cuda": 4096}
+MAX_PROBES = 10
 
-    Square matmuls from 256 to 4096 (2048 to 8192 on a GPU); the best median wins.
+
+def square_matrices(size: int, device: torch.device, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(torch.randn(size, size, device=device, dtype=TORCH_DTYPES[dtype]) for _ in range(2))
+
+
+def matmul_flops_per_s(a: torch.Tensor, b: torch.Tensor) -> float:
+    """FLOP/s of one timed ``a @ b``."""
+    synchronize(a.device)
+    start = time.perf_counter()
+    a @ b
+    synchronize(a.device)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - start)
+
+
+def square_matmul_flops(size: int, device: torch.device, dtype: str, repeats: int) -> float:
+    """FLOP/s of a ``size`` x ``size`` matmul: the median of ``repeats`` timings after two warm-ups."""
+    a, b = square_matrices(size, device, dtype)
+    return statistics.median([matmul_flops_per_s(a, b) for _ in range(repeats + 2)][2:])
+
+
+def matmul_peak_by_size(
+    device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False
+) -> dict[int, float]:
+    """This machine's sustained FLOP/s for each square matmul size, measured once and cached.
+
+    Square matmuls from 256 to 4096 (2048 to 8192 on a GPU), about 20 GFLOP of work each.
     """
     device = torch.device(device)
     cache = cache_dir() / "matmul_peak.json"
     known = json.loads(cache.read_text()) if cache.exists() else {}
-    key = _machine_key(device, dtype)
-    if key in known and not refresh:
-        return float(known[key])
-    sizes = (2048, 4096, 8192) if device.type == "cuda" else (256, 512, 1024, 2048, 4096)
-    best = 0.0
-    for size in sizes:
-        a = torch.randn(size, size, device=device, dtype=TORCH_DTYPES[dtype])
-        b = torch.randn(size, size, device=device, dtype=TORCH_DTYPES[dtype])
-        repeats = max(3, int(2e10 / (2 * size**3)))  # about 20 GFLOP of work per size
-        timings = []
-        for _ in range(repeats + 2):
-            synchronize(device)
-            start = time.perf_counter()
-            a @ b
-            synchronize(device)
-            timings.append(time.perf_counter() - start)
-        best = max(best, 2 * size**3 / statistics.median(timings[2:]))
-        del a, b
-    known[key] = best
+    key = machine_key(device, dtype)
+    entry = known.get(key)
+    if isinstance(entry, dict) and not refresh:  # entries of older versions were bare floats
+        return {int(size): float(flops) for size, flops in entry["by_size"].items()}
+    by_size = {}
+    for size in PEAK_SIZES[device.type]:
+        repeats = max(3, int(2e10 / (2 * size**3)))
+        by_size[size] = square_matmul_flops(size, device, dtype, repeats)
+    known[key] = {"flops_per_s": max(by_size.values()), "by_size": by_size}
     cache.write_text(json.dumps(known, indent=2))
-    return best
+    return by_size
+
+
+def matmul_peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False) -> float:
+    """This machine's best sustained matmul FLOP/s over :func:`matmul_peak_by_size`'s sizes."""
+    return max(matmul_peak_by_size(device, dtype, refresh).values())
 
 
 def bench_train(
@@ -98,8 +122,14 @@ def bench_train(
 ) -> dict[str, Any]:
     """Time full training steps (forward, backward, clip, AdamW) on random tokens.
 
+    MFU is against the cached matmul peak. On a shared machine, neighbours' load lowers it
+    without any change in the code, so up to ten untimed probes between steps time one square
+    matmul of :data:`PROBE_SIZE`; ``host_delivered_fraction`` is their median against the
+    cached rate for that size (1 means the host delivered its full peak during the run).
+
     Returns:
-        ``tokens_per_s``, ``step_ms`` (median), ``mfu``, ``peak_rss_bytes`` and more.
+        ``tokens_per_s``, ``step_ms`` (median), ``mfu``, ``host_delivered_fraction``,
+        ``peak_rss_bytes`` and more.
     """
     if steps < 1 or batch_size < 1 or seq_len < 2:
         raise UserError("steps and batch-size must be >= 1 and seq-len >= 2")
@@ -119,7 +149,14 @@ def bench_train(
     autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-    timings, rss = [], []
+    matmul_dtype = "bf16" if dtype == "bf16" else "fp32"
+    peak_by_size = matmul_peak_by_size(torch_device, matmul_dtype)
+    probe_size = PROBE_SIZE[torch_device.type]
+    before_probe = current_rss_bytes()
+    probe_matrices = square_matrices(probe_size, torch_device, matmul_dtype)
+    probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
+    probe_every = max(1, math.ceil(steps / MAX_PROBES))
+    timings, rss, probes = [], [], []
     for index in range(warmup + steps):
         synchronize(torch_device)
         start = time.perf_counter()
@@ -132,10 +169,13 @@ def bench_train(
         synchronize(torch_device)
         if index >= warmup:
             timings.append(time.perf_counter() - start)
-        rss.append(current_rss_bytes())
+            if (index - warmup) % probe_every == 0:  # outside the timed step
+                probes.append(matmul_flops_per_s(*probe_matrices))
+        rss.append(current_rss_bytes() - probe_rss)
     step_s = statistics.median(timings)
     flops_per_step = accounting.training_flops_per_token(arch, seq_len) * batch_size * seq_len
-    peak = matmul_peak_flops(torch_device, "bf16" if dtype == "bf16" else "fp32")
+    peak = max(peak_by_size.values())
+    probe = statistics.median(probes)
     result = {
         "mode": "train",
         "arch": arch.name,
@@ -151,11 +191,14 @@ def bench_train(
         "model_flops_per_s": flops_per_step / step_s,
         "matmul_peak_flops_per_s": peak,
         "mfu": flops_per_step / step_s / peak,
+        "matmul_probe_flops_per_s": probe,
+        "host_delivered_fraction": probe / peak_by_size[probe_size],
         "peak_rss_bytes": max(rss),
         "rss_growth_bytes": rss[-1] - rss[min(len(rss) - 1, warmup)],
         "total_params": int(accounting.total_params(arch)),
         "active_params": int(accounting.active_params(arch)),
     }
     if torch_device.type == "cuda":
-        result["peak_device_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device)
+        probe_bytes = sum(matrix.numel() * matrix.element_size() for matrix in probe_matrices)
+        result["peak_device_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device) - probe_bytes
     return result

@@ -125,12 +125,13 @@ def _command_bench(args: argparse.Namespace) -> None:
 
         print_table(
             f"Training step: {spec.name or 'arch'} ({result['dtype']}, {result['device']})",
-            ["step ms (median)", "tokens/s", "MFU", "peak RSS", "RSS growth"],
+            ["step ms (median)", "tokens/s", "MFU", "host delivered", "peak RSS", "RSS growth"],
             [
                 [
                     f"{result['step_ms']:.1f}",
                     f"{result['tokens_per_s']:.0f}",
                     f"{result['mfu']:.3f}",
+                    f"{result['host_delivered_fraction']:.0%} of peak",
                     human_bytes(result["peak_rss_bytes"]),
                     human_bytes(result["rss_growth_bytes"]),
                 ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import torch
+
 from scaling.arch import ArchSpec
-from scaling.bench import bench_train, matmul_peak_flops
+from scaling.bench import bench_train, machine_key, matmul_peak_by_size, matmul_peak_flops
 from tests.conftest import assert_user_error, run_cli
 
 
@@ -24,17 +28,29 @@ def test_bench_train_json_contract():
     )
     assert result.returncode == 0, result.stderr
     document = result.json()
-    for key in ("tokens_per_s", "step_ms", "mfu", "peak_rss_bytes"):
+    for key in ("tokens_per_s", "step_ms", "mfu", "peak_rss_bytes", "matmul_probe_flops_per_s"):
         assert document[key] > 0, key
     assert 0 < document["mfu"] < 1  # against this machine's own measured matmul peak
+    # the probe is compared with the cached rate of its own size: near 1 on an idle host
+    assert 0.05 < document["host_delivered_fraction"] < 2
     tokens_per_step = document["tokens_per_s"] * document["step_ms"] / 1e3
     assert abs(tokens_per_step - 2 * 64) < 1e-6
 
 
-def test_matmul_peak_is_cached_and_plausible():
+def test_matmul_peak_is_cached_per_size_and_replaces_old_entries(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEPLAN_CACHE", str(tmp_path))
+    cache = tmp_path / "matmul_peak.json"
+    key = machine_key(torch.device("cpu"), "fp32")
+    cache.write_text(json.dumps({key: 1.0, "another machine": 2.0}))  # the bare-float format of old
     first = matmul_peak_flops()
     assert 1e9 < first < 1e14
-    assert matmul_peak_flops() == first
+    stored = json.loads(cache.read_text())
+    assert stored["another machine"] == 2.0
+    assert stored[key]["flops_per_s"] == first
+    by_size = matmul_peak_by_size()
+    assert sorted(by_size) == [256, 512, 1024, 2048, 4096]
+    assert max(by_size.values()) == first
+    assert matmul_peak_flops() == first  # now from the cache
 
 
 def test_no_memory_leak_over_200_steps():
