@@ -31,6 +31,13 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def processor_kind(device: torch.device) -> str:
+    """``cpu`` or ``gpu``: which matmul sizes measure the device's peak."""
+    return "cpu" if device.type == "cpu" else "gpu"
 
 
 def current_rss_bytes() -> int:
@@ -57,9 +64,9 @@ def machine_key(device: torch.device, dtype: str) -> str:
     return f"{name}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype}"
 
 
-PEAK_SIZES = {"cpu": (256, 512, 1024, 2048, 4096), "cuda": (2048, 4096, 8192)}
+PEAK_SIZES = {"cpu": (256, 512, 1024, 2048, 4096), "gpu": (2048, 4096, 8192)}
 # The host-load probe: one square matmul of this size, timed between training steps.
-PROBE_SIZE = {"cpu": 2048, "cuda": 4096}
+PROBE_SIZE = {"cpu": 2048, "gpu": 4096}
 MAX_PROBES = 10
 
 
@@ -97,7 +104,7 @@ def matmul_peak_by_size(
     if isinstance(entry, dict) and not refresh:  # entries of older versions were bare floats
         return {int(size): float(flops) for size, flops in entry["by_size"].items()}
     by_size = {}
-    for size in PEAK_SIZES[device.type]:
+    for size in PEAK_SIZES[processor_kind(device)]:
         repeats = max(3, int(2e10 / (2 * size**3)))
         by_size[size] = square_matmul_flops(size, device, dtype, repeats)
     known[key] = {"flops_per_s": max(by_size.values()), "by_size": by_size}
@@ -151,7 +158,7 @@ def bench_train(
         torch.cuda.reset_peak_memory_stats(torch_device)
     matmul_dtype = "bf16" if dtype == "bf16" else "fp32"
     peak_by_size = matmul_peak_by_size(torch_device, matmul_dtype)
-    probe_size = PROBE_SIZE[torch_device.type]
+    probe_size = PROBE_SIZE[processor_kind(torch_device)]
     before_probe = current_rss_bytes()
     probe_matrices = square_matrices(probe_size, torch_device, matmul_dtype)
     probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
