@@ -14,6 +14,7 @@ import time
 import torch
 
 from scaling import accounting
+from scaling.allocator import retain_freed_memory
 from scaling.model import ProxyConfig, ProxyModel
 from scaling.presets import get_preset
 from scaling.train import TrainConfig, build_optimizer
@@ -47,7 +48,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--dispatch", default="auto", choices=("auto", "grouped", "sorted", "loop"))
+    parser.add_argument(
+        "--glibc-default", action="store_true", help="leave malloc as it is (training applies retain_freed_memory)"
+    )
     args = parser.parse_args()
+    if not args.glibc_default:
+        retain_freed_memory()  # as scaling.train.Trainer does, so the steps are the ones users get
     dense_spec, dense = make_step("proxy-dense-d128", "sorted", args.batch_size, args.seq_len, args.dtype)
     moe_spec, moe = make_step("proxy-moe-d128", args.dispatch, args.batch_size, args.seq_len, args.dtype)
     assert accounting.active_params(moe_spec) - accounting.active_params(dense_spec) == 4 * 128 * 8  # router
@@ -68,6 +74,7 @@ def main() -> None:
                 "dispatch": args.dispatch,
                 "dtype": args.dtype,
                 "rounds": args.rounds,
+                "retain_freed_memory": not args.glibc_default,
             },
             indent=2,
         )
