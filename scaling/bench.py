@@ -156,11 +156,10 @@ def bench_train(
     autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-    matmul_dtype = "bf16" if dtype == "bf16" else "fp32"
-    peak_by_size = matmul_peak_by_size(torch_device, matmul_dtype)
+    peak_by_size = matmul_peak_by_size(torch_device, dtype)  # dtype is fp32 or bf16 (checked above)
     probe_size = PROBE_SIZE[processor_kind(torch_device)]
     before_probe = current_rss_bytes()
-    probe_matrices = square_matrices(probe_size, torch_device, matmul_dtype)
+    probe_matrices = square_matrices(probe_size, torch_device, dtype)
     probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
     probe_every = max(1, math.ceil(steps / MAX_PROBES))
     timings, rss, probes = [], [], []
