@@ -65,9 +65,17 @@ def machine_key(device: torch.device, dtype: str) -> str:
 
 
 PEAK_SIZES = {"cpu": (256, 512, 1024, 2048, 4096), "gpu": (2048, 4096, 8192)}
-# The host-load probe: one square matmul of this size, timed between training steps.
-PROBE_SIZE = {"cpu": 2048, "gpu": 4096}
+# The host-load probe: one square matmul, timed between training steps. It is the largest
+# measured size that takes at most this long at the cached rate (2048 for fp32 on the 2-core
+# CPU), so it stays cheap beside a step even where a dtype is slow (bf16 emulated on AVX2).
+PROBE_SECONDS = 0.15
 MAX_PROBES = 10
+
+
+def probe_size(peak_by_size: dict[int, float]) -> int:
+    """The largest square size whose matmul takes at most :data:`PROBE_SECONDS` at its cached rate."""
+    quick = [size for size, flops in peak_by_size.items() if 2 * size**3 / flops <= PROBE_SECONDS]
+    return max(quick) if quick else min(peak_by_size)
 
 
 def square_matrices(size: int, device: torch.device, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +139,7 @@ def bench_train(
 
     MFU is against the cached matmul peak. On a shared machine, neighbours' load lowers it
     without any change in the code, so up to ten untimed probes between steps time one square
-    matmul of :data:`PROBE_SIZE`; ``host_delivered_fraction`` is their median against the
+    matmul (see :func:`probe_size`); ``host_delivered_fraction`` is their median against the
     cached rate for that size (1 means the host delivered its full peak during the run).
 
     Returns:
@@ -157,9 +165,9 @@ def bench_train(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     peak_by_size = matmul_peak_by_size(torch_device, dtype)  # dtype is fp32 or bf16 (checked above)
-    probe_size = PROBE_SIZE[processor_kind(torch_device)]
+    probe_side = probe_size(peak_by_size)
     before_probe = current_rss_bytes()
-    probe_matrices = square_matrices(probe_size, torch_device, dtype)
+    probe_matrices = square_matrices(probe_side, torch_device, dtype)
     probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
     probe_every = max(1, math.ceil(steps / MAX_PROBES))
     timings, rss, probes = [], [], []
@@ -181,7 +189,7 @@ def bench_train(
     step_s = statistics.median(timings)
     flops_per_step = accounting.training_flops_per_token(arch, seq_len) * batch_size * seq_len
     peak = max(peak_by_size.values())
-    probe = statistics.median(probes)
+    probe_flops = statistics.median(probes)
     result = {
         "mode": "train",
         "arch": arch.name,
@@ -197,8 +205,9 @@ def bench_train(
         "model_flops_per_s": flops_per_step / step_s,
         "matmul_peak_flops_per_s": peak,
         "mfu": flops_per_step / step_s / peak,
-        "matmul_probe_flops_per_s": probe,
-        "host_delivered_fraction": probe / peak_by_size[probe_size],
+        "matmul_probe_size": probe_side,
+        "matmul_probe_flops_per_s": probe_flops,
+        "host_delivered_fraction": probe_flops / peak_by_size[probe_side],
         "peak_rss_bytes": max(rss),
         "rss_growth_bytes": rss[-1] - rss[min(len(rss) - 1, warmup)],
         "total_params": int(accounting.total_params(arch)),

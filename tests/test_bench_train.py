@@ -7,7 +7,7 @@ import json
 import torch
 
 from scaling.arch import ArchSpec
-from scaling.bench import bench_train, machine_key, matmul_peak_by_size, matmul_peak_flops
+from scaling.bench import bench_train, machine_key, matmul_peak_by_size, matmul_peak_flops, probe_size
 from tests.conftest import assert_user_error, run_cli
 
 
@@ -51,6 +51,14 @@ def test_matmul_peak_is_cached_per_size_and_replaces_old_entries(tmp_path, monke
     assert sorted(by_size) == [256, 512, 1024, 2048, 4096]
     assert max(by_size.values()) == first
     assert matmul_peak_flops() == first  # now from the cache
+
+
+def test_probe_is_the_largest_size_that_stays_quick():
+    fp32_host = {256: 135e9, 512: 167e9, 1024: 162e9, 2048: 153e9, 4096: 140e9}  # 2048: 0.11 s
+    assert probe_size(fp32_host) == 2048
+    emulated_bf16 = {256: 1.3e9, 512: 1.3e9, 1024: 0.9e9, 2048: 0.9e9, 4096: 0.9e9}  # 512: 0.21 s
+    assert probe_size(emulated_bf16) == 256
+    assert probe_size({2048: 1e6, 4096: 1e6}) == 2048  # nothing is quick: the smallest
 
 
 def test_no_memory_leak_over_200_steps():
