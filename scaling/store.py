@@ -11,11 +11,12 @@ For notebooks: :func:`runs_frame` and :func:`metrics_frame` return pandas DataFr
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from scaling.errors import UserError
 
@@ -46,6 +49,7 @@ LEASE_S = 600.0  # a running claim with no heartbeat for this long is taken over
 
 metadata = MetaData()
 meta_table = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text))
+VERSION_QUERY = select(meta_table.c.value).where(meta_table.c.key == "schema_version")
 sweeps_table = Table(
     "sweeps",
     metadata,
@@ -109,10 +113,25 @@ artifacts_table = Table(
 
 def _add_attempts(connection) -> None:
     """v1 -> v2: count the claims of each run (a run trained twice shows attempts > 1)."""
-    from sqlalchemy import inspect, text
-
     if "attempts" not in {c["name"] for c in inspect(connection).get_columns("runs")}:
         connection.execute(text("ALTER TABLE runs ADD COLUMN attempts INTEGER DEFAULT 0"))
+
+
+SCHEMA_LOCK_KEY = 0x6D6F65706C616E  # "moeplan": the PostgreSQL advisory lock taken while changing the schema
+
+
+def lock_schema(connection) -> None:
+    """Hold the store's schema lock until this transaction ends.
+
+    PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is not safe against a concurrent one (the loser
+    fails on ``pg_type``), and two processes may both find no schema version and insert it. So
+    schema work takes a transaction-scoped advisory lock there, and a write lock (``BEGIN
+    IMMEDIATE``, which waits out ``busy_timeout``) on SQLite.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # Migrations from version v to v+1, applied in order by :meth:`RunStore.migrate`.
@@ -165,43 +184,61 @@ class RunStore:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
 
-        with engine.begin() as connection:
-            metadata.create_all(connection)
-            version = connection.execute(
-                select(meta_table.c.value).where(meta_table.c.key == "schema_version")
-            ).scalar()
-            if version is None:
-                connection.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
         self.engine = engine
         self.migrate()
         return engine
 
     # --- schema ------------------------------------------------------------------------------
     def schema_version(self) -> int:
-        with self.engine.connect() as connection:
-            return int(
-                connection.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
-            )
+        version = self._stored_version()
+        if version is None:
+            raise UserError(f"store {self.url!r} has lost its tables; open it again to recreate them")
+        return version
 
     def migrate(self) -> None:
-        """Apply every migration newer than the store's schema version, each in a transaction."""
-        version = self.schema_version()
-        if version > SCHEMA_VERSION:
+        """Bring the store to this moeplan's schema: create missing tables, then apply every
+        migration newer than the store's version, all in one transaction that holds the schema
+        lock, so processes opening one store at once neither race nor half-migrate. A store
+        already at this version is only read (it may be on a read-only mount)."""
+        if self._check_version(self._stored_version()) == SCHEMA_VERSION:
+            return
+        with self.engine.begin() as connection:
+            lock_schema(connection)
+            metadata.create_all(connection)
+            stored = connection.execute(VERSION_QUERY).scalar()
+            if stored is None:
+                connection.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            version = self._check_version(int(stored))
+            if version == SCHEMA_VERSION:  # another process migrated it while we waited for the lock
+                return
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](connection)
+                version += 1
+            set_version = update(meta_table).where(meta_table.c.key == "schema_version").values(value=str(version))
+            connection.execute(set_version)
+
+    @staticmethod
+    def _check_version(version: int | None) -> int | None:
+        if version is not None and version > SCHEMA_VERSION:
             raise UserError(
                 f"store schema version {version} is newer than this moeplan ({SCHEMA_VERSION}); upgrade moeplan"
             )
-        while version < SCHEMA_VERSION:
-            with self.engine.begin() as connection:
-                MIGRATIONS[version](connection)
-                version += 1
-                connection.execute(
-                    update(meta_table).where(meta_table.c.key == "schema_version").values(value=str(version))
-                )
+        return version
+
+    def _stored_version(self) -> int | None:
+        """The schema version the store records, or None for a store with no tables yet."""
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table("meta"):
+                return None
+            stored = connection.execute(VERSION_QUERY).scalar()
+        return None if stored is None else int(stored)
 
     # --- writes ------------------------------------------------------------------------------
     def register_sweep(self, name: str, spec_text: str, runs: list[dict[str, Any]]) -> int:
         """Record a sweep and its runs (as pending); runs already known are left as they are."""
-        with self.engine.begin() as connection:
+
+        def register(connection) -> int:
             if connection.execute(select(sweeps_table.c.name).where(sweeps_table.c.name == name)).first() is None:
                 connection.execute(insert(sweeps_table).values(name=name, spec=spec_text, created_at=time.time()))
             known = set(connection.execute(select(runs_table.c.id)).scalars())
@@ -210,7 +247,24 @@ class RunStore:
                 connection.execute(
                     insert(runs_table).values(**row, status="pending", created_at=time.time(), attempts=0)
                 )
-        return len(new)
+            return len(new)
+
+        return self._insert_once(register)
+
+    def _insert_once(self, write: Callable[[Any], int | None]) -> Any:
+        """Run ``write`` (which checks for rows, then inserts the missing ones) in a transaction.
+
+        Two processes doing this at once may both find a row missing; the second insert then
+        fails on the key once the first commits. Running ``write`` again sees the committed row.
+        """
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as connection:
+                    return write(connection)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        return None
 
     def claim(self, run_id: str, owner: str, retry_failed: bool = False) -> bool:
         """Atomically take a run: pending, failed (with ``retry_failed``) or abandoned running."""
@@ -288,8 +342,7 @@ class RunStore:
 
     def record_measurements(self, key: str, values: dict[str, float]) -> None:
         """Measurements not tied to a training run (e.g. a shape benchmarked by the search)."""
-        with self.engine.begin() as connection:
-            _put_measurements(connection, key, values)
+        self._insert_once(lambda connection: _put_measurements(connection, key, values))
 
     def fail(self, run_id: str, owner: str, error: str) -> None:
         with self.engine.begin() as connection:
@@ -349,12 +402,26 @@ def _insert_point(connection, run_id: str, point: dict[str, Any]) -> None:
 
 
 def _put_measurements(connection, key: str, values: dict[str, float]) -> None:
-    """Insert or replace named measurements under ``key`` (a run id, or ``shape:<hash>``)."""
+    """Insert or replace named measurements under ``key`` (a run id, or ``shape:<hash>``).
+
+    An upsert where the database has one (PostgreSQL, SQLite): a delete and an insert would let
+    two processes measuring the same shape collide on the key, however often they retried.
+    """
+    dialect = connection.dialect.name
     for name, value in values.items():
+        row = {"run_id": key, "key": name, "value": float(value)}
+        if dialect in ("postgresql", "sqlite"):
+            dialect_insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
+            statement = dialect_insert(measurements_table).values(**row)
+            statement = statement.on_conflict_do_update(
+                index_elements=["run_id", "key"], set_={"value": statement.excluded.value}
+            )
+            connection.execute(statement)
+            continue
         connection.execute(
             measurements_table.delete().where(measurements_table.c.run_id == key, measurements_table.c.key == name)
         )
-        connection.execute(insert(measurements_table).values(run_id=key, key=name, value=float(value)))
+        connection.execute(insert(measurements_table).values(**row))
 
 
 def owner_id() -> str:

@@ -8,6 +8,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -152,6 +153,34 @@ def test_two_processes_share_one_store(tmp_path, tiny_spec, new_store):
     runs = RunStore(str(store)).runs()
     assert len(runs) == 4 and all(r["status"] == "finished" for r in runs)
     assert sum(r["attempts"] for r in runs) == 4  # no run trained twice
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from scaling.store import RunStore
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the fresh store at the same instant
+store = RunStore(sys.argv[1])
+store.register_sweep("s", "", [{"id": f"run{i}", "sweep": "s", "config": "{}"} for i in range(4)])
+store.record_measurements("shape:abc", {"decode_ms": 1.0})
+"""
+
+
+def test_many_processes_create_one_store_at_once(new_store):
+    # Creating the tables is a race (PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against a
+    # concurrent one), and so is registering one sweep, or measuring one shape, from several processes.
+    for _ in range(3):
+        store = new_store("fresh")
+        start = time.time() + 2.0
+        processes = [
+            subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, store, str(start)], stderr=subprocess.PIPE)
+            for _ in range(6)
+        ]
+        errors = [process.stderr.read().decode() for process in processes if process.wait(timeout=120) != 0]
+        assert errors == []
+        opened = RunStore(store, create=False)
+        assert opened.schema_version() == SCHEMA_VERSION
+        assert sorted(run["id"] for run in opened.runs()) == ["run0", "run1", "run2", "run3"]
 
 
 def test_failures_are_recorded_and_retried(tmp_path, new_store):
