@@ -91,18 +91,35 @@ def matmul_flops_per_s(a: torch.Tensor, b: torch.Tensor) -> float:
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - start)
 
 
-def square_matmul_flops(size: int, device: torch.device, dtype: str, repeats: int) -> float:
-    """FLOP/s of a ``size`` x ``size`` matmul: the median of ``repeats`` timings after two warm-ups."""
+# Measuring the peak: about 20 GFLOP of work per size, but at most SECONDS_PER_SIZE of it, and no
+# larger size once one matmul would take over MAX_MATMUL_SECONDS. Where a dtype is emulated (bf16
+# on an AVX2 CPU runs at ~1 GFLOP/s) the full sweep to 4096 would take over 40 minutes; so
+# bounded, it takes about 20 s. fp32's 4096 matmul takes ~1 s on the 2-core CPU, so it is kept.
+WORK_PER_SIZE = 2e10
+SECONDS_PER_SIZE = 3.0
+MAX_MATMUL_SECONDS = 2.5
+
+
+def square_matmul_flops(size: int, device: torch.device, dtype: str) -> float:
+    """FLOP/s of a ``size`` x ``size`` matmul: the median of at least three timings after two warm-ups."""
     a, b = square_matrices(size, device, dtype)
-    return statistics.median([matmul_flops_per_s(a, b) for _ in range(repeats + 2)][2:])
+    flops = 2 * size**3
+    matmul_flops_per_s(a, b)  # the first call may pay for lazy initialisation (cuBLAS, thread pools)
+    warm_rate = matmul_flops_per_s(a, b)  # the second sizes the number of repeats
+    repeats = max(3, int(min(WORK_PER_SIZE / flops, SECONDS_PER_SIZE * warm_rate / flops)))
+    return statistics.median([matmul_flops_per_s(a, b) for _ in range(repeats)])
 
 
 def matmul_peak_by_size(
-    device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False
+    device: torch.device | str = "cpu",
+    dtype: str = "fp32",
+    refresh: bool = False,
+    max_matmul_seconds: float = MAX_MATMUL_SECONDS,
 ) -> dict[int, float]:
     """This machine's sustained FLOP/s for each square matmul size, measured once and cached.
 
-    Square matmuls from 256 to 4096 (2048 to 8192 on a GPU), about 20 GFLOP of work each.
+    Square matmuls from 256 to 4096 (2048 to 8192 on a GPU), growing while the next size's
+    single matmul, at the rate just measured, would take at most ``max_matmul_seconds``.
     """
     device = torch.device(device)
     cache = cache_dir() / "matmul_peak.json"
@@ -111,10 +128,11 @@ def matmul_peak_by_size(
     entry = known.get(key)
     if isinstance(entry, dict) and not refresh:  # entries of older versions were bare floats
         return {int(size): float(flops) for size, flops in entry["by_size"].items()}
-    by_size = {}
+    by_size: dict[int, float] = {}
     for size in PEAK_SIZES[processor_kind(device)]:
-        repeats = max(3, int(2e10 / (2 * size**3)))
-        by_size[size] = square_matmul_flops(size, device, dtype, repeats)
+        if by_size and 2 * size**3 / by_size[max(by_size)] > max_matmul_seconds:
+            break  # larger sizes only take longer
+        by_size[size] = square_matmul_flops(size, device, dtype)
     known[key] = {"flops_per_s": max(by_size.values()), "by_size": by_size}
     cache.write_text(json.dumps(known, indent=2))
     return by_size

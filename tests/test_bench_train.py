@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import torch
@@ -51,6 +52,18 @@ def test_matmul_peak_is_cached_per_size_and_replaces_old_entries(tmp_path, monke
     assert sorted(by_size) == [256, 512, 1024, 2048, 4096]
     assert max(by_size.values()) == first
     assert matmul_peak_flops() == first  # now from the cache
+
+
+def test_matmul_peak_stops_growing_where_one_matmul_would_be_slow(tmp_path, monkeypatch):
+    # Where a dtype is emulated (bf16 on AVX2: ~1 GFLOP/s) a 4096 matmul takes minutes; the sweep
+    # must stop before such sizes. Here a 10 ms limit plays the part of that slow dtype.
+    monkeypatch.setenv("MOEPLAN_CACHE", str(tmp_path))
+    by_size = matmul_peak_by_size(max_matmul_seconds=0.01)
+    sizes = sorted(by_size)
+    assert sizes == [256, 512, 1024, 2048, 4096][: len(sizes)] and len(sizes) < 5
+    following = [256, 512, 1024, 2048, 4096][len(sizes)]
+    assert 2 * following**3 / by_size[sizes[-1]] > 0.01  # the next size was skipped for its time
+    assert all(2 * size**3 / by_size[previous] <= 0.01 for previous, size in itertools.pairwise(sizes))
 
 
 def test_probe_is_the_largest_size_that_stays_quick():
