@@ -23,8 +23,8 @@ from scaling import accounting
 from scaling.arch import ArchSpec
 
 DISPATCH_MODES = ("auto", "grouped", "sorted", "loop")
-# Measured on the 2-core CPU (benchmarks/): per-expert slices are about even with one grouped
-# matmul at 8 experts, and the grouped matmul wins with many (32: 1.2x faster than slices).
+# Measured on the 2-core CPU (benchmarks/): per-expert slices win with few experts (8: MoE step
+# 1.05x dense), one grouped matmul wins with many (32: 1.2x faster than slices).
 GROUPED_FROM_EXPERTS = 16
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # others fall back to sorted slices
 
@@ -186,49 +186,6 @@ def swiglu_slice(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> 
     return swiglu(x @ gate_up) @ down
 
 
-class TopKRouting(torch.autograd.Function):
-    """Softmax top-k routing with the load-balancing and z-losses, in one forward and backward.
-
-    From router logits ``[T, E]`` it returns the top-k weights (renormalised or not), the expert
-    ids, the Switch/GShard balance loss ``E * sum_e f_e * mean_t p_te`` and the z-loss
-    ``mean_t lse_t^2``. Autograd's version records about twenty small ops on ``[T, E]`` tensors,
-    each a kernel launch on a CPU; the hand-written backward is one softmax backward with the
-    three gradients folded in. The log-sum-exp comes from the top-1 probability, already at hand:
-    ``p_max = exp(l_max - lse)``, so ``lse = l_max - log p_max`` (and ``p_max >= 1/E`` keeps the
-    log finite).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, top_k: int, renorm: bool):
-        logits = logits.float()
-        probabilities = logits.softmax(dim=-1)
-        weights, experts = probabilities.topk(top_k, dim=-1)
-        tokens, n_experts = probabilities.shape
-        counts = torch.bincount(experts.reshape(-1), minlength=n_experts)
-        fraction = counts.to(probabilities.dtype) / (tokens * top_k)  # f_e: not differentiated
-        balance = n_experts * torch.dot(fraction, probabilities.mean(dim=0))
-        log_sum_exp = logits.gather(1, experts[:, :1]).squeeze(1) - weights[:, 0].log()
-        z = log_sum_exp.square().mean()
-        total = weights.sum(dim=-1, keepdim=True) if renorm else None
-        if renorm:
-            weights = weights / total
-        ctx.save_for_backward(probabilities, experts, weights, fraction, log_sum_exp, total)
-        ctx.mark_non_differentiable(experts)
-        return weights, experts, balance, z
-
-    @staticmethod
-    def backward(ctx, grad_weights, _grad_experts, grad_balance, grad_z):
-        probabilities, experts, weights, fraction, log_sum_exp, total = ctx.saved_tensors
-        tokens, n_experts = probabilities.shape
-        if total is not None:  # through w = v / sum(v)
-            grad_weights = (grad_weights - (grad_weights * weights).sum(dim=-1, keepdim=True)) / total
-        grad_probabilities = torch.zeros_like(probabilities).scatter_(1, experts, grad_weights)
-        grad_probabilities += (grad_balance * n_experts / tokens) * fraction
-        # softmax backward p * (g - <g, p>), plus the z-loss's: d lse / d logits = p
-        shift = (grad_z * 2 / tokens) * log_sum_exp - (grad_probabilities * probabilities).sum(dim=-1)
-        return probabilities * grad_probabilities.add_(shift[:, None]), None, None
-
-
 class MoE(nn.Module):
     """Top-k routed experts (stacked 3-D weights) plus optional shared experts."""
 
@@ -250,57 +207,10 @@ class MoE(nn.Module):
         self.aux_loss = torch.zeros(())
         self.z_loss = torch.zeros(())
 
-    def route(
-        self, x: torch.Tensor, logits: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Router logits, top-k weights and top-k expert ids for flat tokens ``x``.
-
-        In training it also sets ``aux_loss`` and ``z_loss``. ``logits`` skips the router
-        matmul where the caller has computed them already.
-        """
-        logits = self.router(x) if logits is None else logits
-        if self.training:
-            weights, experts, self.aux_loss, self.z_loss = TopKRouting.apply(logits, self.top_k, self.renorm)
-            return logits, weights.to(x.dtype), experts
-        weights, experts = logits.float().softmax(dim=-1).topk(self.top_k, dim=-1)
-        if self.renorm:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        return logits, weights.to(x.dtype), experts
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        if self.dispatch == "loop":
-            return self._forward_reference(x).view(shape)
-        if self.shared is None or not torch.is_grad_enabled():
-            # (Inference keeps the matmuls apart: joining the weights costs a copy per call.)
-            _, weights, experts = self.route(x)
-            out = torch.zeros_like(x) if self.shared is None else self._shared_output(x)
-        else:
-            # Every token meets the shared experts' gate|up, the router and the shared gate:
-            # in training, one matmul for all three. The router alone (N = E columns) runs at a
-            # tenth of the CPU's matmul rate, in three matmuls counting its backward.
-            matrices = [self.shared.gate_up.weight, self.router.weight]
-            if self.shared_gate is not None:
-                matrices.append(self.shared_gate.weight)
-            projected = F.linear(x, torch.cat(matrices))
-            gate_up, logits, *gate = projected.split([matrix.shape[0] for matrix in matrices], dim=-1)
-            _, weights, experts = self.route(x, logits)
-            # The routed outputs are added into the shared output in place: no zero-filled
-            # buffer and no extra sum of two [T, d] tensors.
-            out = self.shared.down(swiglu(gate_up))
-            if gate:
-                out = torch.sigmoid(gate[0]) * out
-        return self._dispatch_sorted(x, weights, experts, out).view(shape)
-
-    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer as Hugging Face writes it, in plain autograd ops: the oracle in tests.
-
-        A separate router, losses from their textbook formulas, the shared experts on their
-        own, and the Mixtral loop that masks the tokens of each expert in turn.
-        """
-        logits = self.router(x).float()
-        probabilities = logits.softmax(dim=-1)
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits, top-k weights and top-k expert ids for flat tokens ``x``."""
+        logits = self.router(x)
+        probabilities = logits.float().softmax(dim=-1)
         weights, experts = probabilities.topk(self.top_k, dim=-1)
         if self.renorm:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -309,27 +219,27 @@ class MoE(nn.Module):
             assigned = torch.zeros_like(probabilities).scatter_(1, experts, 1.0)
             fraction = assigned.mean(dim=0) / self.top_k
             self.aux_loss = self.n_experts * (fraction * probabilities.mean(dim=0)).sum()
-            self.z_loss = torch.logsumexp(logits, dim=-1).square().mean()
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        for expert in range(self.n_experts):
-            token, slot = torch.where(experts == expert)
-            if token.numel():
-                y = swiglu_slice(x[token], self.gate_up[expert], self.down[expert])
-                out.index_add_(0, token, y * weights[token, slot, None])
-        return out if self.shared is None else out + self._shared_output(x)
+            self.z_loss = torch.logsumexp(logits.float(), dim=-1).square().mean()
+        return logits, weights.to(x.dtype), experts
 
-    def _shared_output(self, x: torch.Tensor) -> torch.Tensor:
-        shared = self.shared(x)
-        if self.shared_gate is not None:
-            shared = torch.sigmoid(self.shared_gate(x)) * shared
-        return shared
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        _, weights, experts = self.route(x)
+        routed = (
+            self._dispatch_loop(x, weights, experts)
+            if self.dispatch == "loop"
+            else (self._dispatch_sorted(x, weights, experts))
+        )
+        if self.shared is not None:
+            shared = self.shared(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            routed = routed + shared
+        return routed.view(shape)
 
-    def _dispatch_sorted(self, x, weights, experts, out):
-        """Sort (token, k) pairs by expert; one matmul per expert over its contiguous slice.
-
-        Adds the weighted expert outputs into ``out`` in place, and returns it.
-        """
+    def _dispatch_sorted(self, x, weights, experts):
+        """Sort (token, k) pairs by expert; one matmul per expert over its contiguous slice."""
         flat_experts = experts.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
         token_of_pair = order // self.top_k
@@ -350,9 +260,17 @@ class MoE(nn.Module):
             ]
             y_sorted = torch.cat(pieces)
         y_sorted = y_sorted * weights.reshape(-1, 1).index_select(0, order)
-        if out.dtype != y_sorted.dtype:  # autocast: a bf16 shared output meets float32 routed rows
-            out = out.to(torch.promote_types(out.dtype, y_sorted.dtype))
-        return out.index_add_(0, token_of_pair, y_sorted)
+        return torch.zeros_like(x).index_add_(0, token_of_pair, y_sorted)
+
+    def _dispatch_loop(self, x, weights, experts):
+        """The Hugging Face Mixtral loop: mask the tokens of each expert in turn (oracle)."""
+        out = torch.zeros_like(x)
+        for expert in range(self.n_experts):
+            token, slot = torch.where(experts == expert)
+            if token.numel():
+                y = swiglu_slice(x[token], self.gate_up[expert], self.down[expert])
+                out.index_add_(0, token, y * weights[token, slot, None])
+        return out
 
 
 class Block(nn.Module):
