@@ -21,8 +21,8 @@ from torch import nn
 
 from scaling import accounting
 from scaling.arch import ArchSpec
+from scaling.train_config import DISPATCH_MODES
 
-DISPATCH_MODES = ("auto", "grouped", "sorted", "loop")
 # Measured on the 2-core CPU (benchmarks/): per-expert slices are about even with one grouped
 # matmul at 8 experts (MoE step 1.14-1.17x dense either way), and the grouped matmul wins with
 # many (32: 1.2x faster than slices).

@@ -40,7 +40,7 @@ import tomllib
 from scaling import accounting
 from scaling.arch import ArchError, ArchSpec, field_names
 from scaling.errors import UserError
-from scaling.train import TrainConfig
+from scaling.train_config import TrainConfig
 
 TOP_LEVEL = ("name", "description", "base", "vary", "tokens", "train", "run")
 TOKEN_MODES = ("absolute", "tokens_per_param", "compute")

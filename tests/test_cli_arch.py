@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -131,3 +133,30 @@ def _write(tmp_path, name, text):
 )
 def test_user_errors(tmp_path, make_args, fragments):
     assert_user_error(run_cli(*make_args(tmp_path)), *fragments)
+
+
+TORCH_FREE = (
+    "scaling.accounting",
+    "scaling.laws",
+    "scaling.fit",
+    "scaling.store",
+    "scaling.sweep_spec",
+    "scaling.sweep",
+    "search.cost",
+    "search.space",
+    "search.plan",
+    "search.cli",
+)
+
+
+def test_planning_and_spec_modules_do_not_import_torch():
+    # A planner's command starts in well under a second, and a bad sweep spec fails as fast:
+    # only the proxies, training and measurement import torch.
+    code = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *TORCH_FREE], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
