@@ -257,14 +257,14 @@ class RunStore:
         Two processes doing this at once may both find a row missing; the second insert then
         fails on the key once the first commits. Running ``write`` again sees the committed row.
         """
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 with self.engine.begin() as connection:
                     return write(connection)
             except IntegrityError:
-                if attempt == 2:
-                    raise
-        return None
+                pass
+        with self.engine.begin() as connection:  # a third loss is not a race: let it raise
+            return write(connection)
 
     def claim(self, run_id: str, owner: str, retry_failed: bool = False) -> bool:
         """Atomically take a run: pending, failed (with ``retry_failed``) or abandoned running."""
@@ -408,10 +408,11 @@ def _put_measurements(connection, key: str, values: dict[str, float]) -> None:
     two processes measuring the same shape collide on the key, however often they retried.
     """
     dialect = connection.dialect.name
+    upsert = dialect in ("postgresql", "sqlite")
+    dialect_insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert if upsert else None
     for name, value in values.items():
         row = {"run_id": key, "key": name, "value": float(value)}
-        if dialect in ("postgresql", "sqlite"):
-            dialect_insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
+        if upsert:
             statement = dialect_insert(measurements_table).values(**row)
             statement = statement.on_conflict_do_update(
                 index_elements=["run_id", "key"], set_={"value": statement.excluded.value}
