@@ -1,7 +1,10 @@
 """MoE step time against the dense proxy with equal active parameters, interleaved.
 
 Steps of the two models alternate in one process so that machine noise hits both alike.
-Usage: python benchmarks/moe_vs_dense_step.py [--rounds 8] [--batch-size 16] [--dtype fp32]
+Usage: python benchmarks/moe_vs_dense_step.py [--rounds 8] [--batch-size 16] [--dtype fp32] [--threads N]
+
+``--threads 1`` separates the MoE's extra work from how well it spreads over the cores: the
+routing, gather and scatter ops are small, and split over threads less well than the matmuls.
 """
 
 from __future__ import annotations
@@ -48,10 +51,15 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--dispatch", default="auto", choices=("auto", "grouped", "sorted", "loop"))
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     parser.add_argument(
         "--glibc-default", action="store_true", help="leave malloc as it is (training applies retain_freed_memory)"
     )
     args = parser.parse_args()
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (torch's default) or a positive count, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.glibc_default:
         retain_freed_memory()  # as scaling.train.Trainer does, so the steps are the ones users get
     dense_spec, dense = make_step("proxy-dense-d128", "sorted", args.batch_size, args.seq_len, args.dtype)
@@ -74,6 +82,8 @@ def main() -> None:
                 "dispatch": args.dispatch,
                 "dtype": args.dtype,
                 "rounds": args.rounds,
+                "batch_size": args.batch_size,
+                "threads": torch.get_num_threads(),
                 "retain_freed_memory": not args.glibc_default,
             },
             indent=2,
