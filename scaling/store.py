@@ -257,14 +257,13 @@ class RunStore:
         Two processes doing this at once may both find a row missing; the second insert then
         fails on the key once the first commits. Running ``write`` again sees the committed row.
         """
-        for _ in range(2):
+        for attempt in range(3):
             try:
                 with self.engine.begin() as connection:
                     return write(connection)
             except IntegrityError:
-                pass
-        with self.engine.begin() as connection:  # a third loss is not a race: let it raise
-            return write(connection)
+                if attempt == 2:  # a third loss is not a race: let it raise
+                    raise
 
     def claim(self, run_id: str, owner: str, retry_failed: bool = False) -> bool:
         """Atomically take a run: pending, failed (with ``retry_failed``) or abandoned running."""
