@@ -8,7 +8,14 @@ import json
 import torch
 
 from scaling.arch import ArchSpec
-from scaling.bench import bench_train, machine_key, matmul_peak_by_size, matmul_peak_flops, probe_size
+from scaling.bench import (
+    PEAK_SIZES,
+    bench_train,
+    machine_key,
+    matmul_peak_by_size,
+    matmul_peak_flops,
+    probe_size,
+)
 from tests.conftest import assert_user_error, run_cli
 
 
@@ -59,9 +66,9 @@ def test_matmul_peak_stops_growing_where_one_matmul_would_be_slow(tmp_path, monk
     # must stop before such sizes. Here a 10 ms limit plays the part of that slow dtype.
     monkeypatch.setenv("MOEPLAN_CACHE", str(tmp_path))
     by_size = matmul_peak_by_size(max_matmul_seconds=0.01)
-    sizes = sorted(by_size)
-    assert sizes == [256, 512, 1024, 2048, 4096][: len(sizes)] and len(sizes) < 5
-    following = [256, 512, 1024, 2048, 4096][len(sizes)]
+    sizes, all_sizes = sorted(by_size), list(PEAK_SIZES["cpu"])
+    assert sizes == all_sizes[: len(sizes)] and len(sizes) < len(all_sizes)
+    following = all_sizes[len(sizes)]
     assert 2 * following**3 / by_size[sizes[-1]] > 0.01  # the next size was skipped for its time
     assert all(2 * size**3 / by_size[previous] <= 0.01 for previous, size in itertools.pairwise(sizes))
 
