@@ -181,7 +181,9 @@ def test_many_processes_create_one_store_at_once(new_store):
             subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, store, str(start)], stderr=subprocess.PIPE)
             for _ in range(6)
         ]
-        errors = [process.stderr.read().decode() for process in processes if process.wait(timeout=120) != 0]
+        # communicate, not wait-then-read: a long traceback cannot fill the pipe and stall the child
+        outcomes = [(process.communicate(timeout=120)[1], process.returncode) for process in processes]
+        errors = [stderr.decode() for stderr, returncode in outcomes if returncode != 0]
         assert errors == []
         opened = RunStore(store, create=False)
         assert opened.schema_version() == SCHEMA_VERSION
