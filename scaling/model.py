@@ -21,11 +21,12 @@ from torch import nn
 
 from scaling import accounting
 from scaling.arch import ArchSpec
+from scaling.moe_fused import fused_moe
 from scaling.train_config import DISPATCH_MODES
 
 # Measured on the 2-core CPU (benchmarks/): per-expert slices are about even with one grouped
 # matmul at 8 experts (MoE step 1.14-1.17x dense either way), and the grouped matmul wins with
-# many (32: 1.2x faster than slices).
+# many (32: 1.2x faster than slices). The fused Function beats both at 8 experts on the CPU.
 GROUPED_FROM_EXPERTS = 16
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # others fall back to sorted slices
 
@@ -38,10 +39,13 @@ class ProxyConfig:
         arch: The shape.
         aux_loss_weight: Weight of the Switch/GShard load-balancing loss.
         z_loss_weight: Weight of the router z-loss (ST-MoE).
-        dispatch: ``grouped`` (``torch._grouped_mm`` over the slices of tokens sorted by
-            expert), ``sorted`` (one matmul per expert over its contiguous slice), ``auto``
-            (grouped from 16 routed experts on, else sorted) or ``loop``
-            (the Hugging Face Mixtral per-expert masking loop, kept as the test oracle).
+        dispatch: ``fused`` (the whole layer as one autograd Function with native routing,
+            :mod:`scaling.moe_fused`; ``sorted`` under autocast), ``grouped``
+            (``torch._grouped_mm`` over the slices of tokens sorted by expert), ``sorted``
+            (one matmul per expert over its contiguous slice),
+            ``auto`` (grouped from 16 routed experts on; below that fused on the CPU and
+            sorted elsewhere) or ``loop`` (the Hugging Face Mixtral per-expert masking loop,
+            kept as the test oracle).
         max_seq_len: Longest sequence the RoPE tables cover.
     """
 
@@ -195,8 +199,8 @@ class MoE(nn.Module):
         arch = config.arch
         self.n_experts, self.top_k = arch.n_routed_experts, arch.routed_top_k
         self.renorm, self.dispatch = arch.router_renorm, config.dispatch
-        if self.dispatch == "auto":
-            self.dispatch = "grouped" if self.n_experts >= GROUPED_FROM_EXPERTS else "sorted"
+        if self.dispatch == "auto" and self.n_experts >= GROUPED_FROM_EXPERTS:
+            self.dispatch = "grouped"
         hidden = arch.expert_d_ff
         self.router = nn.Linear(arch.d_model, self.n_experts, bias=False)
         self.gate_up = nn.Parameter(torch.empty(self.n_experts, arch.d_model, 2 * hidden))
@@ -226,6 +230,15 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if self._fused_applies(x):
+            shared_gate_up = None if self.shared is None else self.shared.gate_up.weight
+            shared_down = None if self.shared is None else self.shared.down.weight
+            shared_gate = None if self.shared_gate is None else self.shared_gate.weight
+            out, self.aux_loss, self.z_loss = fused_moe(
+                x, self.router.weight, shared_gate_up, shared_down, shared_gate,
+                self.gate_up, self.down, self.top_k, self.renorm,
+            )  # fmt: skip
+            return out.view(shape)
         _, weights, experts = self.route(x)
         routed = (
             self._dispatch_loop(x, weights, experts)
@@ -238,6 +251,13 @@ class MoE(nn.Module):
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             routed = routed + shared
         return routed.view(shape)
+
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        if self.dispatch not in ("fused", "auto"):
+            return False
+        if torch.is_autocast_enabled(x.device.type):
+            return False  # its matmuls write into preallocated buffers, which autocast cannot
+        return self.dispatch == "fused" or x.device.type == "cpu"
 
     def _dispatch_sorted(self, x, weights, experts):
         """Sort (token, k) pairs by expert; one matmul per expert over its contiguous slice."""

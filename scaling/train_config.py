@@ -12,7 +12,7 @@ from typing import Any
 
 from scaling.errors import UserError
 
-DISPATCH_MODES = ("auto", "grouped", "sorted", "loop")
+DISPATCH_MODES = ("auto", "fused", "grouped", "sorted", "loop")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("fp32", "bf16")
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from scaling.errors import UserError
+from scaling.train_config import DISPATCH_MODES
 
 EXIT_USER_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
@@ -598,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, default=16)
     bench.add_argument("--seq-len", type=_positive_int, default=256)
     bench.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    bench.add_argument("--dispatch", choices=("auto", "grouped", "sorted", "loop"), default="auto")
+    bench.add_argument("--dispatch", choices=DISPATCH_MODES, default="auto")
     bench.add_argument("--backend", choices=("torch", "mlx"), default="torch")
     bench.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
     bench.add_argument("--prompt-tokens", type=_positive_int, default=128)

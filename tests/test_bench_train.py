@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 import torch
 
 from scaling.arch import ArchSpec
@@ -81,12 +82,17 @@ def test_probe_is_the_largest_size_that_stays_quick():
     assert probe_size({2048: 1e6, 4096: 1e6}) == 2048  # nothing is quick: the smallest
 
 
-def test_no_memory_leak_over_200_steps():
+@pytest.mark.parametrize("dispatch", ["fused", "sorted"])
+def test_no_memory_leak_over_200_steps(dispatch):
     tiny = ArchSpec(
         vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=4, top_k=2, n_shared_experts=1
     )
-    result = bench_train(tiny, steps=200, batch_size=4, seq_len=64, device="cpu", warmup=20)
-    assert result["rss_growth_bytes"] < 16 * 2**20, result["rss_growth_bytes"]
+    # The first run in a process grows the heap to its working size (about 16 MiB here); a second
+    # run must then stay flat. A reference cycle through an autograd Function's context once
+    # leaked about 80 KiB a step here: 24 MiB over this run, 17.5 MiB against 16 in the first.
+    bench_train(tiny, steps=50, batch_size=4, seq_len=64, device="cpu", warmup=5, dispatch=dispatch)
+    result = bench_train(tiny, steps=300, batch_size=4, seq_len=64, device="cpu", warmup=20, dispatch=dispatch)
+    assert result["rss_growth_bytes"] < 4 * 2**20, result["rss_growth_bytes"]
 
 
 def test_bench_user_errors():
