@@ -3,8 +3,9 @@
 One contract, two implementations:
 
 - a small C kernel (``scaling/native/routing.c``), compiled on first use with the machine's C
-  compiler and cached under ``MOEPLAN_CACHE``. On the 2-core CPU it does in about 0.1 ms what
-  a dozen eager kernels do in about 4 ms per MoE layer and training step;
+  compiler and cached under ``MOEPLAN_CACHE``. On the 2-core CPU, for 4,096 tokens and 8
+  experts, it takes 0.53 ms forward and 0.13 ms backward, where the torch ops below take 2.1 ms
+  warm and a dozen eager kernels inside a full training step cost about 4 ms per MoE layer;
 - the same computation in torch ops, used wherever the kernel cannot be: no C compiler, tensors
   off the CPU, more than 256 experts, or ``MOEPLAN_NATIVE_ROUTING=0``.
 

@@ -3,7 +3,8 @@
  * Eager PyTorch spends about a dozen small kernels on this (softmax, topk, renormalisation,
  * the balance loss's counts and means, logsumexp, a stable argsort, a gather), and on the 2-core
  * CPU they cost about 4 ms per MoE layer and training step; this file does the same work in
- * about 0.1 ms. It is single-threaded on purpose: the work is small, and a second OpenMP
+ * about 0.7 ms for 4,096 tokens and 8 experts (plain scalar code: there is room left). It is
+ * single-threaded on purpose: the work is small, and a second OpenMP
  * runtime beside torch's would fight it for the cores. scaling/routing.py holds the same
  * computation in torch ops, which the tests compare against this one.
  */
