@@ -21,6 +21,7 @@ from scaling.allocator import retain_freed_memory
 from scaling.model import ProxyConfig, ProxyModel
 from scaling.presets import get_preset
 from scaling.train import TrainConfig, build_optimizer
+from scaling.train_config import DISPATCH_MODES
 
 
 def make_step(name: str, dispatch: str, batch_size: int, seq_len: int, dtype: str):
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--dispatch", default="auto", choices=("auto", "grouped", "sorted", "loop"))
+    parser.add_argument("--dispatch", default="auto", choices=DISPATCH_MODES)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     parser.add_argument(
         "--glibc-default", action="store_true", help="leave malloc as it is (training applies retain_freed_memory)"
