@@ -91,8 +91,8 @@ def route(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[Routing, torc
     )  # fmt: skip
     if status:
         raise ValueError(f"cannot route {e} experts with top-{top_k}")
-    balance_loss, z_loss = losses.to(logits.dtype).unbind(0)
-    return routing, balance_loss, z_loss
+    losses = losses.to(logits.dtype)
+    return routing, losses[0].clone(), losses[1].clone()  # two tensors, not views of one
 
 
 def route_backward(

@@ -110,6 +110,16 @@ def test_dispatch_matches_loop_oracle(name, dispatch):
         torch.testing.assert_close(grads_b[key], grads_a[key], msg=key, **tolerance)
 
 
+def test_auto_dispatch_is_fused_on_cpu_below_16_experts():
+    x = torch.zeros(3, 64)
+    moe = ProxyModel(SHAPES["moe-shared"]).blocks[0].mlp
+    assert moe.dispatch == "auto" and moe._fused_applies(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not moe._fused_applies(x)  # autocast takes the sorted slices
+    many = ProxyModel(ArchSpec(vocab_size=256, d_model=64, n_layers=1, n_heads=4, d_ff=64, n_experts=16, top_k=2))
+    assert many.blocks[0].mlp.dispatch == "grouped" and not many.blocks[0].mlp._fused_applies(x)
+
+
 def test_swiglu_gradient():
     x = torch.randn(4, 6, 10, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(swiglu, (x,))
