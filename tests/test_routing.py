@@ -27,13 +27,19 @@ def fresh_library(monkeypatch, tmp_path):
     routing.native_library.cache_clear()
 
 
+def _use_torch_routing(monkeypatch, use: bool = True) -> None:
+    if use:
+        monkeypatch.setenv("MOEPLAN_NATIVE_ROUTING", "0")
+    else:
+        monkeypatch.delenv("MOEPLAN_NATIVE_ROUTING")
+    routing.native_library.cache_clear()
+
+
 def _routings(logits, top_k, renorm, monkeypatch):
     native = routing.route(logits, top_k, renorm)
-    monkeypatch.setenv("MOEPLAN_NATIVE_ROUTING", "0")
-    routing.native_library.cache_clear()
+    _use_torch_routing(monkeypatch)
     reference = routing.route(logits, top_k, renorm)
-    monkeypatch.delenv("MOEPLAN_NATIVE_ROUTING")
-    routing.native_library.cache_clear()
+    _use_torch_routing(monkeypatch, use=False)
     return native, reference
 
 
@@ -57,8 +63,7 @@ def test_native_routing_matches_torch(experts, top_k, renorm, fresh_library, mon
 
     grad_sorted = torch.randn(777 * top_k, generator=generator)
     grad_native = routing.route_backward(native, grad_sorted, 0.3, 0.7, renorm)
-    monkeypatch.setenv("MOEPLAN_NATIVE_ROUTING", "0")
-    routing.native_library.cache_clear()
+    _use_torch_routing(monkeypatch)
     grad_reference = routing.route_backward(reference, grad_sorted, 0.3, 0.7, renorm)
     torch.testing.assert_close(grad_native, grad_reference)
 
