@@ -118,9 +118,10 @@ class FusedMoEFunction(torch.autograd.Function):
             _activation_backward(grad_product.mul_(weight), gate_up_out[rows], activated[rows], grad_gate_up_out[rows])
             torch.mm(x_sorted[rows].t(), grad_gate_up_out[rows], out=grad_gate_up[expert])
             torch.mm(grad_gate_up_out[rows], gate_up[expert].t(), out=grad_x_sorted[rows])
-        grad_balance = 0.0 if grad_balance is None else float(grad_balance)
-        grad_z = 0.0 if grad_z is None else float(grad_z)
-        grad_logits = routing_module.route_backward(routing, grad_sorted_weights, grad_balance, grad_z, ctx.renorm)
+        # autograd materialises unused outputs' gradients as zeros, so neither loss's is None
+        grad_logits = routing_module.route_backward(
+            routing, grad_sorted_weights, float(grad_balance), float(grad_z), ctx.renorm
+        )
         # shared experts, router and shared gate: one matmul each way over the joint projection
         grad_projected = torch.empty_like(projected)
         grad_projected[:, shared_width : shared_width + n_experts] = grad_logits

@@ -67,7 +67,7 @@ def route(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[Routing, torc
         which an autograd Function keeps on its context; a loss it returns must not be held there,
         or the output and its graph node would reference each other and never be freed.
     """
-    library = native_library() if _native_applies(logits) else None
+    library = _native_library_for(logits)
     if library is None:
         return _route_torch(logits, top_k, renorm)
     logits = logits.detach().contiguous()
@@ -101,7 +101,7 @@ def route_backward(
     """Gradient of the logits from the gradients of the weights (in sorted pair order) and losses."""
     n, e = routing.probabilities.shape
     top_k = routing.weights.shape[1]
-    library = native_library() if _native_applies(routing.probabilities) else None
+    library = _native_library_for(routing.probabilities)
     grad_sorted_weights = grad_sorted_weights.detach().float().contiguous().view(-1)
     if library is None:
         return _route_backward_torch(routing, grad_sorted_weights, grad_balance, grad_z, renorm)
@@ -148,13 +148,15 @@ def _route_backward_torch(
     return probabilities * (grad_probabilities + shift)
 
 
-def _native_applies(tensor: torch.Tensor) -> bool:
-    return (
+def _native_library_for(tensor: torch.Tensor) -> ctypes.CDLL | None:
+    """The kernel for ``[n, e]`` float32 CPU tensors it can route; None sends the caller to torch ops."""
+    applies = (
         tensor.device.type == "cpu"
         and tensor.dtype == torch.float32
         and tensor.dim() == 2
         and 0 < tensor.shape[1] <= MAX_NATIVE_EXPERTS
     )
+    return native_library() if applies else None
 
 
 @functools.cache
