@@ -9,8 +9,9 @@ MoE layer pays for beyond its matmuls. This Function saves them in four ways:
   matmul, forward and backward;
 - routing, its two losses and the sort of (token, slot) pairs by expert run in
   :mod:`scaling.routing` (a C kernel where one can be built);
-- each routed expert applies its routing weight inside its activation, on rows that are still
-  in cache, rather than in extra passes over all rows;
+- each routed expert weights its rows while they are still in cache, and keeps the weighted
+  rows, which are what its down projection's weight gradient reads, so backward does not
+  weight the incoming gradient again;
 - the routed rows are added into the shared output in place, and the routed gradient into the
   shared input gradient, so no zero tensors are filled and no extra sums run.
 """
@@ -39,13 +40,14 @@ def _activation_backward(
     torch.ops.aten.silu_backward.grad_input(grad_product.mul_(up), gate, grad_input=grad_gate)
 
 
-def _slices(sizes: list[int]):
-    """(expert, row slice) for each expert that received rows."""
-    start = 0
-    for expert, size in enumerate(sizes):
-        if size:
-            yield expert, slice(start, start + size)
-        start += size
+def _per_expert(sizes: list[int], row_buffers: tuple[torch.Tensor, ...], weights: tuple[torch.Tensor, ...]):
+    """For each expert that received rows: its rows of each buffer, then its matrix of each stacked weight.
+
+    One ``split`` and one ``unbind`` per tensor rather than a slice per expert and tensor.
+    """
+    rows = [[piece for piece in buffer.split(sizes) if piece.shape[0]] for buffer in row_buffers]
+    matrices = [[matrix for matrix, size in zip(weight.unbind(0), sizes, strict=True) if size] for weight in weights]
+    return zip(*rows, *matrices, strict=True)
 
 
 class FusedMoEFunction(torch.autograd.Function):
@@ -76,23 +78,27 @@ class FusedMoEFunction(torch.autograd.Function):
                 gate = torch.sigmoid(projected[:, shared_width + n_experts :])
                 shared_out, out = out, out * gate  # kept for the gate's gradient
         sizes = routing.counts.tolist()
-        sorted_weights = routing.weights.view(-1).index_select(0, routing.order).to(x.dtype).unsqueeze(1)
+        sorted_weights = routing.sorted_weights.to(x.dtype).unsqueeze(1)
         x_sorted = x.index_select(0, routing.token_of_pair)
         hidden = down.shape[1]
         gate_up_out = x.new_empty(x_sorted.shape[0], 2 * hidden)
         activated = x.new_empty(x_sorted.shape[0], hidden)
-        product = torch.empty_like(activated)
+        product, weighted_product = torch.empty_like(activated), torch.empty_like(activated)
         y_sorted = torch.empty_like(x_sorted)
-        for expert, rows in _slices(sizes):
-            torch.mm(x_sorted[rows], gate_up[expert], out=gate_up_out[rows])
-            _activate(gate_up_out[rows], activated[rows], product[rows])
-            torch.mm(product[rows] * sorted_weights[rows], down[expert], out=y_sorted[rows])
+        buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product, y_sorted)
+        for (
+            x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows, y_rows,
+            gate_up_matrix, down_matrix,
+        ) in _per_expert(sizes, buffers, (gate_up, down)):  # fmt: skip
+            torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
+            _activate(gate_up_rows, activated_rows, product_rows)
+            torch.mm(torch.mul(product_rows, weight, out=weighted_rows), down_matrix, out=y_rows)
         out.index_add_(0, routing.token_of_pair, y_sorted)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
         ctx.save_for_backward(
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
-            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product,
+            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product, weighted_product,
         )  # fmt: skip
         return out, balance_loss, z_loss  # float32, as the sorted path's
 
@@ -100,24 +106,36 @@ class FusedMoEFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_balance, grad_z):
         (
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
-            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product,
+            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product, weighted_product,
         ) = ctx.saved_tensors  # fmt: skip
         routing, shared_width, n_experts = ctx.routing, ctx.shared_width, ctx.n_experts
         grad_out = grad_out.contiguous()
         # routed experts, one contiguous slice each
+        sizes = ctx.sizes
         grad_y_sorted = grad_out.index_select(0, routing.token_of_pair)
         grad_x_sorted = torch.empty_like(x_sorted)
         grad_sorted_weights = torch.empty_like(sorted_weights)
-        grad_gate_up, grad_down = torch.zeros_like(gate_up), torch.zeros_like(down)
+        grad_gate_up, grad_down = torch.empty_like(gate_up), torch.empty_like(down)
+        for expert, size in enumerate(sizes):
+            if not size:  # an expert no token chose gets a zero gradient; the loop writes the rest
+                grad_gate_up[expert].zero_()
+                grad_down[expert].zero_()
         grad_gate_up_out = torch.empty_like(gate_up_out)
-        for expert, rows in _slices(ctx.sizes):
-            weight, grad_y = sorted_weights[rows], grad_y_sorted[rows]
-            grad_product = grad_y @ down[expert].t()
-            torch.mm(product[rows].t(), grad_y * weight, out=grad_down[expert])
-            torch.sum(grad_product * product[rows], dim=-1, keepdim=True, out=grad_sorted_weights[rows])
-            _activation_backward(grad_product.mul_(weight), gate_up_out[rows], activated[rows], grad_gate_up_out[rows])
-            torch.mm(x_sorted[rows].t(), grad_gate_up_out[rows], out=grad_gate_up[expert])
-            torch.mm(grad_gate_up_out[rows], gate_up[expert].t(), out=grad_x_sorted[rows])
+        buffers = (
+            x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product,
+            grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
+        )  # fmt: skip
+        for (
+            x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows,
+            grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
+            gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
+        ) in _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down)):  # fmt: skip
+            grad_product = grad_y @ down_matrix.t()
+            torch.mm(weighted_rows.t(), grad_y, out=grad_down_matrix)
+            torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
+            _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
+            torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
+            torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
         # autograd materialises unused outputs' gradients as zeros, so neither loss's is None
         grad_logits = routing_module.route_backward(
             routing, grad_sorted_weights, float(grad_balance), float(grad_z), ctx.renorm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -108,6 +109,30 @@ def test_dispatch_matches_loop_oracle(name, dispatch):
     assert grads_a.keys() == grads_b.keys()
     for key in grads_a:
         torch.testing.assert_close(grads_b[key], grads_a[key], msg=key, **tolerance)
+
+
+def test_fused_gives_an_idle_expert_a_zero_gradient(monkeypatch):
+    # An expert that no token chooses has no rows: the fused layer must still hand back its
+    # (zero) gradient, as the loop does, and leave the busy experts' gradients right. Fresh
+    # allocations are filled with NaN, so a buffer read before it is written shows.
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: empty_like(*args, **kwargs).fill_(math.nan))
+    torch.manual_seed(0)
+    model = ProxyModel(ProxyConfig(SHAPES["moe-shared"], dispatch="loop")).double()
+    oracle = model.blocks[0].mlp
+    with torch.no_grad():
+        oracle.router.weight[0] = -1.0  # inputs are positive, so expert 0 scores lowest for every token
+    fused = copy.deepcopy(oracle)
+    fused.dispatch = "fused"
+    x = torch.rand(40, 64, dtype=torch.float64) + 0.1
+    gradients = []
+    for layer in (oracle, fused):
+        (layer(x).square().sum() + layer.aux_loss + layer.z_loss).backward()
+        gradients.append({name: parameter.grad for name, parameter in layer.named_parameters()})
+    assert torch.count_nonzero(gradients[1]["gate_up"][0]) == 0 and torch.count_nonzero(gradients[1]["down"][0]) == 0
+    assert torch.count_nonzero(gradients[1]["gate_up"][1:]) > 0
+    for name, expected in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], expected, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_auto_dispatch_is_fused_on_cpu_below_16_experts():

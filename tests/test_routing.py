@@ -53,13 +53,14 @@ def test_native_routing_matches_torch(experts, top_k, renorm, fresh_library, mon
     (native, *native_losses), (reference, *reference_losses) = _routings(logits, top_k, renorm, monkeypatch)
     for field in ("experts", "counts", "order", "token_of_pair"):
         assert torch.equal(getattr(native, field), getattr(reference, field)), field
-    for field in ("probabilities", "logsumexp", "weights"):
+    for field in ("probabilities", "logsumexp", "weights", "sorted_weights"):
         torch.testing.assert_close(getattr(native, field), getattr(reference, field), msg=field)
     torch.testing.assert_close(native_losses, reference_losses)
     assert native.counts.sum() == 777 * top_k
     sorted_experts = native.experts.view(-1)[native.order]
     assert (sorted_experts.diff() >= 0).all()  # pairs grouped by expert
     assert torch.equal(native.token_of_pair, native.order // top_k)
+    assert torch.equal(native.sorted_weights, native.weights.view(-1)[native.order])
 
     grad_sorted = torch.randn(777 * top_k, generator=generator)
     grad_native = routing.route_backward(native, grad_sorted, 0.3, 0.7, renorm)
