@@ -25,8 +25,8 @@ import torch
 Item = TypeVar("Item")
 
 # Below this many rows in all, the hand-off to another thread (about 0.1 ms) costs more than it
-# saves. Measured on the 2-core CPU, the MoE proxy's layer forward and backward with threads:
-# 17-20% slower at 2 and 8 rows (decoding), about even at 32-64, 8-15% faster from 256 rows on.
+# saves. Measured on the 2-core CPU, MoE proxy layer: threads 20% slower at 2 and 8 rows (decoding),
+# even at 64, 5-15% faster from 256 rows on (prefill and training).
 MIN_ROWS = 64
 
 _lock = threading.Lock()
