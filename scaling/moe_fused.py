@@ -15,13 +15,10 @@ MoE layer pays for beyond its matmuls. This Function saves them in four ways:
 - the routed rows are added into the shared output in place, and the routed gradient into the
   shared input gradient, so no zero tensors are filled and no extra sums run.
 
-On the CPU the experts run side by side, one core each (:mod:`scaling.expert_threads`), and each
-gathers its own rows on the core that multiplies them.
+On the CPU the experts run side by side, one core each (:mod:`scaling.expert_threads`).
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -56,30 +53,23 @@ def _per_expert(sizes: list[int], row_buffers: tuple[torch.Tensor, ...], weights
     return list(zip(*rows, *matrices, strict=True))
 
 
-def _expert_forward(x: torch.Tensor, pieces: tuple[torch.Tensor, ...]) -> None:
-    """One routed expert's rows, forward: gather its tokens, SwiGLU, weight by the routing, down.
-
-    Each expert gathers its own rows, on the core that is about to multiply them, while they are
-    still in that core's cache.
-    """
-    (
-        token_rows, x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows, y_rows,
-        gate_up_matrix, down_matrix,
-    ) = pieces  # fmt: skip
-    torch.index_select(x, 0, token_rows, out=x_rows)
+def _expert_forward(pieces: tuple[torch.Tensor, ...]) -> None:
+    """One routed expert's rows, forward: SwiGLU, weighted by the routing, then down."""
+    x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows, y_rows, gate_up_matrix, down_matrix = (
+        pieces
+    )
     torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
     _activate(gate_up_rows, activated_rows, product_rows)
     torch.mm(torch.mul(product_rows, weight, out=weighted_rows), down_matrix, out=y_rows)
 
 
-def _expert_backward(grad_out: torch.Tensor, pieces: tuple[torch.Tensor, ...]) -> None:
+def _expert_backward(pieces: tuple[torch.Tensor, ...]) -> None:
     """One routed expert's rows, backward: gradients of its rows, routing weights and matrices."""
     (
-        token_rows, x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows,
+        x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows,
         grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
         gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
     ) = pieces  # fmt: skip
-    torch.index_select(grad_out, 0, token_rows, out=grad_y)
     grad_product = grad_y @ down_matrix.t()
     torch.mm(weighted_rows.t(), grad_y, out=grad_down_matrix)
     torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
@@ -117,18 +107,15 @@ class FusedMoEFunction(torch.autograd.Function):
                 shared_out, out = out, out * gate  # kept for the gate's gradient
         sizes = routing.counts.tolist()
         sorted_weights = routing.sorted_weights.to(x.dtype).unsqueeze(1)
-        x_sorted = x.new_empty(routing.token_of_pair.shape[0], x.shape[1])
+        x_sorted = x.index_select(0, routing.token_of_pair)
         hidden = down.shape[1]
         gate_up_out = x.new_empty(x_sorted.shape[0], 2 * hidden)
         activated = x.new_empty(x_sorted.shape[0], hidden)
         product, weighted_product = torch.empty_like(activated), torch.empty_like(activated)
         y_sorted = torch.empty_like(x_sorted)
-        buffers = (
-            routing.token_of_pair, x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product,
-            y_sorted,
-        )  # fmt: skip
-        pieces = _per_expert(sizes, buffers, (gate_up, down))
-        run_experts(functools.partial(_expert_forward, x), pieces, [size for size in sizes if size], x.device)
+        buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product, y_sorted)
+        rows = [size for size in sizes if size]
+        run_experts(_expert_forward, _per_expert(sizes, buffers, (gate_up, down)), rows, x.device)
         out.index_add_(0, routing.token_of_pair, y_sorted)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
@@ -148,7 +135,7 @@ class FusedMoEFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         # routed experts, one contiguous slice each
         sizes = ctx.sizes
-        grad_y_sorted = torch.empty_like(x_sorted)
+        grad_y_sorted = grad_out.index_select(0, routing.token_of_pair)
         grad_x_sorted = torch.empty_like(x_sorted)
         grad_sorted_weights = torch.empty_like(sorted_weights)
         grad_gate_up, grad_down = torch.empty_like(gate_up), torch.empty_like(down)
@@ -158,11 +145,11 @@ class FusedMoEFunction(torch.autograd.Function):
                 grad_down[expert].zero_()
         grad_gate_up_out = torch.empty_like(gate_up_out)
         buffers = (
-            routing.token_of_pair, x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product,
+            x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product,
             grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
         )  # fmt: skip
         pieces = _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down))
-        run_experts(functools.partial(_expert_backward, grad_out), pieces, [size for size in sizes if size], x.device)
+        run_experts(_expert_backward, pieces, [size for size in sizes if size], x.device)
         # autograd materialises unused outputs' gradients as zeros, so neither loss's is None
         grad_logits = routing_module.route_backward(
             routing, grad_sorted_weights, float(grad_balance), float(grad_z), ctx.renorm
