@@ -14,8 +14,6 @@ MoE layer pays for beyond its matmuls. This Function saves them in four ways:
   weight the incoming gradient again;
 - the routed rows are added into the shared output in place, and the routed gradient into the
   shared input gradient, so no zero tensors are filled and no extra sums run.
-
-On the CPU the experts run side by side, one core each (:mod:`scaling.expert_threads`).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from __future__ import annotations
 import torch
 
 from scaling import routing as routing_module
-from scaling.expert_threads import run_experts
 
 
 def _activate(gate_up: torch.Tensor, activated: torch.Tensor, product: torch.Tensor) -> None:
@@ -50,32 +47,7 @@ def _per_expert(sizes: list[int], row_buffers: tuple[torch.Tensor, ...], weights
     """
     rows = [[piece for piece in buffer.split(sizes) if piece.shape[0]] for buffer in row_buffers]
     matrices = [[matrix for matrix, size in zip(weight.unbind(0), sizes, strict=True) if size] for weight in weights]
-    return list(zip(*rows, *matrices, strict=True))
-
-
-def _expert_forward(pieces: tuple[torch.Tensor, ...]) -> None:
-    """One routed expert's rows, forward: SwiGLU, weighted by the routing, then down."""
-    x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows, y_rows, gate_up_matrix, down_matrix = (
-        pieces
-    )
-    torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
-    _activate(gate_up_rows, activated_rows, product_rows)
-    torch.mm(torch.mul(product_rows, weight, out=weighted_rows), down_matrix, out=y_rows)
-
-
-def _expert_backward(pieces: tuple[torch.Tensor, ...]) -> None:
-    """One routed expert's rows, backward: gradients of its rows, routing weights and matrices."""
-    (
-        x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows,
-        grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
-        gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
-    ) = pieces  # fmt: skip
-    grad_product = grad_y @ down_matrix.t()
-    torch.mm(weighted_rows.t(), grad_y, out=grad_down_matrix)
-    torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
-    _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
-    torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
-    torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
+    return zip(*rows, *matrices, strict=True)
 
 
 class FusedMoEFunction(torch.autograd.Function):
@@ -114,8 +86,13 @@ class FusedMoEFunction(torch.autograd.Function):
         product, weighted_product = torch.empty_like(activated), torch.empty_like(activated)
         y_sorted = torch.empty_like(x_sorted)
         buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product, y_sorted)
-        rows = [size for size in sizes if size]
-        run_experts(_expert_forward, _per_expert(sizes, buffers, (gate_up, down)), rows, x.device)
+        for (
+            x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows, y_rows,
+            gate_up_matrix, down_matrix,
+        ) in _per_expert(sizes, buffers, (gate_up, down)):  # fmt: skip
+            torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
+            _activate(gate_up_rows, activated_rows, product_rows)
+            torch.mm(torch.mul(product_rows, weight, out=weighted_rows), down_matrix, out=y_rows)
         out.index_add_(0, routing.token_of_pair, y_sorted)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
@@ -148,8 +125,17 @@ class FusedMoEFunction(torch.autograd.Function):
             x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product,
             grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
         )  # fmt: skip
-        pieces = _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down))
-        run_experts(_expert_backward, pieces, [size for size in sizes if size], x.device)
+        for (
+            x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows,
+            grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
+            gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
+        ) in _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down)):  # fmt: skip
+            grad_product = grad_y @ down_matrix.t()
+            torch.mm(weighted_rows.t(), grad_y, out=grad_down_matrix)
+            torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
+            _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
+            torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
+            torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
         # autograd materialises unused outputs' gradients as zeros, so neither loss's is None
         grad_logits = routing_module.route_backward(
             routing, grad_sorted_weights, float(grad_balance), float(grad_z), ctx.renorm
