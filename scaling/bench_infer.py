@@ -36,7 +36,7 @@ def build_inference_model(arch: ArchSpec, precision: str, device: torch.device, 
     return model.to(device=device, dtype=TORCH_PRECISIONS[precision])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _prefill(model: ProxyModel, prompt: torch.Tensor, cache: KVCache) -> torch.Tensor:
     logits, _ = model(prompt, cache=cache, last_logits_only=True)
     return logits[:, -1].argmax(dim=-1, keepdim=True)
@@ -75,7 +75,7 @@ class InferenceSession:
         synchronize(self.device)
         prefill_s = time.perf_counter() - start
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.inference_mode():
             for _ in range(self.decode_tokens):
                 logits, _ = self.model(token, cache=cache)
                 token = logits[:, -1].argmax(dim=-1, keepdim=True)
