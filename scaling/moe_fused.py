@@ -9,9 +9,8 @@ MoE layer pays for beyond its matmuls. This Function saves them in four ways:
   matmul, forward and backward;
 - routing, its two losses and the sort of (token, slot) pairs by expert run in
   :mod:`scaling.routing` (a C kernel where one can be built);
-- each routed expert weights its rows while they are still in cache, and keeps the weighted
-  rows, which are what its down projection's weight gradient reads, so backward does not
-  weight the incoming gradient again;
+- each routed expert applies its routing weight to its rows while they are still in cache,
+  rather than in extra passes over all rows;
 - the routed rows are added into the shared output in place, and the routed gradient into the
   shared input gradient, so no zero tensors are filled and no extra sums run.
 """
@@ -83,22 +82,21 @@ class FusedMoEFunction(torch.autograd.Function):
         hidden = down.shape[1]
         gate_up_out = x.new_empty(x_sorted.shape[0], 2 * hidden)
         activated = x.new_empty(x_sorted.shape[0], hidden)
-        product, weighted_product = torch.empty_like(activated), torch.empty_like(activated)
+        product = torch.empty_like(activated)
         y_sorted = torch.empty_like(x_sorted)
-        buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product, y_sorted)
+        buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, y_sorted)
         for (
-            x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows, y_rows,
-            gate_up_matrix, down_matrix,
+            x_rows, gate_up_rows, activated_rows, product_rows, weight, y_rows, gate_up_matrix, down_matrix,
         ) in _per_expert(sizes, buffers, (gate_up, down)):  # fmt: skip
             torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
             _activate(gate_up_rows, activated_rows, product_rows)
-            torch.mm(torch.mul(product_rows, weight, out=weighted_rows), down_matrix, out=y_rows)
+            torch.mm(product_rows * weight, down_matrix, out=y_rows)
         out.index_add_(0, routing.token_of_pair, y_sorted)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
         ctx.save_for_backward(
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
-            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product, weighted_product,
+            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product,
         )  # fmt: skip
         return out, balance_loss, z_loss  # float32, as the sorted path's
 
@@ -106,7 +104,7 @@ class FusedMoEFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_balance, grad_z):
         (
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
-            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product, weighted_product,
+            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product,
         ) = ctx.saved_tensors  # fmt: skip
         routing, shared_width, n_experts = ctx.routing, ctx.shared_width, ctx.n_experts
         grad_out = grad_out.contiguous()
@@ -122,16 +120,16 @@ class FusedMoEFunction(torch.autograd.Function):
                 grad_down[expert].zero_()
         grad_gate_up_out = torch.empty_like(gate_up_out)
         buffers = (
-            x_sorted, gate_up_out, activated, product, sorted_weights, weighted_product,
+            x_sorted, gate_up_out, activated, product, sorted_weights,
             grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
         )  # fmt: skip
         for (
-            x_rows, gate_up_rows, activated_rows, product_rows, weight, weighted_rows,
+            x_rows, gate_up_rows, activated_rows, product_rows, weight,
             grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
             gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
         ) in _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down)):  # fmt: skip
             grad_product = grad_y @ down_matrix.t()
-            torch.mm(weighted_rows.t(), grad_y, out=grad_down_matrix)
+            torch.mm(product_rows.t(), grad_y * weight, out=grad_down_matrix)
             torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
             _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
             torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
