@@ -40,9 +40,26 @@ def train_step(model, optimizer, step) -> float:
     return time.perf_counter() - start
 
 
+def transformers_model(config_path: str):
+    """The config and a seeded fp32 transformers model with SDPA attention, from ``config.json``."""
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(config_path)
+    return config, AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+
+
+def in_turn(names: list[str], index: int) -> list[str]:
+    """The names in order on even rounds and reversed on odd ones, so neither always goes first."""
+    return names if index % 2 == 0 else names[::-1]
+
+
+def use_this_checkout() -> None:
+    """Make this checkout's ``scaling`` importable from the transformers venv."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
 def moeplan_step(config_path: str, x: torch.Tensor, y: torch.Tensor):
     """moeplan's proxy built from the same config.json, with its AdamW, as the bench builds them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    use_this_checkout()
     from scaling.allocator import retain_freed_memory
     from scaling.hf_config import load_hf_config
     from scaling.model import ProxyConfig, ProxyModel
@@ -71,7 +88,7 @@ def transformers_generation(model, prompt: torch.Tensor, decode_tokens: int) -> 
 
 def moeplan_generation(config_path: str, prompt_tokens: int, decode_tokens: int):
     """moeplan's inference session from the same config.json, as ``moeplan bench --mode infer`` builds it."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    use_this_checkout()
     from scaling.bench_infer import InferenceSession
     from scaling.hf_config import load_hf_config
 
@@ -81,9 +98,8 @@ def moeplan_generation(config_path: str, prompt_tokens: int, decode_tokens: int)
 
 def compare_inference(args: argparse.Namespace) -> None:
     """Alternate generations of both models, swapping which goes first, and report medians and ratios."""
-    torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(args.config)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
+    config, model = transformers_model(args.config)
+    model.eval()
     prompt, moeplan_measure = moeplan_generation(args.config, args.prompt_tokens, args.decode_tokens)
     runners = {
         "transformers": lambda: transformers_generation(model, prompt, args.decode_tokens),
@@ -91,7 +107,7 @@ def compare_inference(args: argparse.Namespace) -> None:
     }
     results = {name: [] for name in runners}
     for index in range(args.steps + 1):
-        for name in list(runners) if index % 2 == 0 else list(reversed(runners)):
+        for name in in_turn(list(runners), index):
             measured = runners[name]()
             if index >= 1:  # the first generation of each warms up
                 results[name].append(measured)
@@ -119,9 +135,7 @@ def main() -> None:
     if args.mode == "infer":  # always side by side with moeplan
         compare_inference(args)
         return
-    torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(args.config)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    config, model = transformers_model(args.config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1))
@@ -131,8 +145,7 @@ def main() -> None:
         runners["moeplan"] = moeplan_step(args.config, x, y)
     timings = {name: [] for name in runners}
     for index in range(args.steps + 2):
-        order = list(runners) if index % 2 == 0 else list(reversed(runners))
-        for name in order:
+        for name in in_turn(list(runners), index):
             seconds = train_step(*runners[name])
             if index >= 2:
                 timings[name].append(seconds)
