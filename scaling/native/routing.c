@@ -18,8 +18,8 @@
  * [n, k] (renormalised to sum to one when renorm) and experts [n, k], the count of pairs per
  * expert [e], the (token, slot) pairs sorted stably by expert, as pair index (order [n*k]), token
  * (token_of_pair [n*k]) and weight (sorted_weights [n*k]); losses[0] is the Switch/GShard
- * balance loss and losses[1] the z-loss. Ties go to the lower expert index, as in torch.topk. Returns 0, or -1 when e is out of
- * range. */
+ * balance loss and losses[1] the z-loss. Ties go to the lower expert index, as in torch.topk.
+ * Returns 0, or -1 when e is out of range. */
 int moeplan_route_forward(const float *logits, int64_t n, int64_t e, int64_t k, int renorm,
                           float *probabilities, float *logsumexp, float *weights, int64_t *experts,
                           int64_t *counts, int64_t *order, int64_t *token_of_pair,
