@@ -11,6 +11,9 @@ MoE layer pays for beyond its matmuls. This Function saves them in four ways:
   :mod:`scaling.routing` (a C kernel where one can be built);
 - each routed expert applies its routing weight to its rows while they are still in cache,
   rather than in extra passes over all rows;
+- on the CPU in float32, the routed experts run side by side, one per thread, in a native
+  operator (:mod:`scaling.native_experts`) that fuses SwiGLU's elementwise work into one pass
+  each way; elsewhere they run one after another in Python (:func:`_experts_forward`);
 - the routed rows are added into the shared output in place, and the routed gradient into the
   shared input gradient, so no zero tensors are filled and no extra sums run.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from scaling import native_experts
 from scaling import routing as routing_module
 
 
@@ -47,6 +51,49 @@ def _per_expert(sizes: list[int], row_buffers: tuple[torch.Tensor, ...], weights
     rows = [[piece for piece in buffer.split(sizes) if piece.shape[0]] for buffer in row_buffers]
     matrices = [[matrix for matrix, size in zip(weight.unbind(0), sizes, strict=True) if size] for weight in weights]
     return zip(*rows, *matrices, strict=True)
+
+
+def _experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted):
+    """The routed experts one after another (where the native operator does not apply).
+
+    Fills ``x_sorted``, ``gate_up_out`` and ``y_sorted``; returns the SwiGLU activations that
+    :func:`_experts_backward` needs. Each expert applies its routing weight to its rows while
+    they are still in cache.
+    """
+    torch.index_select(x, 0, token_of_pair, out=x_sorted)
+    activated = x.new_empty(x_sorted.shape[0], down.shape[1])
+    product = torch.empty_like(activated)
+    buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, y_sorted)
+    for (
+        x_rows, gate_up_rows, activated_rows, product_rows, weight, y_rows, gate_up_matrix, down_matrix,
+    ) in _per_expert(sizes, buffers, (gate_up, down)):  # fmt: skip
+        torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
+        _activate(gate_up_rows, activated_rows, product_rows)
+        torch.mm(product_rows * weight, down_matrix, out=y_rows)
+    return activated, product
+
+
+def _experts_backward(
+    x_sorted, sorted_weights, sizes, gate_up, down, gate_up_out, activated, product, grad_y_sorted,
+    grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down,
+):  # fmt: skip
+    """Gradients of :func:`_experts_forward` into the last four buffers (busy experts only)."""
+    grad_gate_up_out = torch.empty_like(gate_up_out)
+    buffers = (
+        x_sorted, gate_up_out, activated, product, sorted_weights,
+        grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
+    )  # fmt: skip
+    for (
+        x_rows, gate_up_rows, activated_rows, product_rows, weight,
+        grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
+        gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
+    ) in _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down)):  # fmt: skip
+        grad_product = grad_y @ down_matrix.t()
+        torch.mm(product_rows.t(), grad_y * weight, out=grad_down_matrix)
+        torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
+        _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
+        torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
+        torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
 
 
 class FusedMoEFunction(torch.autograd.Function):
@@ -78,19 +125,19 @@ class FusedMoEFunction(torch.autograd.Function):
                 shared_out, out = out, out * gate  # kept for the gate's gradient
         sizes = routing.counts.tolist()
         sorted_weights = routing.sorted_weights.to(x.dtype).unsqueeze(1)
-        x_sorted = x.index_select(0, routing.token_of_pair)
         hidden = down.shape[1]
+        x_sorted = x.new_empty(routing.token_of_pair.shape[0], x.shape[1])
         gate_up_out = x.new_empty(x_sorted.shape[0], 2 * hidden)
-        activated = x.new_empty(x_sorted.shape[0], hidden)
-        product = torch.empty_like(activated)
         y_sorted = torch.empty_like(x_sorted)
-        buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, y_sorted)
-        for (
-            x_rows, gate_up_rows, activated_rows, product_rows, weight, y_rows, gate_up_matrix, down_matrix,
-        ) in _per_expert(sizes, buffers, (gate_up, down)):  # fmt: skip
-            torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
-            _activate(gate_up_rows, activated_rows, product_rows)
-            torch.mm(product_rows * weight, down_matrix, out=y_rows)
+        activated = product = None  # the native operator recomputes them in backward
+        if native_experts.applies(x, sorted_weights, gate_up, down):
+            native_experts.forward(
+                x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
+            )
+        else:
+            activated, product = _experts_forward(
+                x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
+            )
         out.index_add_(0, routing.token_of_pair, y_sorted)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
@@ -110,30 +157,24 @@ class FusedMoEFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         # routed experts, one contiguous slice each
         sizes = ctx.sizes
-        grad_y_sorted = grad_out.index_select(0, routing.token_of_pair)
         grad_x_sorted = torch.empty_like(x_sorted)
         grad_sorted_weights = torch.empty_like(sorted_weights)
         grad_gate_up, grad_down = torch.empty_like(gate_up), torch.empty_like(down)
         for expert, size in enumerate(sizes):
-            if not size:  # an expert no token chose gets a zero gradient; the loop writes the rest
+            if not size:  # an expert no token chose gets a zero gradient; the experts write the rest
                 grad_gate_up[expert].zero_()
                 grad_down[expert].zero_()
-        grad_gate_up_out = torch.empty_like(gate_up_out)
-        buffers = (
-            x_sorted, gate_up_out, activated, product, sorted_weights,
-            grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
-        )  # fmt: skip
-        for (
-            x_rows, gate_up_rows, activated_rows, product_rows, weight,
-            grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
-            gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
-        ) in _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down)):  # fmt: skip
-            grad_product = grad_y @ down_matrix.t()
-            torch.mm(product_rows.t(), grad_y * weight, out=grad_down_matrix)
-            torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
-            _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
-            torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
-            torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
+        gradients = (grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down)
+        if activated is None:
+            native_experts.backward(
+                x_sorted, routing.token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out, *gradients
+            )
+        else:
+            grad_y_sorted = grad_out.index_select(0, routing.token_of_pair)
+            _experts_backward(
+                x_sorted, sorted_weights, sizes, gate_up, down, gate_up_out, activated, product, grad_y_sorted,
+                *gradients,
+            )  # fmt: skip
         # autograd materialises unused outputs' gradients as zeros, so neither loss's is None
         grad_logits = routing_module.route_backward(
             routing, grad_sorted_weights, float(grad_balance), float(grad_z), ctx.renorm

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
 import shutil
-import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from scaling.data import cache_dir
+from scaling import native_build
 
 SOURCE = Path(__file__).with_name("native") / "routing.c"
 COMPILE_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno")
@@ -172,15 +168,15 @@ def native_library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(COMPILE_FLAGS).encode()]))
-    key.update(f"{platform.system()}-{platform.machine()}".encode())
-    target = cache_dir() / "native" / f"routing-{key.hexdigest()[:16]}.so"
+
+    def build(target: Path) -> None:
+        native_build.run_compiler([compiler, *COMPILE_FLAGS, "-o", str(target), str(SOURCE), "-lm"])
+
     try:
-        if not target.exists():
-            _compile(compiler, target)
-        library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as error:
+        library = ctypes.CDLL(
+            str(native_build.cached_library("routing", [SOURCE.read_bytes(), compiler, *COMPILE_FLAGS], build))
+        )
+    except OSError as error:
         warnings.warn(
             f"moeplan: the native routing kernel is unavailable ({error}); using torch routing, "
             "which is slower on CPU. Install a C compiler (cc) to get it back.",
@@ -196,20 +192,3 @@ def native_library() -> ctypes.CDLL | None:
         [pointer] * 7 + [ctypes.c_double] * 2 + [size] * 3 + [ctypes.c_int] + [pointer] * 2
     )
     return library
-
-
-def _compile(compiler: str, target: Path) -> None:
-    """Compile into a temporary file and rename it into place, so concurrent runs never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".so")
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            [compiler, *COMPILE_FLAGS, "-o", temporary, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
-        )
-        if result.returncode:
-            raise OSError(f"{compiler} failed: {result.stderr.strip()[:300]}")
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)

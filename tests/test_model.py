@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 
 import pytest
 import torch
 
-from scaling import accounting
+from scaling import accounting, native_experts
 from scaling.arch import ArchSpec
 from scaling.model import KVCache, ProxyConfig, ProxyModel, swiglu
+
+
+def native_experts_built() -> bool:
+    """Whether this machine can build the native expert operator (a C++ compiler is on PATH)."""
+    return shutil.which("c++") is not None or shutil.which("g++") is not None
+
 
 SHAPES = {
     "dense": ArchSpec(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=96),
@@ -111,28 +118,60 @@ def test_dispatch_matches_loop_oracle(name, dispatch):
         torch.testing.assert_close(grads_b[key], grads_a[key], msg=key, **tolerance)
 
 
-def test_fused_gives_an_idle_expert_a_zero_gradient(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the Python loop; the native operator
+def test_fused_gives_an_idle_expert_a_zero_gradient(dtype, monkeypatch):
     # An expert that no token chooses has no rows: the fused layer must still hand back its
     # (zero) gradient, as the loop does, and leave the busy experts' gradients right. Fresh
     # allocations are filled with NaN, so a buffer read before it is written shows.
     empty_like = torch.empty_like
     monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: empty_like(*args, **kwargs).fill_(math.nan))
     torch.manual_seed(0)
-    model = ProxyModel(ProxyConfig(SHAPES["moe-shared"], dispatch="loop")).double()
+    model = ProxyModel(ProxyConfig(SHAPES["moe-shared"], dispatch="loop")).to(dtype)
     oracle = model.blocks[0].mlp
     with torch.no_grad():
         oracle.router.weight[0] = -1.0  # inputs are positive, so expert 0 scores lowest for every token
     fused = copy.deepcopy(oracle)
     fused.dispatch = "fused"
-    x = torch.rand(40, 64, dtype=torch.float64) + 0.1
+    x = torch.rand(40, 64, dtype=dtype) + 0.1
+    assert native_experts.applies(x) == (dtype == torch.float32 and native_experts_built())
     gradients = []
     for layer in (oracle, fused):
         (layer(x).square().sum() + layer.aux_loss + layer.z_loss).backward()
         gradients.append({name: parameter.grad for name, parameter in layer.named_parameters()})
     assert torch.count_nonzero(gradients[1]["gate_up"][0]) == 0 and torch.count_nonzero(gradients[1]["down"][0]) == 0
     assert torch.count_nonzero(gradients[1]["gate_up"][1:]) > 0
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
     for name, expected in gradients[0].items():
-        torch.testing.assert_close(gradients[1][name], expected, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(gradients[1][name], expected, msg=name, **tolerance)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("name", ["moe-shared", "moe-fine-gated-mixed", "moe-routed-only-top3"])
+def test_fused_matches_loop_oracle_in_float32(name, native, monkeypatch):
+    # Training runs in float32, where the fused layer's experts run in the native operator; the
+    # float64 test above checks the Python loop that it replaces elsewhere.
+    if not native:
+        monkeypatch.setenv("MOEPLAN_NATIVE_EXPERTS", "0")
+    native_experts.load.cache_clear()
+    try:
+        assert native_experts.applies(torch.zeros(1, 64)) == (native and native_experts_built())
+        torch.manual_seed(0)
+        oracle = ProxyModel(ProxyConfig(SHAPES[name], dispatch="loop"))
+        fast = copy.deepcopy(oracle)
+        for module in fast.modules():
+            if hasattr(module, "dispatch"):
+                module.dispatch = "fused"
+        tokens, targets = torch.randint(0, 256, (3, 17)), torch.randint(0, 256, (3, 17))
+        logits_a, loss_a, grads_a = _forward_backward(oracle, tokens, targets)
+        logits_b, loss_b, grads_b = _forward_backward(fast, tokens, targets)
+    finally:
+        native_experts.load.cache_clear()
+    tolerance = {"atol": 2e-5, "rtol": 1e-4}
+    torch.testing.assert_close(logits_b, logits_a, **tolerance)
+    torch.testing.assert_close(loss_b, loss_a, **tolerance)
+    assert grads_a.keys() == grads_b.keys()
+    for key in grads_a:
+        torch.testing.assert_close(grads_b[key], grads_a[key], msg=key, **tolerance)
 
 
 def test_auto_dispatch_is_fused_on_cpu_below_16_experts():

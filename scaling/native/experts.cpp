@@ -1,0 +1,139 @@
+// The routed experts of one MoE layer as a torch operator: the experts run side by side, one per
+// intra-op thread, instead of one after another with each op split over the threads.
+//
+// At 8 experts of ~1,000 rows each, an op split over 2 threads pays a fork and join for a few
+// microseconds of work, and its rows leave the cache between ops. Here each thread takes whole
+// experts (largest first) and runs gather, matmuls and the fused SwiGLU pass (swiglu.cpp) on
+// them; inside the parallel region ATen and MKL run single-threaded. The threads are torch's own
+// OpenMP team, so they do not compete with it for cores as a separate thread pool would.
+//
+// Outputs are allocated by the caller (scaling/native_experts.py) so that the Python and native
+// paths share one allocation and zeroing policy. Float32, contiguous, CPU only.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+namespace moeplan {
+void swiglu_weighted_forward(const float*, const float*, float*, int64_t, int64_t);
+void swiglu_weighted_backward(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t);
+}  // namespace moeplan
+
+namespace {
+
+void check_float_contiguous(const at::Tensor& tensor, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), "moeplan::",
+              name, " must be a contiguous float32 CPU tensor");
+}
+
+// Calls body(expert, first_row) once for each expert that has rows; experts sorted by row count,
+// largest first, are handed to whichever thread is free.
+template <typename Body>
+void for_each_expert(const std::vector<int64_t>& sizes, const Body& body) {
+  std::vector<int64_t> first(sizes.size()), queue;
+  int64_t row = 0;
+  for (size_t expert = 0; expert < sizes.size(); ++expert) {
+    first[expert] = row;
+    row += sizes[expert];
+    if (sizes[expert]) queue.push_back(static_cast<int64_t>(expert));
+  }
+  std::stable_sort(queue.begin(), queue.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
+  std::atomic<size_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(queue.size()));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (size_t index = next++; index < queue.size(); index = next++) body(queue[index], first[queue[index]]);
+  });
+}
+
+std::vector<int64_t> checked_sizes(at::IntArrayRef sizes, const at::Tensor& token_of_pair, const at::Tensor& gate_up) {
+  TORCH_CHECK(token_of_pair.scalar_type() == at::kLong && token_of_pair.dim() == 1, "moeplan: token_of_pair must be int64 [pairs]");
+  TORCH_CHECK(static_cast<int64_t>(sizes.size()) == gate_up.size(0), "moeplan: one size per expert");
+  int64_t total = 0;
+  for (int64_t size : sizes) {
+    TORCH_CHECK(size >= 0, "moeplan: negative expert size");
+    total += size;
+  }
+  TORCH_CHECK(total == token_of_pair.size(0), "moeplan: expert sizes must add up to the pairs");
+  return {sizes.begin(), sizes.end()};
+}
+
+// x_sorted = x[token_of_pair]; y_sorted = w * swiglu(x_sorted @ gate_up[e]) @ down[e] per expert.
+// gate_up_out keeps the [gate | up] rows for backward.
+void experts_forward(const at::Tensor& x, const at::Tensor& token_of_pair, const at::Tensor& weights,
+                     at::IntArrayRef sizes_argument, const at::Tensor& gate_up, const at::Tensor& down,
+                     const at::Tensor& x_sorted, const at::Tensor& gate_up_out, const at::Tensor& y_sorted) {
+  for (auto [tensor, name] : {std::pair{&x, "x"}, {&weights, "weights"}, {&gate_up, "gate_up"}, {&down, "down"},
+                              {&x_sorted, "x_sorted"}, {&gate_up_out, "gate_up_out"}, {&y_sorted, "y_sorted"}})
+    check_float_contiguous(*tensor, name);
+  const auto sizes = checked_sizes(sizes_argument, token_of_pair, gate_up);
+  const int64_t hidden = down.size(1);
+  auto weighted = at::empty({token_of_pair.size(0), hidden}, x.options());
+  for_each_expert(sizes, [&](int64_t expert, int64_t row) {
+    const int64_t rows = sizes[expert];
+    auto x_rows = x_sorted.narrow(0, row, rows), gate_up_rows = gate_up_out.narrow(0, row, rows);
+    auto weighted_rows = weighted.narrow(0, row, rows), y_rows = y_sorted.narrow(0, row, rows);
+    at::index_select_out(x_rows, x, 0, token_of_pair.narrow(0, row, rows));
+    at::mm_out(gate_up_rows, x_rows, gate_up[expert]);
+    moeplan::swiglu_weighted_forward(gate_up_rows.data_ptr<float>(), weights.data_ptr<float>() + row,
+                                     weighted_rows.data_ptr<float>(), rows, hidden);
+    at::mm_out(y_rows, weighted_rows, down[expert]);
+  });
+}
+
+// Gradients of x_sorted, the pair weights and each busy expert's matrices from grad_out (per
+// token). Idle experts' gradient matrices are left for the caller to zero.
+void experts_backward(const at::Tensor& x_sorted, const at::Tensor& token_of_pair, const at::Tensor& weights,
+                      at::IntArrayRef sizes_argument, const at::Tensor& gate_up, const at::Tensor& down,
+                      const at::Tensor& gate_up_out, const at::Tensor& grad_out, const at::Tensor& grad_x_sorted,
+                      const at::Tensor& grad_weights, const at::Tensor& grad_gate_up, const at::Tensor& grad_down) {
+  for (auto [tensor, name] :
+       {std::pair{&x_sorted, "x_sorted"}, {&weights, "weights"}, {&gate_up, "gate_up"}, {&down, "down"},
+        {&gate_up_out, "gate_up_out"}, {&grad_out, "grad_out"}, {&grad_x_sorted, "grad_x_sorted"},
+        {&grad_weights, "grad_weights"}, {&grad_gate_up, "grad_gate_up"}, {&grad_down, "grad_down"}})
+    check_float_contiguous(*tensor, name);
+  const auto sizes = checked_sizes(sizes_argument, token_of_pair, gate_up);
+  const int64_t pairs = token_of_pair.size(0), hidden = down.size(1);
+  auto grad_y_sorted = at::empty_like(x_sorted), grad_gate_up_out = at::empty_like(gate_up_out);
+  auto grad_product = at::empty({pairs, hidden}, x_sorted.options());
+  auto weighted_product = at::empty({pairs, hidden}, x_sorted.options());
+  for_each_expert(sizes, [&](int64_t expert, int64_t row) {
+    const int64_t rows = sizes[expert];
+    auto grad_y = grad_y_sorted.narrow(0, row, rows), grad_product_rows = grad_product.narrow(0, row, rows);
+    auto weighted_rows = weighted_product.narrow(0, row, rows);
+    auto grad_gate_up_rows = grad_gate_up_out.narrow(0, row, rows), grad_x_rows = grad_x_sorted.narrow(0, row, rows);
+    auto grad_gate_up_matrix = grad_gate_up[expert], grad_down_matrix = grad_down[expert];
+    at::index_select_out(grad_y, grad_out, 0, token_of_pair.narrow(0, row, rows));
+    at::mm_out(grad_product_rows, grad_y, down[expert].t());
+    moeplan::swiglu_weighted_backward(gate_up_out.data_ptr<float>() + row * 2 * hidden,
+                                      weights.data_ptr<float>() + row, grad_product_rows.data_ptr<float>(),
+                                      grad_gate_up_rows.data_ptr<float>(), weighted_rows.data_ptr<float>(),
+                                      grad_weights.data_ptr<float>() + row, rows, hidden);
+    at::mm_out(grad_down_matrix, weighted_rows.t(), grad_y);
+    at::mm_out(grad_gate_up_matrix, x_sorted.narrow(0, row, rows).t(), grad_gate_up_rows);
+    at::mm_out(grad_x_rows, grad_gate_up_rows, gate_up[expert].t());
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(moeplan, library) {
+  library.def(
+      "experts_forward(Tensor x, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, Tensor down, "
+      "Tensor(a!) x_sorted, Tensor(b!) gate_up_out, Tensor(c!) y_sorted) -> ()");
+  library.def(
+      "experts_backward(Tensor x_sorted, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, "
+      "Tensor down, Tensor gate_up_out, Tensor grad_out, Tensor(a!) grad_x_sorted, Tensor(b!) grad_weights, "
+      "Tensor(c!) grad_gate_up, Tensor(d!) grad_down) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(moeplan, CPU, library) {
+  library.impl("experts_forward", &experts_forward);
+  library.impl("experts_backward", &experts_backward);
+}

@@ -1,0 +1,59 @@
+// SwiGLU's elementwise work for one expert's rows, one pass forward and one backward.
+//
+// Single-threaded on purpose: experts.cpp runs the experts side by side, one per thread. It is
+// compiled apart from experts.cpp, with -ffast-math, so that std::exp vectorises (glibc's
+// libmvec on x86-64); the library is linked without -ffast-math, which would otherwise set
+// flush-to-zero for the whole process. There are no comparisons here, so NaN and inf pass
+// through as IEEE arithmetic has them.
+#include <cmath>
+#include <cstdint>
+
+namespace moeplan {
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// weighted[r, j] = w[r] * silu(gate[r, j]) * up[r, j], where the rows of gate_up are [gate | up].
+void swiglu_weighted_forward(const float* __restrict__ gate_up, const float* __restrict__ w,
+                             float* __restrict__ weighted, int64_t rows, int64_t hidden) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = gate_up + r * 2 * hidden;
+    const float* up = gate + hidden;
+    float* out = weighted + r * hidden;
+    const float weight = w[r];
+    for (int64_t j = 0; j < hidden; ++j) out[j] = weight * gate[j] * sigmoid(gate[j]) * up[j];
+  }
+}
+
+// From grad_product = grad_y @ down^T (not yet weighted) and the saved gate_up rows, with
+// product = silu(gate) * up recomputed rather than saved:
+//   grad_weight[r]       = <grad_product[r], product[r]>
+//   weighted_product[r]  = w[r] * product[r]   (the left factor of down's gradient)
+//   grad_gate_up[r]      = [grad_gate | grad_up] of w[r] * grad_product[r]
+void swiglu_weighted_backward(const float* __restrict__ gate_up, const float* __restrict__ w,
+                              const float* __restrict__ grad_product, float* __restrict__ grad_gate_up,
+                              float* __restrict__ weighted_product, float* __restrict__ grad_weight, int64_t rows,
+                              int64_t hidden) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = gate_up + r * 2 * hidden;
+    const float* up = gate + hidden;
+    const float* grad = grad_product + r * hidden;
+    float* grad_gate = grad_gate_up + r * 2 * hidden;
+    float* grad_up = grad_gate + hidden;
+    float* out = weighted_product + r * hidden;
+    const float weight = w[r];
+    float dot = 0.0f;
+    for (int64_t j = 0; j < hidden; ++j) {
+      const float s = sigmoid(gate[j]);
+      const float activated = gate[j] * s;
+      const float product = activated * up[j];
+      const float weighted_grad = weight * grad[j];
+      dot += grad[j] * product;
+      out[j] = weight * product;
+      grad_up[j] = weighted_grad * activated;
+      grad_gate[j] = weighted_grad * up[j] * s * (1.0f + gate[j] * (1.0f - s));  // silu'(g) = s (1 + g (1 - s))
+    }
+    grad_weight[r] = dot;
+  }
+}
+
+}  // namespace moeplan

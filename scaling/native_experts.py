@@ -1,0 +1,126 @@
+"""The routed experts of the fused MoE layer as a native torch operator (CPU, float32).
+
+:mod:`scaling.moe_fused` calls :func:`forward` and :func:`backward` where :func:`applies`, and
+its own per-expert Python loop elsewhere; the tests hold the two equal. The operator
+(``scaling/native/experts.cpp``) runs the experts side by side on torch's intra-op threads, and
+does SwiGLU's elementwise work in one fused pass each way (``scaling/native/swiglu.cpp``), which
+also spares the two [pairs x expert width] activations that the loop keeps for backward.
+
+It is built on first use with the machine's C++ compiler against the installed torch's headers
+(about 15 s, once per machine, compiler and torch) and cached under ``MOEPLAN_CACHE``. Where
+it cannot be built, or with ``MOEPLAN_NATIVE_EXPERTS=0``, the loop runs instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from scaling import native_build
+
+NATIVE = Path(__file__).with_name("native")
+OPERATOR_SOURCE, KERNEL_SOURCE = NATIVE / "experts.cpp", NATIVE / "swiglu.cpp"
+OPERATOR_FLAGS = ("-O2", "-std=c++20", "-fPIC", "-w")
+# -ffast-math lets std::exp vectorise; it is confined to the kernel's object file (see swiglu.cpp).
+KERNEL_FLAGS = ("-O3", "-ffast-math", "-fPIC")
+
+logger = logging.getLogger(__name__)
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """Whether the native operator takes these inputs: contiguous float32 CPU tensors, once it is built."""
+    suitable = all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    return suitable and load()
+
+
+def forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted) -> None:
+    """Fill ``x_sorted``, ``gate_up_out`` and ``y_sorted`` (each expert's weighted output rows)."""
+    torch.ops.moeplan.experts_forward(
+        x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
+    )
+
+
+def backward(
+    x_sorted, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
+    grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down,
+) -> None:  # fmt: skip
+    """Fill the four gradients; idle experts' rows of ``grad_gate_up`` and ``grad_down`` are left as they were."""
+    torch.ops.moeplan.experts_backward(
+        x_sorted, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
+        grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down,
+    )  # fmt: skip
+
+
+@functools.cache
+def load() -> bool:
+    """Build (once) and load the operator; False where it cannot be, after one warning."""
+    if os.environ.get("MOEPLAN_NATIVE_EXPERTS", "1") == "0":
+        return False
+    if _registered():  # loaded before, e.g. by a build from another cache folder
+        return True
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        return _unavailable("no C++ compiler (c++ or g++) on PATH")
+    torch_root = Path(torch.__file__).parent
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    includes = (f"-I{torch_root / 'include'}", f"-I{torch_root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}")
+    vector_math = ("-lmvec",) if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else ()
+    tuning = ("-march=native",) if platform.machine() in ("x86_64", "AMD64") else ()
+
+    def build(target: Path) -> None:
+        logger.info("moeplan: building the native expert operator once for this machine and torch (about 15 s)")
+        kernel = target.with_suffix(".kernel.o")
+        operator = target.with_suffix(".operator.o")
+        native_build.run_compiler([compiler, *KERNEL_FLAGS, *tuning, "-c", str(KERNEL_SOURCE), "-o", str(kernel)])
+        native_build.run_compiler(
+            [compiler, *OPERATOR_FLAGS, abi, *includes, "-c", str(OPERATOR_SOURCE), "-o", str(operator)]
+        )
+        library_path = torch_root / "lib"
+        native_build.run_compiler(
+            [compiler, "-shared", "-o", str(target), str(operator), str(kernel), f"-L{library_path}",
+             "-ltorch_cpu", "-lc10", *vector_math, "-lm", f"-Wl,-rpath,{library_path}"]
+        )  # fmt: skip
+
+    key = [
+        OPERATOR_SOURCE.read_bytes(), KERNEL_SOURCE.read_bytes(), compiler, *OPERATOR_FLAGS, *KERNEL_FLAGS,
+        *tuning, *vector_math, torch.__version__, str(torch_root), _processor(),
+    ]  # fmt: skip
+    try:
+        torch.ops.load_library(str(native_build.cached_library("experts", key, build)))
+    except OSError as error:
+        return _unavailable(str(error))
+    return _registered()
+
+
+def _registered() -> bool:
+    try:
+        torch.ops.moeplan.experts_forward  # noqa: B018 (the lookup is the test)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _processor() -> str:
+    """What ``-march=native`` compiles for: the CPU's feature flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _unavailable(reason: str) -> bool:
+    warnings.warn(
+        f"moeplan: the native expert operator is unavailable ({reason}); MoE layers run their experts "
+        "one after another in Python, which is slower on CPU. A working C++ compiler (c++, or $CXX) brings it back.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
