@@ -27,7 +27,8 @@ from scaling.train_config import DISPATCH_MODES
 # Measured on the 2-core CPU (benchmarks/): per-expert slices are about even with one grouped
 # matmul at 8 experts (MoE step 1.14-1.17x dense either way), and the grouped matmul wins with
 # many (32: 1.2x faster than slices). At 8 experts on the CPU the fused Function beats both
-# (MoE step 1.06-1.15x dense, median 1.10x, against 1.13-1.18x for slices, the same hours).
+# (MoE step 1.06-1.15x dense, median 1.10x, against 1.13-1.18x for slices, the same hours;
+# 1.05-1.13x, median 1.094x, once its experts ran in the native operator: native_experts.py).
 GROUPED_FROM_EXPERTS = 16
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # others fall back to sorted slices
 
