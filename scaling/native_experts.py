@@ -68,35 +68,46 @@ def load() -> bool:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         return _unavailable("no C++ compiler (c++ or g++) on PATH")
-    torch_root = Path(torch.__file__).parent
-    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
-    includes = (f"-I{torch_root / 'include'}", f"-I{torch_root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}")
-    vector_math = ("-lmvec",) if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else ()
-    tuning = ("-march=native",) if platform.machine() in ("x86_64", "AMD64") else ()
-
-    def build(target: Path) -> None:
-        logger.info("moeplan: building the native expert operator once for this machine and torch (about 15 s)")
-        kernel = target.with_suffix(".kernel.o")
-        operator = target.with_suffix(".operator.o")
-        native_build.run_compiler([compiler, *KERNEL_FLAGS, *tuning, "-c", str(KERNEL_SOURCE), "-o", str(kernel)])
-        native_build.run_compiler(
-            [compiler, *OPERATOR_FLAGS, abi, *includes, "-c", str(OPERATOR_SOURCE), "-o", str(operator)]
-        )
-        library_path = torch_root / "lib"
-        native_build.run_compiler(
-            [compiler, "-shared", "-o", str(target), str(operator), str(kernel), f"-L{library_path}",
-             "-ltorch_cpu", "-lc10", *vector_math, "-lm", f"-Wl,-rpath,{library_path}"]
-        )  # fmt: skip
-
-    key = [
-        OPERATOR_SOURCE.read_bytes(), KERNEL_SOURCE.read_bytes(), compiler, *OPERATOR_FLAGS, *KERNEL_FLAGS,
-        *tuning, *vector_math, torch.__version__, str(torch_root), _processor(),
-    ]  # fmt: skip
+    commands = _BuildCommands(compiler)
     try:
-        torch.ops.load_library(str(native_build.cached_library("experts", key, build)))
-    except OSError as error:
+        torch.ops.load_library(str(native_build.cached_library("experts", commands.key(), commands.build)))
+    except (OSError, RuntimeError) as error:
         return _unavailable(str(error))
     return _registered()
+
+
+class _BuildCommands:
+    """How to compile the operator against the installed torch, and what the binary depends on."""
+
+    def __init__(self, compiler: str) -> None:
+        self.compiler = compiler
+        self.torch_root = Path(torch.__file__).parent
+        self.abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+        include = self.torch_root / "include"
+        self.includes = (f"-I{include}", f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}")
+        glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+        self.vector_math = ("-lmvec",) if glibc else ()  # the vectorised expf that -ffast-math calls
+        self.tuning = ("-march=native",) if platform.machine() in ("x86_64", "AMD64") else ()
+
+    def key(self) -> list[bytes | str]:
+        return [
+            OPERATOR_SOURCE.read_bytes(), KERNEL_SOURCE.read_bytes(), self.compiler, *OPERATOR_FLAGS, *KERNEL_FLAGS,
+            *self.tuning, *self.vector_math, torch.__version__, str(self.torch_root), _processor(),
+        ]  # fmt: skip
+
+    def build(self, target: Path) -> None:
+        logger.info("moeplan: building the native expert operator once for this machine and torch (about 15 s)")
+        kernel, operator = target.with_suffix(".kernel.o"), target.with_suffix(".operator.o")
+        compiler, libraries = self.compiler, self.torch_root / "lib"
+        native_build.run_compiler([compiler, *KERNEL_FLAGS, *self.tuning, "-c", str(KERNEL_SOURCE), "-o", str(kernel)])
+        native_build.run_compiler(
+            [compiler, *OPERATOR_FLAGS, self.abi, *self.includes, "-c", str(OPERATOR_SOURCE), "-o", str(operator)]
+        )
+        # linked without -ffast-math, which would set flush-to-zero for the whole process
+        native_build.run_compiler(
+            [compiler, "-shared", "-o", str(target), str(operator), str(kernel), f"-L{libraries}",
+             "-ltorch_cpu", "-lc10", *self.vector_math, "-lm", f"-Wl,-rpath,{libraries}"]
+        )  # fmt: skip
 
 
 def _registered() -> bool:
