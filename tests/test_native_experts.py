@@ -67,12 +67,29 @@ def test_nan_and_inf_pass_through_the_fused_kernel():
     weights = torch.ones(8, 1)
     gate_up, down = torch.randn(2, 4, 6), torch.randn(2, 3, 4)
     x[1, 0], x[5, 2] = float("nan"), float("inf")
-    buffers = [torch.empty(8, 4), torch.empty(8, 6), torch.empty(8, 4)]
+    buffers = _buffers(8, 4, 6)
     native_experts.forward(x, token_of_pair, weights, [4, 4], gate_up, down, *buffers)
     y_sorted = buffers[2]
     assert torch.isnan(y_sorted[1]).all() and not torch.isfinite(y_sorted[5]).all()
     finite_rows = [0, 2, 3, 4, 6, 7]
     assert torch.isfinite(y_sorted[finite_rows]).all()
+
+
+def test_mismatched_buffers_are_refused_before_any_write():
+    # The fused kernel writes through raw pointers, so a wrong shape must stop at the check.
+    assert native_experts.load()
+    x, token_of_pair, weights = torch.randn(8, 4), torch.arange(8), torch.ones(8, 1)
+    gate_up, down = torch.randn(2, 4, 6), torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError, match="one weight per pair"):
+        native_experts.forward(x, token_of_pair, weights[:5], [4, 4], gate_up, down, *_buffers(8, 4, 6))
+    with pytest.raises(RuntimeError, match="gate_up_out must be"):
+        native_experts.forward(x, token_of_pair, weights, [4, 4], gate_up, down, *_buffers(8, 4, 4))
+    with pytest.raises(RuntimeError, match="sizes must add up"):
+        native_experts.forward(x, token_of_pair, weights, [4, 3], gate_up, down, *_buffers(8, 4, 6))
+
+
+def _buffers(pairs: int, width: int, gate_up_width: int) -> list[torch.Tensor]:
+    return [torch.empty(pairs, width), torch.empty(pairs, gate_up_width), torch.empty(pairs, width)]
 
 
 def test_loading_the_operator_keeps_denormal_floats():

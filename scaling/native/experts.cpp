@@ -53,7 +53,8 @@ void for_each_expert(const std::vector<int64_t>& sizes, const Body& body) {
 }
 
 std::vector<int64_t> checked_sizes(at::IntArrayRef sizes, const at::Tensor& token_of_pair, const at::Tensor& gate_up) {
-  TORCH_CHECK(token_of_pair.scalar_type() == at::kLong && token_of_pair.dim() == 1, "moeplan: token_of_pair must be int64 [pairs]");
+  TORCH_CHECK(token_of_pair.scalar_type() == at::kLong && token_of_pair.dim() == 1,
+              "moeplan: token_of_pair must be int64 [pairs]");
   TORCH_CHECK(static_cast<int64_t>(sizes.size()) == gate_up.size(0), "moeplan: one size per expert");
   int64_t total = 0;
   for (int64_t size : sizes) {
@@ -62,6 +63,20 @@ std::vector<int64_t> checked_sizes(at::IntArrayRef sizes, const at::Tensor& toke
   }
   TORCH_CHECK(total == token_of_pair.size(0), "moeplan: expert sizes must add up to the pairs");
   return {sizes.begin(), sizes.end()};
+}
+
+// The kernels in swiglu.cpp write through raw pointers: every buffer's shape is checked first.
+void check_shapes(int64_t pairs, const at::Tensor& x_sorted, const at::Tensor& weights, const at::Tensor& gate_up,
+                  const at::Tensor& down, const at::Tensor& gate_up_out) {
+  const int64_t width = gate_up.size(1), hidden = down.size(1);
+  TORCH_CHECK(gate_up.dim() == 3 && down.dim() == 3 && gate_up.size(2) == 2 * hidden && down.size(2) == width &&
+                  down.size(0) == gate_up.size(0),
+              "moeplan: gate_up must be [e, d, 2h] and down [e, h, d]");
+  TORCH_CHECK(x_sorted.dim() == 2 && x_sorted.size(0) == pairs && x_sorted.size(1) == width,
+              "moeplan: x_sorted must be [pairs, d]");
+  TORCH_CHECK(weights.numel() == pairs, "moeplan: one weight per pair");
+  TORCH_CHECK(gate_up_out.dim() == 2 && gate_up_out.size(0) == pairs && gate_up_out.size(1) == 2 * hidden,
+              "moeplan: gate_up_out must be [pairs, 2h]");
 }
 
 // x_sorted = x[token_of_pair]; y_sorted = w * swiglu(x_sorted @ gate_up[e]) @ down[e] per expert.
@@ -73,6 +88,9 @@ void experts_forward(const at::Tensor& x, const at::Tensor& token_of_pair, const
                               {&x_sorted, "x_sorted"}, {&gate_up_out, "gate_up_out"}, {&y_sorted, "y_sorted"}})
     check_float_contiguous(*tensor, name);
   const auto sizes = checked_sizes(sizes_argument, token_of_pair, gate_up);
+  check_shapes(token_of_pair.size(0), x_sorted, weights, gate_up, down, gate_up_out);
+  TORCH_CHECK(y_sorted.sizes() == x_sorted.sizes() && x.dim() == 2 && x.size(1) == x_sorted.size(1),
+              "moeplan: x must be [n, d] and y_sorted [pairs, d]");
   const int64_t hidden = down.size(1);
   auto weighted = at::empty({token_of_pair.size(0), hidden}, x.options());
   for_each_expert(sizes, [&](int64_t expert, int64_t row) {
@@ -100,6 +118,11 @@ void experts_backward(const at::Tensor& x_sorted, const at::Tensor& token_of_pai
     check_float_contiguous(*tensor, name);
   const auto sizes = checked_sizes(sizes_argument, token_of_pair, gate_up);
   const int64_t pairs = token_of_pair.size(0), hidden = down.size(1);
+  check_shapes(pairs, x_sorted, weights, gate_up, down, gate_up_out);
+  TORCH_CHECK(grad_weights.numel() == pairs && grad_x_sorted.sizes() == x_sorted.sizes() &&
+                  grad_gate_up.sizes() == gate_up.sizes() && grad_down.sizes() == down.sizes() &&
+                  grad_out.dim() == 2 && grad_out.size(1) == x_sorted.size(1),
+              "moeplan: gradient buffers must match their tensors");
   auto grad_y_sorted = at::empty_like(x_sorted), grad_gate_up_out = at::empty_like(gate_up_out);
   auto grad_product = at::empty({pairs, hidden}, x_sorted.options());
   auto weighted_product = at::empty({pairs, hidden}, x_sorted.options());
