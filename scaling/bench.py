@@ -78,15 +78,21 @@ def probe_size(peak_by_size: dict[int, float]) -> int:
     return max(quick) if quick else min(peak_by_size)
 
 
-def square_matrices(size: int, device: torch.device, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(torch.randn(size, size, device=device, dtype=TORCH_DTYPES[dtype]) for _ in range(2))
+def square_matrices(size: int, device: torch.device, dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two random ``size x size`` operands and the buffer their product is written into."""
+    operands = tuple(torch.randn(size, size, device=device, dtype=TORCH_DTYPES[dtype]) for _ in range(2))
+    return (*operands, torch.empty(size, size, device=device, dtype=TORCH_DTYPES[dtype]))
 
 
-def matmul_flops_per_s(a: torch.Tensor, b: torch.Tensor) -> float:
-    """FLOP/s of one timed ``a @ b``."""
+def matmul_flops_per_s(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> float:
+    """FLOP/s of one timed ``a @ b`` into ``out``.
+
+    Into a buffer allocated once, so that probes between training steps allocate nothing: a
+    fresh 16 MiB product each time could land on new pages and show up as the steps' memory.
+    """
     synchronize(a.device)
     start = time.perf_counter()
-    a @ b
+    torch.mm(a, b, out=out)
     synchronize(a.device)
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - start)
 
@@ -102,12 +108,12 @@ MAX_MATMUL_SECONDS = 2.5
 
 def square_matmul_flops(size: int, device: torch.device, dtype: str) -> float:
     """FLOP/s of a ``size`` x ``size`` matmul: the median of at least three timings after two warm-ups."""
-    a, b = square_matrices(size, device, dtype)
+    a, b, out = square_matrices(size, device, dtype)
     flops = 2 * size**3
-    matmul_flops_per_s(a, b)  # the first call may pay for lazy initialisation (cuBLAS, thread pools)
-    warm_rate = matmul_flops_per_s(a, b)  # the second sizes the number of repeats
+    matmul_flops_per_s(a, b, out)  # the first call may pay for lazy initialisation (cuBLAS, thread pools)
+    warm_rate = matmul_flops_per_s(a, b, out)  # the second sizes the number of repeats
     repeats = max(3, int(min(WORK_PER_SIZE / flops, SECONDS_PER_SIZE * warm_rate / flops)))
-    return statistics.median([matmul_flops_per_s(a, b) for _ in range(repeats)])
+    return statistics.median([matmul_flops_per_s(a, b, out) for _ in range(repeats)])
 
 
 def matmul_peak_by_size(
