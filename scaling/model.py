@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling import accounting
+from scaling import accounting, native_mlp
 from scaling.arch import ArchSpec
 from scaling.moe_fused import fused_moe
 from scaling.train_config import DISPATCH_MODES
@@ -28,7 +28,8 @@ from scaling.train_config import DISPATCH_MODES
 # matmul at 8 experts (MoE step 1.14-1.17x dense either way), and the grouped matmul wins with
 # many (32: 1.2x faster than slices). At 8 experts on the CPU the fused Function beats both
 # (MoE step 1.06-1.15x dense, median 1.10x, against 1.13-1.18x for slices, the same hours;
-# 1.05-1.13x, median 1.094x, once its experts ran in the native operator: native_experts.py).
+# 1.05-1.13x, median 1.094x, once its experts ran in the native operator, and 1.05-1.08x once
+# the dense and shared SwiGLUs used its one-pass kernel too: native_mlp.py).
 GROUPED_FROM_EXPERTS = 16
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # others fall back to sorted slices
 
@@ -150,11 +151,19 @@ class SwiGLUActivation(torch.autograd.Function):
     Autograd's version records silu, mul and the chunk, whose backward concatenates two
     gradient halves. This one keeps silu(gate) from the forward and writes both gradient
     halves in place, the gate's through ATen's fused ``silu_backward``: three memory passes
-    instead of about nine (the backward measured 2x faster on the 2-core CPU).
+    instead of about nine (the backward measured 2x faster on the 2-core CPU). On the CPU in
+    float32 the native operator (:mod:`scaling.native_mlp`) does each direction in one pass and
+    keeps nothing but ``gate_up``.
     """
 
     @staticmethod
     def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        rows = gate_up.reshape(-1, gate_up.shape[-1])
+        if native_mlp.rows_apply(rows):  # one pass, and silu(gate) is recomputed in backward
+            product = rows.new_empty(rows.shape[0], rows.shape[1] // 2)
+            native_mlp.swiglu_forward(rows, product)
+            ctx.save_for_backward(gate_up, None)
+            return product.view(*gate_up.shape[:-1], -1)
         gate, up = gate_up.chunk(2, dim=-1)
         activated = F.silu(gate)
         ctx.save_for_backward(gate_up, activated)
@@ -163,8 +172,14 @@ class SwiGLUActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         gate_up, activated = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
+        if activated is None:
+            grad_gate_up = gate_up.new_empty(gate_up.shape)
+            width = gate_up.shape[-1]
+            grad_rows = grad.reshape(-1, width // 2).contiguous()
+            native_mlp.swiglu_backward(gate_up.reshape(-1, width), grad_rows, grad_gate_up.view(-1, width))
+            return grad_gate_up
         grad_gate_up = torch.empty_like(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
         grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
         torch.mul(grad, activated, out=grad_up)  # d/d up = silu(gate)
         # d/d gate = grad * up * silu'(gate), silu' fused in one kernel

@@ -12,7 +12,7 @@ MoE layer pays for beyond its matmuls. This Function saves them in five ways:
 - each routed expert applies its routing weight to its rows while they are still in cache,
   rather than in extra passes over all rows;
 - on the CPU in float32, the routed experts run side by side, one per thread, in a native
-  operator (:mod:`scaling.native_experts`) that fuses SwiGLU's elementwise work into one pass
+  operator (:mod:`scaling.native_mlp`) that fuses SwiGLU's elementwise work into one pass
   each way; elsewhere they run one after another in Python (:func:`_experts_forward`);
 - the routed rows are added into the shared output in place, and the routed gradient into the
   shared input gradient, so no zero tensors are filled and no extra sums run.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from scaling import native_experts
+from scaling import native_mlp
 from scaling import routing as routing_module
 
 
@@ -116,9 +116,12 @@ class FusedMoEFunction(torch.autograd.Function):
         if shared_gate_up is None:
             out = x.new_zeros(x.shape)
         else:
-            shared_activated = x.new_empty(x.shape[0], shared_width // 2)
-            shared_product = torch.empty_like(shared_activated)
-            _activate(projected[:, :shared_width], shared_activated, shared_product)
+            shared_product = x.new_empty(x.shape[0], shared_width // 2)
+            if native_mlp.rows_apply(projected):  # one pass; silu(gate) is recomputed in backward
+                native_mlp.swiglu_forward(projected[:, :shared_width], shared_product)
+            else:
+                shared_activated = torch.empty_like(shared_product)
+                _activate(projected[:, :shared_width], shared_activated, shared_product)
             out = shared_product @ shared_down.t()
             if shared_gate is not None:  # Qwen2-MoE's sigmoid gate on the shared experts' output
                 gate = torch.sigmoid(projected[:, shared_width + n_experts :])
@@ -130,9 +133,9 @@ class FusedMoEFunction(torch.autograd.Function):
         gate_up_out = x.new_empty(x_sorted.shape[0], 2 * hidden)
         y_sorted = torch.empty_like(x_sorted)
         activated = product = None  # the native operator recomputes them in backward
-        ctx.native = native_experts.applies(x, sorted_weights, gate_up, down)
+        ctx.native = native_mlp.applies(x, sorted_weights, gate_up, down)
         if ctx.native:
-            native_experts.forward(
+            native_mlp.forward(
                 x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
             )
         else:
@@ -167,7 +170,7 @@ class FusedMoEFunction(torch.autograd.Function):
                 grad_down[expert].zero_()
         gradients = (grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down)
         if ctx.native:
-            native_experts.backward(
+            native_mlp.backward(
                 x_sorted, routing.token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out, *gradients
             )
         else:
@@ -191,12 +194,15 @@ class FusedMoEFunction(torch.autograd.Function):
                 torch.mul(grad_gate, gate * (1 - gate), out=grad_projected[:, shared_width + n_experts :])
                 grad_shared_out = grad_out * gate
             grad_shared_down = grad_shared_out.t() @ shared_product
-            _activation_backward(
-                grad_shared_out @ shared_down,
-                projected[:, :shared_width],
-                shared_activated,
-                grad_projected[:, :shared_width],
-            )
+            grad_shared_product = grad_shared_out @ shared_down
+            if shared_activated is None:
+                native_mlp.swiglu_backward(
+                    projected[:, :shared_width], grad_shared_product, grad_projected[:, :shared_width]
+                )
+            else:
+                _activation_backward(
+                    grad_shared_product, projected[:, :shared_width], shared_activated, grad_projected[:, :shared_width]
+                )
         grad_x = (grad_projected @ projection).index_add_(0, routing.token_of_pair, grad_x_sorted)
         grad_projection = grad_projected.t() @ x
         grad_shared_gate_up = grad_projection[:shared_width] if shared_width else None

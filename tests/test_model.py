@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 
-from scaling import accounting, native_experts
+from scaling import accounting, native_mlp
 from scaling.arch import ArchSpec
 from scaling.model import KVCache, ProxyConfig, ProxyModel, swiglu
 
 
-def native_experts_built() -> bool:
+def native_mlp_built() -> bool:
     """Whether this machine can build the native expert operator (a C++ compiler is on PATH)."""
     return shutil.which("c++") is not None or shutil.which("g++") is not None
 
@@ -133,7 +133,7 @@ def test_fused_gives_an_idle_expert_a_zero_gradient(dtype, monkeypatch):
     fused = copy.deepcopy(oracle)
     fused.dispatch = "fused"
     x = torch.rand(40, 64, dtype=dtype) + 0.1
-    assert native_experts.applies(x) == (dtype == torch.float32 and native_experts_built())
+    assert native_mlp.applies(x) == (dtype == torch.float32 and native_mlp_built())
     gradients = []
     for layer in (oracle, fused):
         (layer(x).square().sum() + layer.aux_loss + layer.z_loss).backward()
@@ -151,10 +151,10 @@ def test_fused_matches_loop_oracle_in_float32(name, native, monkeypatch):
     # Training runs in float32, where the fused layer's experts run in the native operator; the
     # float64 test above checks the Python loop that it replaces elsewhere.
     if not native:
-        monkeypatch.setenv("MOEPLAN_NATIVE_EXPERTS", "0")
-    native_experts.load.cache_clear()
+        monkeypatch.setenv("MOEPLAN_NATIVE_MLP", "0")
+    native_mlp.load.cache_clear()
     try:
-        assert native_experts.applies(torch.zeros(1, 64)) == (native and native_experts_built())
+        assert native_mlp.applies(torch.zeros(1, 64)) == (native and native_mlp_built())
         torch.manual_seed(0)
         oracle = ProxyModel(ProxyConfig(SHAPES[name], dispatch="loop"))
         fast = copy.deepcopy(oracle)
@@ -165,7 +165,7 @@ def test_fused_matches_loop_oracle_in_float32(name, native, monkeypatch):
         logits_a, loss_a, grads_a = _forward_backward(oracle, tokens, targets)
         logits_b, loss_b, grads_b = _forward_backward(fast, tokens, targets)
     finally:
-        native_experts.load.cache_clear()
+        native_mlp.load.cache_clear()
     tolerance = {"atol": 2e-5, "rtol": 1e-4}
     torch.testing.assert_close(logits_b, logits_a, **tolerance)
     torch.testing.assert_close(loss_b, loss_a, **tolerance)

@@ -7,8 +7,11 @@
 // them; inside the parallel region ATen and MKL run single-threaded. The threads are torch's own
 // OpenMP team, so they do not compete with it for cores as a separate thread pool would.
 //
-// Outputs are allocated by the caller (scaling/native_experts.py) so that the Python and native
+// Outputs are allocated by the caller (scaling/native_mlp.py) so that the Python and native
 // paths share one allocation and zeroing policy. Float32, contiguous, CPU only.
+//
+// The file also holds the SwiGLU operators of the dense MLPs and the shared experts: the same
+// one-pass kernels, split by rows over the threads, at the end.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -24,6 +27,8 @@
 namespace moeplan {
 void swiglu_weighted_forward(const float*, const float*, float*, int64_t, int64_t);
 void swiglu_weighted_backward(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t);
+void swiglu_forward(const float*, int64_t, float*, int64_t, int64_t);
+void swiglu_backward(const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t);
 }  // namespace moeplan
 
 namespace {
@@ -144,6 +149,48 @@ void experts_backward(const at::Tensor& x_sorted, const at::Tensor& token_of_pai
   });
 }
 
+// [n, 2h] rows whose two halves are contiguous; the rows themselves may be strided.
+void check_rows(const at::Tensor& tensor, int64_t rows, int64_t width, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat && tensor.dim() == 2 &&
+                  tensor.size(0) == rows && tensor.size(1) == width && tensor.stride(1) == 1 &&
+                  (rows < 2 || tensor.stride(0) >= width),
+              "moeplan::", name, " must be float32 CPU rows of width ", width, " with contiguous columns");
+}
+
+// Rows split over the intra-op threads: this runs outside any parallel region.
+constexpr int64_t kRowGrain = 256;
+
+// product = silu(gate) * up, for the SwiGLU of a dense MLP or of the shared experts.
+void swiglu_forward(const at::Tensor& gate_up, const at::Tensor& product) {
+  const int64_t rows = gate_up.size(0), hidden = gate_up.size(1) / 2;
+  check_rows(gate_up, rows, 2 * hidden, "gate_up");
+  check_float_contiguous(product, "product");
+  check_rows(product, rows, hidden, "product");
+  const float* input = gate_up.data_ptr<float>();
+  float* output = product.data_ptr<float>();
+  const int64_t stride = gate_up.stride(0);
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    moeplan::swiglu_forward(input + begin * stride, stride, output + begin * hidden, end - begin, hidden);
+  });
+}
+
+// grad_gate_up = [grad_gate | grad_up] of swiglu_forward, from grad_product.
+void swiglu_backward(const at::Tensor& gate_up, const at::Tensor& grad_product, const at::Tensor& grad_gate_up) {
+  const int64_t rows = gate_up.size(0), hidden = gate_up.size(1) / 2;
+  check_rows(gate_up, rows, 2 * hidden, "gate_up");
+  check_float_contiguous(grad_product, "grad_product");
+  check_rows(grad_product, rows, hidden, "grad_product");
+  check_rows(grad_gate_up, rows, 2 * hidden, "grad_gate_up");
+  const float* input = gate_up.data_ptr<float>();
+  const float* grad = grad_product.data_ptr<float>();
+  float* output = grad_gate_up.data_ptr<float>();
+  const int64_t stride = gate_up.stride(0), grad_stride = grad_gate_up.stride(0);
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    moeplan::swiglu_backward(input + begin * stride, stride, grad + begin * hidden, output + begin * grad_stride,
+                             grad_stride, end - begin, hidden);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(moeplan, library) {
@@ -154,9 +201,13 @@ TORCH_LIBRARY(moeplan, library) {
       "experts_backward(Tensor x_sorted, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, "
       "Tensor down, Tensor gate_up_out, Tensor grad_out, Tensor(a!) grad_x_sorted, Tensor(b!) grad_weights, "
       "Tensor(c!) grad_gate_up, Tensor(d!) grad_down) -> ()");
+  library.def("swiglu_forward(Tensor gate_up, Tensor(a!) product) -> ()");
+  library.def("swiglu_backward(Tensor gate_up, Tensor grad_product, Tensor(a!) grad_gate_up) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(moeplan, CPU, library) {
   library.impl("experts_forward", &experts_forward);
   library.impl("experts_backward", &experts_backward);
+  library.impl("swiglu_forward", &swiglu_forward);
+  library.impl("swiglu_backward", &swiglu_backward);
 }

@@ -56,4 +56,33 @@ void swiglu_weighted_backward(const float* __restrict__ gate_up, const float* __
   }
 }
 
+// product[r, j] = silu(gate[r, j]) * up[r, j] for a dense SwiGLU or the shared experts, whose
+// [gate | up] rows may sit inside a wider matrix (row stride gate_up_stride).
+void swiglu_forward(const float* __restrict__ gate_up, int64_t gate_up_stride, float* __restrict__ product,
+                    int64_t rows, int64_t hidden) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = gate_up + r * gate_up_stride;
+    const float* up = gate + hidden;
+    float* out = product + r * hidden;
+    for (int64_t j = 0; j < hidden; ++j) out[j] = gate[j] * sigmoid(gate[j]) * up[j];
+  }
+}
+
+// [grad_gate | grad_up] of swiglu_forward from grad_product; either side's rows may be strided.
+void swiglu_backward(const float* __restrict__ gate_up, int64_t gate_up_stride, const float* __restrict__ grad_product,
+                     float* __restrict__ grad_gate_up, int64_t grad_stride, int64_t rows, int64_t hidden) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = gate_up + r * gate_up_stride;
+    const float* up = gate + hidden;
+    const float* grad = grad_product + r * hidden;
+    float* grad_gate = grad_gate_up + r * grad_stride;
+    float* grad_up = grad_gate + hidden;
+    for (int64_t j = 0; j < hidden; ++j) {
+      const float s = sigmoid(gate[j]);
+      grad_up[j] = grad[j] * gate[j] * s;
+      grad_gate[j] = grad[j] * up[j] * s * (1.0f + gate[j] * (1.0f - s));
+    }
+  }
+}
+
 }  // namespace moeplan

@@ -1,14 +1,18 @@
-"""The routed experts of the fused MoE layer as a native torch operator (CPU, float32).
+"""Native torch operators for the MLPs (CPU, float32): the routed experts, and SwiGLU.
 
-:mod:`scaling.moe_fused` calls :func:`forward` and :func:`backward` where :func:`applies`, and
-its own per-expert Python loop elsewhere; the tests hold the two equal. The operator
-(``scaling/native/experts.cpp``) runs the experts side by side on torch's intra-op threads, and
-does SwiGLU's elementwise work in one fused pass each way (``scaling/native/swiglu.cpp``), which
-also spares the two [pairs x expert width] activations that the loop keeps for backward.
+- :func:`forward` and :func:`backward`: the routed experts of the fused MoE layer.
+  :mod:`scaling.moe_fused` calls them where :func:`applies`, and its own per-expert Python loop
+  elsewhere; the tests hold the two equal. The operator (``scaling/native/experts.cpp``) runs the
+  experts side by side on torch's intra-op threads, and does SwiGLU's elementwise work in one
+  fused pass each way (``scaling/native/swiglu.cpp``), which also spares the two
+  [pairs x expert width] activations that the loop keeps for backward.
+- :func:`swiglu_forward` and :func:`swiglu_backward`: ``silu(gate) * up`` and its gradient in
+  one pass each, split by rows over the threads, for the dense MLPs and the shared experts
+  (where :func:`rows_apply`); ATen's three passes elsewhere.
 
-It is built on first use with the machine's C++ compiler against the installed torch's headers
-(about 15 s, once per machine, compiler and torch) and cached under ``MOEPLAN_CACHE``. Where
-it cannot be built, or with ``MOEPLAN_NATIVE_EXPERTS=0``, the loop runs instead.
+They are built on first use with the machine's C++ compiler against the installed torch's
+headers (about 15 s, once per machine, compiler and torch) and cached under ``MOEPLAN_CACHE``.
+Where they cannot be built, or with ``MOEPLAN_NATIVE_MLP=0``, the torch code runs instead.
 """
 
 from __future__ import annotations
@@ -40,6 +44,24 @@ def applies(*tensors: torch.Tensor) -> bool:
     return suitable and load()
 
 
+def rows_apply(*tensors: torch.Tensor) -> bool:
+    """Whether the SwiGLU operators take these: float32 CPU matrices with contiguous rows, once built."""
+    suitable = all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1 for t in tensors
+    )
+    return suitable and load()
+
+
+def swiglu_forward(gate_up: torch.Tensor, product: torch.Tensor) -> None:
+    """``product = silu(gate) * up`` for ``gate_up = [gate | up]`` rows ``[n, 2h]`` (rows may be strided)."""
+    torch.ops.moeplan.swiglu_forward(gate_up, product)
+
+
+def swiglu_backward(gate_up: torch.Tensor, grad_product: torch.Tensor, grad_gate_up: torch.Tensor) -> None:
+    """``grad_gate_up = [grad_gate | grad_up]`` of :func:`swiglu_forward` (its rows may be strided)."""
+    torch.ops.moeplan.swiglu_backward(gate_up, grad_product, grad_gate_up)
+
+
 def forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted) -> None:
     """Fill ``x_sorted``, ``gate_up_out`` and ``y_sorted`` (each expert's weighted output rows)."""
     torch.ops.moeplan.experts_forward(
@@ -61,7 +83,7 @@ def backward(
 @functools.cache
 def load() -> bool:
     """Build (once) and load the operator; False where it cannot be, after one warning."""
-    if os.environ.get("MOEPLAN_NATIVE_EXPERTS", "1") == "0":
+    if os.environ.get("MOEPLAN_NATIVE_MLP", "1") == "0":
         return False
     if _registered():  # loaded before, e.g. by a build from another cache folder
         return True
@@ -70,7 +92,7 @@ def load() -> bool:
         return _unavailable("no C++ compiler (c++ or g++) on PATH")
     commands = _BuildCommands(compiler)
     try:
-        torch.ops.load_library(str(native_build.cached_library("experts", commands.key(), commands.build)))
+        torch.ops.load_library(str(native_build.cached_library("mlp", commands.key(), commands.build)))
     except (OSError, RuntimeError) as error:
         return _unavailable(str(error))
     return _registered()
@@ -112,7 +134,7 @@ class _BuildCommands:
 
 def _registered() -> bool:
     try:
-        torch.ops.moeplan.experts_forward  # noqa: B018 (the lookup is the test)
+        torch.ops.moeplan.swiglu_forward  # noqa: B018 (the lookup is the test)
     except (AttributeError, RuntimeError):
         return False
     return True
