@@ -28,8 +28,8 @@ from scaling.train_config import DISPATCH_MODES
 # matmul at 8 experts (MoE step 1.14-1.17x dense either way), and the grouped matmul wins with
 # many (32: 1.2x faster than slices). At 8 experts on the CPU the fused Function beats both
 # (MoE step 1.06-1.15x dense, median 1.10x, against 1.13-1.18x for slices, the same hours;
-# 1.05-1.13x, median 1.094x, once its experts ran in the native operator, and 1.05-1.08x once
-# the dense and shared SwiGLUs used its one-pass kernel too: native_mlp.py).
+# 1.05-1.13x, median 1.094x, once its experts ran in the native operator, and 1.05-1.11x,
+# median 1.076x, once the dense and shared SwiGLUs used its one-pass kernel too: native_mlp.py).
 GROUPED_FROM_EXPERTS = 16
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # others fall back to sorted slices
 
