@@ -135,7 +135,7 @@ class FusedMoEFunction(torch.autograd.Function):
         activated = product = None  # the native operator recomputes them in backward
         ctx.native = native_mlp.applies(x, sorted_weights, gate_up, down)
         if ctx.native:
-            native_mlp.forward(
+            native_mlp.experts_forward(
                 x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
             )
         else:
@@ -170,7 +170,7 @@ class FusedMoEFunction(torch.autograd.Function):
                 grad_down[expert].zero_()
         gradients = (grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down)
         if ctx.native:
-            native_mlp.backward(
+            native_mlp.experts_backward(
                 x_sorted, routing.token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out, *gradients
             )
         else:

@@ -1,6 +1,6 @@
 """Native torch operators for the MLPs (CPU, float32): the routed experts, and SwiGLU.
 
-- :func:`forward` and :func:`backward`: the routed experts of the fused MoE layer.
+- :func:`experts_forward` and :func:`experts_backward`: the routed experts of the fused MoE layer.
   :mod:`scaling.moe_fused` calls them where :func:`applies`, and its own per-expert Python loop
   elsewhere; the tests hold the two equal. The operator (``scaling/native/experts.cpp``) runs the
   experts side by side on torch's intra-op threads, and does SwiGLU's elementwise work in one
@@ -62,14 +62,14 @@ def swiglu_backward(gate_up: torch.Tensor, grad_product: torch.Tensor, grad_gate
     torch.ops.moeplan.swiglu_backward(gate_up, grad_product, grad_gate_up)
 
 
-def forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted) -> None:
+def experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted) -> None:
     """Fill ``x_sorted``, ``gate_up_out`` and ``y_sorted`` (each expert's weighted output rows)."""
     torch.ops.moeplan.experts_forward(
         x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
     )
 
 
-def backward(
+def experts_backward(
     x_sorted, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
     grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down,
 ) -> None:  # fmt: skip

@@ -69,7 +69,7 @@ def test_nan_and_inf_pass_through_the_fused_kernel():
     gate_up, down = torch.randn(2, 4, 6), torch.randn(2, 3, 4)
     x[1, 0], x[5, 2] = float("nan"), float("inf")
     buffers = _buffers(8, 4, 6)
-    native_mlp.forward(x, token_of_pair, weights, [4, 4], gate_up, down, *buffers)
+    native_mlp.experts_forward(x, token_of_pair, weights, [4, 4], gate_up, down, *buffers)
     y_sorted = buffers[2]
     assert torch.isnan(y_sorted[1]).all() and not torch.isfinite(y_sorted[5]).all()
     finite_rows = [0, 2, 3, 4, 6, 7]
@@ -82,11 +82,11 @@ def test_mismatched_buffers_are_refused_before_any_write():
     x, token_of_pair, weights = torch.randn(8, 4), torch.arange(8), torch.ones(8, 1)
     gate_up, down = torch.randn(2, 4, 6), torch.randn(2, 3, 4)
     with pytest.raises(RuntimeError, match="one weight per pair"):
-        native_mlp.forward(x, token_of_pair, weights[:5], [4, 4], gate_up, down, *_buffers(8, 4, 6))
+        native_mlp.experts_forward(x, token_of_pair, weights[:5], [4, 4], gate_up, down, *_buffers(8, 4, 6))
     with pytest.raises(RuntimeError, match="gate_up_out must be"):
-        native_mlp.forward(x, token_of_pair, weights, [4, 4], gate_up, down, *_buffers(8, 4, 4))
+        native_mlp.experts_forward(x, token_of_pair, weights, [4, 4], gate_up, down, *_buffers(8, 4, 4))
     with pytest.raises(RuntimeError, match="sizes must add up"):
-        native_mlp.forward(x, token_of_pair, weights, [4, 3], gate_up, down, *_buffers(8, 4, 6))
+        native_mlp.experts_forward(x, token_of_pair, weights, [4, 3], gate_up, down, *_buffers(8, 4, 6))
 
 
 def _buffers(pairs: int, width: int, gate_up_width: int) -> list[torch.Tensor]:
