@@ -1,4 +1,4 @@
-"""The native expert operator on its own: threads, NaN, the process's float mode, and its build."""
+"""The native MLP operators on their own: threads, NaN, strided rows, the process's float mode, the build."""
 
 from __future__ import annotations
 
