@@ -151,8 +151,9 @@ def _processor() -> str:
 
 def _unavailable(reason: str) -> bool:
     warnings.warn(
-        f"moeplan: the native expert operator is unavailable ({reason}); MoE layers run their experts "
-        "one after another in Python, which is slower on CPU. A working C++ compiler (c++, or $CXX) brings it back.",
+        f"moeplan: the native expert operator is unavailable ({reason}); MoE layers run their experts one "
+        "after another in Python and SwiGLU runs in ATen ops, which is slower on CPU. A working C++ compiler "
+        "(c++, or $CXX) brings it back.",
         RuntimeWarning,
         stacklevel=3,
     )

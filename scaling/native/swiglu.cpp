@@ -1,16 +1,20 @@
-// SwiGLU's elementwise work for one expert's rows, one pass forward and one backward.
+// SwiGLU's elementwise work in one pass forward and one backward: weighted, for one routed
+// expert's rows, and plain, for the rows of a dense MLP or of the shared experts.
 //
-// Single-threaded on purpose: experts.cpp runs the experts side by side, one per thread. It is
-// compiled apart from experts.cpp, with -ffast-math, so that std::exp vectorises (glibc's
-// libmvec on x86-64); the library is linked without -ffast-math, which would otherwise set
-// flush-to-zero for the whole process. There are no comparisons here, so NaN and inf pass
-// through as IEEE arithmetic has them.
+// The kernels are single-threaded: experts.cpp runs the experts side by side, one per thread,
+// and splits plain rows over the threads itself. This file is compiled apart from experts.cpp,
+// with -ffast-math, so that std::exp vectorises (glibc's libmvec on x86-64); the library is
+// linked without -ffast-math, which would otherwise set flush-to-zero for the whole process.
+// There are no comparisons here, so NaN and inf pass through as IEEE arithmetic has them.
 #include <cmath>
 #include <cstdint>
 
 namespace moeplan {
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// silu'(gate) from s = sigmoid(gate): s (1 + gate (1 - s)).
+static inline float silu_grad(float gate, float s) { return s * (1.0f + gate * (1.0f - s)); }
 
 // weighted[r, j] = w[r] * silu(gate[r, j]) * up[r, j], where the rows of gate_up are [gate | up].
 void swiglu_weighted_forward(const float* __restrict__ gate_up, const float* __restrict__ w,
@@ -50,7 +54,7 @@ void swiglu_weighted_backward(const float* __restrict__ gate_up, const float* __
       dot += grad[j] * product;
       out[j] = weight * product;
       grad_up[j] = weighted_grad * activated;
-      grad_gate[j] = weighted_grad * up[j] * s * (1.0f + gate[j] * (1.0f - s));  // silu'(g) = s (1 + g (1 - s))
+      grad_gate[j] = weighted_grad * up[j] * silu_grad(gate[j], s);
     }
     grad_weight[r] = dot;
   }
@@ -80,7 +84,7 @@ void swiglu_backward(const float* __restrict__ gate_up, int64_t gate_up_stride, 
     for (int64_t j = 0; j < hidden; ++j) {
       const float s = sigmoid(gate[j]);
       grad_up[j] = grad[j] * gate[j] * s;
-      grad_gate[j] = grad[j] * up[j] * s * (1.0f + gate[j] * (1.0f - s));
+      grad_gate[j] = grad[j] * up[j] * silu_grad(gate[j], s);
     }
   }
 }
