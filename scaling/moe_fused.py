@@ -129,16 +129,18 @@ class FusedMoEFunction(torch.autograd.Function):
         sizes = routing.counts.tolist()
         sorted_weights = routing.sorted_weights.to(x.dtype).unsqueeze(1)
         hidden = down.shape[1]
-        x_sorted = x.new_empty(routing.token_of_pair.shape[0], x.shape[1])
-        gate_up_out = x.new_empty(x_sorted.shape[0], 2 * hidden)
-        y_sorted = torch.empty_like(x_sorted)
-        activated = product = None  # the native operator recomputes them in backward
+        pairs = routing.token_of_pair.shape[0]
+        gate_up_out = x.new_empty(pairs, 2 * hidden)
+        y_sorted = x.new_empty(pairs, x.shape[1])
+        # the native operator recomputes the activations in backward, and gathers x's rows again
+        x_sorted = activated = product = None
         ctx.native = native_mlp.applies(x, sorted_weights, gate_up, down)
         if ctx.native:
             native_mlp.experts_forward(
-                x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
+                x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, y_sorted
             )
         else:
+            x_sorted = torch.empty_like(y_sorted)
             activated, product = _experts_forward(
                 x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
             )
@@ -161,7 +163,7 @@ class FusedMoEFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         # routed experts, one contiguous slice each
         sizes = ctx.sizes
-        grad_x_sorted = torch.empty_like(x_sorted)
+        grad_x_sorted = x.new_empty(routing.token_of_pair.shape[0], x.shape[1])
         grad_sorted_weights = torch.empty_like(sorted_weights)
         grad_gate_up, grad_down = torch.empty_like(gate_up), torch.empty_like(down)
         for expert, size in enumerate(sizes):
@@ -171,7 +173,7 @@ class FusedMoEFunction(torch.autograd.Function):
         gradients = (grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down)
         if ctx.native:
             native_mlp.experts_backward(
-                x_sorted, routing.token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out, *gradients
+                x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out, *gradients
             )
         else:
             grad_y_sorted = grad_out.index_select(0, routing.token_of_pair)

@@ -62,20 +62,21 @@ def swiglu_backward(gate_up: torch.Tensor, grad_product: torch.Tensor, grad_gate
     torch.ops.moeplan.swiglu_backward(gate_up, grad_product, grad_gate_up)
 
 
-def experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted) -> None:
-    """Fill ``x_sorted``, ``gate_up_out`` and ``y_sorted`` (each expert's weighted output rows)."""
-    torch.ops.moeplan.experts_forward(
-        x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
-    )
+def experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, y_sorted) -> None:
+    """Fill ``gate_up_out`` and ``y_sorted`` (each expert's weighted output rows, in pair order)."""
+    torch.ops.moeplan.experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, y_sorted)
 
 
 def experts_backward(
-    x_sorted, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
+    x, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
     grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down,
 ) -> None:  # fmt: skip
-    """Fill the four gradients; idle experts' rows of ``grad_gate_up`` and ``grad_down`` are left as they were."""
+    """Fill the four gradients; idle experts' rows of ``grad_gate_up`` and ``grad_down`` are left as they were.
+
+    The x rows are gathered again from ``x`` rather than kept from the forward.
+    """
     torch.ops.moeplan.experts_backward(
-        x_sorted, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
+        x, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, grad_out,
         grad_x_sorted, grad_sorted_weights, grad_gate_up, grad_down,
     )  # fmt: skip
 

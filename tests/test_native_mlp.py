@@ -70,7 +70,7 @@ def test_nan_and_inf_pass_through_the_fused_kernel():
     x[1, 0], x[5, 2] = float("nan"), float("inf")
     buffers = _buffers(8, 4, 6)
     native_mlp.experts_forward(x, token_of_pair, weights, [4, 4], gate_up, down, *buffers)
-    y_sorted = buffers[2]
+    y_sorted = buffers[1]
     assert torch.isnan(y_sorted[1]).all() and not torch.isfinite(y_sorted[5]).all()
     finite_rows = [0, 2, 3, 4, 6, 7]
     assert torch.isfinite(y_sorted[finite_rows]).all()
@@ -87,10 +87,13 @@ def test_mismatched_buffers_are_refused_before_any_write():
         native_mlp.experts_forward(x, token_of_pair, weights, [4, 4], gate_up, down, *_buffers(8, 4, 4))
     with pytest.raises(RuntimeError, match="sizes must add up"):
         native_mlp.experts_forward(x, token_of_pair, weights, [4, 3], gate_up, down, *_buffers(8, 4, 6))
+    with pytest.raises(RuntimeError, match="y_sorted and grad_x_sorted must be"):
+        native_mlp.experts_forward(x, token_of_pair, weights, [4, 4], gate_up, down, *_buffers(8, 3, 6))
 
 
 def _buffers(pairs: int, width: int, gate_up_width: int) -> list[torch.Tensor]:
-    return [torch.empty(pairs, width), torch.empty(pairs, gate_up_width), torch.empty(pairs, width)]
+    """``gate_up_out`` and ``y_sorted`` for :func:`native_mlp.experts_forward`."""
+    return [torch.empty(pairs, gate_up_width), torch.empty(pairs, width)]
 
 
 def test_loading_the_operator_keeps_denormal_floats():

@@ -38,8 +38,15 @@ void check_float_contiguous(const at::Tensor& tensor, const char* name) {
               name, " must be a contiguous float32 CPU tensor");
 }
 
-// Calls body(expert, first_row) once for each expert that has rows; experts sorted by row count,
-// largest first, are handed to whichever thread is free.
+// How many experts run at once: one per intra-op thread, at most one per busy expert.
+int64_t worker_count(const std::vector<int64_t>& sizes) {
+  const int64_t busy = std::count_if(sizes.begin(), sizes.end(), [](int64_t size) { return size > 0; });
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), busy));
+}
+
+// Calls body(expert, first_row, worker) once for each expert that has rows; experts sorted by
+// row count, largest first, are handed to whichever worker is free. worker < worker_count(sizes), so
+// a body can reuse that worker's scratch rows from one expert to the next.
 template <typename Body>
 void for_each_expert(const std::vector<int64_t>& sizes, const Body& body) {
   std::vector<int64_t> first(sizes.size()), queue;
@@ -51,11 +58,25 @@ void for_each_expert(const std::vector<int64_t>& sizes, const Body& body) {
   }
   std::stable_sort(queue.begin(), queue.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
   std::atomic<size_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(queue.size()));
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (size_t index = next++; index < queue.size(); index = next++) body(queue[index], first[queue[index]]);
+  // grain 1 over [0, workers): each thread gets its own worker index
+  at::parallel_for(0, worker_count(sizes), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t worker = begin; worker < end; ++worker)
+      for (size_t index = next++; index < queue.size(); index = next++)
+        body(queue[index], first[queue[index]], worker);
   });
 }
+
+// Rows that live only while one expert runs (its SwiGLU products, its gradients before the
+// matmuls) go to one buffer per worker, reused expert after expert. Whole-layer buffers would
+// send ~20 MB per layer through DRAM, a few ms on a 2-core VM; a worker's rows stay in cache.
+struct Scratch {
+  at::Tensor rows;  // [workers, most rows of any expert, width]
+  Scratch(const std::vector<int64_t>& sizes, int64_t width, const at::TensorOptions& options) {
+    const int64_t most = sizes.empty() ? 0 : *std::max_element(sizes.begin(), sizes.end());
+    rows = at::empty({worker_count(sizes), most, width}, options);
+  }
+  at::Tensor take(int64_t worker, int64_t count) const { return rows[worker].narrow(0, 0, count); }
+};
 
 std::vector<int64_t> checked_sizes(at::IntArrayRef sizes, const at::Tensor& token_of_pair, const at::Tensor& gate_up) {
   TORCH_CHECK(token_of_pair.scalar_type() == at::kLong && token_of_pair.dim() == 1,
@@ -71,37 +92,37 @@ std::vector<int64_t> checked_sizes(at::IntArrayRef sizes, const at::Tensor& toke
 }
 
 // The kernels in swiglu.cpp write through raw pointers: every buffer's shape is checked first.
-void check_shapes(int64_t pairs, const at::Tensor& x_sorted, const at::Tensor& weights, const at::Tensor& gate_up,
-                  const at::Tensor& down, const at::Tensor& gate_up_out) {
+void check_shapes(int64_t pairs, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& gate_up,
+                  const at::Tensor& down, const at::Tensor& gate_up_out, const at::Tensor& pair_rows) {
   const int64_t width = gate_up.size(1), hidden = down.size(1);
   TORCH_CHECK(gate_up.dim() == 3 && down.dim() == 3 && gate_up.size(2) == 2 * hidden && down.size(2) == width &&
                   down.size(0) == gate_up.size(0),
               "moeplan: gate_up must be [e, d, 2h] and down [e, h, d]");
-  TORCH_CHECK(x_sorted.dim() == 2 && x_sorted.size(0) == pairs && x_sorted.size(1) == width,
-              "moeplan: x_sorted must be [pairs, d]");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == width, "moeplan: x must be [n, d]");
   TORCH_CHECK(weights.numel() == pairs, "moeplan: one weight per pair");
   TORCH_CHECK(gate_up_out.dim() == 2 && gate_up_out.size(0) == pairs && gate_up_out.size(1) == 2 * hidden,
               "moeplan: gate_up_out must be [pairs, 2h]");
+  TORCH_CHECK(pair_rows.dim() == 2 && pair_rows.size(0) == pairs && pair_rows.size(1) == width,
+              "moeplan: y_sorted and grad_x_sorted must be [pairs, d]");
 }
 
-// x_sorted = x[token_of_pair]; y_sorted = w * swiglu(x_sorted @ gate_up[e]) @ down[e] per expert.
-// gate_up_out keeps the [gate | up] rows for backward.
+// y_sorted = w * swiglu(x[token_of_pair] @ gate_up[e]) @ down[e] per expert; gate_up_out keeps
+// the [gate | up] rows for backward. The gathered x rows are not kept: backward gathers them
+// again from x, which autograd holds anyway, and so writes and reads 4 MB less per layer.
 void experts_forward(const at::Tensor& x, const at::Tensor& token_of_pair, const at::Tensor& weights,
                      at::IntArrayRef sizes_argument, const at::Tensor& gate_up, const at::Tensor& down,
-                     const at::Tensor& x_sorted, const at::Tensor& gate_up_out, const at::Tensor& y_sorted) {
+                     const at::Tensor& gate_up_out, const at::Tensor& y_sorted) {
   for (auto [tensor, name] : {std::pair{&x, "x"}, {&weights, "weights"}, {&gate_up, "gate_up"}, {&down, "down"},
-                              {&x_sorted, "x_sorted"}, {&gate_up_out, "gate_up_out"}, {&y_sorted, "y_sorted"}})
+                              {&gate_up_out, "gate_up_out"}, {&y_sorted, "y_sorted"}})
     check_float_contiguous(*tensor, name);
   const auto sizes = checked_sizes(sizes_argument, token_of_pair, gate_up);
-  check_shapes(token_of_pair.size(0), x_sorted, weights, gate_up, down, gate_up_out);
-  TORCH_CHECK(y_sorted.sizes() == x_sorted.sizes() && x.dim() == 2 && x.size(1) == x_sorted.size(1),
-              "moeplan: x must be [n, d] and y_sorted [pairs, d]");
+  check_shapes(token_of_pair.size(0), x, weights, gate_up, down, gate_up_out, y_sorted);
   const int64_t hidden = down.size(1);
-  auto weighted = at::empty({token_of_pair.size(0), hidden}, x.options());
-  for_each_expert(sizes, [&](int64_t expert, int64_t row) {
+  const Scratch x_sorted(sizes, x.size(1), x.options()), weighted(sizes, hidden, x.options());
+  for_each_expert(sizes, [&](int64_t expert, int64_t row, int64_t worker) {
     const int64_t rows = sizes[expert];
-    auto x_rows = x_sorted.narrow(0, row, rows), gate_up_rows = gate_up_out.narrow(0, row, rows);
-    auto weighted_rows = weighted.narrow(0, row, rows), y_rows = y_sorted.narrow(0, row, rows);
+    auto x_rows = x_sorted.take(worker, rows), gate_up_rows = gate_up_out.narrow(0, row, rows);
+    auto weighted_rows = weighted.take(worker, rows), y_rows = y_sorted.narrow(0, row, rows);
     at::index_select_out(x_rows, x, 0, token_of_pair.narrow(0, row, rows));
     at::mm_out(gate_up_rows, x_rows, gate_up[expert]);
     moeplan::swiglu_weighted_forward(gate_up_rows.data_ptr<float>(), weights.data_ptr<float>() + row,
@@ -110,41 +131,44 @@ void experts_forward(const at::Tensor& x, const at::Tensor& token_of_pair, const
   });
 }
 
-// Gradients of x_sorted, the pair weights and each busy expert's matrices from grad_out (per
-// token). Idle experts' gradient matrices are left for the caller to zero.
-void experts_backward(const at::Tensor& x_sorted, const at::Tensor& token_of_pair, const at::Tensor& weights,
+// Gradients of the gathered x rows (grad_x_sorted), the pair weights and each busy expert's
+// matrices from grad_out (per token). Idle experts' gradient matrices are left for the caller
+// to zero.
+void experts_backward(const at::Tensor& x, const at::Tensor& token_of_pair, const at::Tensor& weights,
                       at::IntArrayRef sizes_argument, const at::Tensor& gate_up, const at::Tensor& down,
                       const at::Tensor& gate_up_out, const at::Tensor& grad_out, const at::Tensor& grad_x_sorted,
                       const at::Tensor& grad_weights, const at::Tensor& grad_gate_up, const at::Tensor& grad_down) {
   for (auto [tensor, name] :
-       {std::pair{&x_sorted, "x_sorted"}, {&weights, "weights"}, {&gate_up, "gate_up"}, {&down, "down"},
+       {std::pair{&x, "x"}, {&weights, "weights"}, {&gate_up, "gate_up"}, {&down, "down"},
         {&gate_up_out, "gate_up_out"}, {&grad_out, "grad_out"}, {&grad_x_sorted, "grad_x_sorted"},
         {&grad_weights, "grad_weights"}, {&grad_gate_up, "grad_gate_up"}, {&grad_down, "grad_down"}})
     check_float_contiguous(*tensor, name);
   const auto sizes = checked_sizes(sizes_argument, token_of_pair, gate_up);
-  const int64_t pairs = token_of_pair.size(0), hidden = down.size(1);
-  check_shapes(pairs, x_sorted, weights, gate_up, down, gate_up_out);
-  TORCH_CHECK(grad_weights.numel() == pairs && grad_x_sorted.sizes() == x_sorted.sizes() &&
-                  grad_gate_up.sizes() == gate_up.sizes() && grad_down.sizes() == down.sizes() &&
-                  grad_out.dim() == 2 && grad_out.size(1) == x_sorted.size(1),
+  const int64_t pairs = token_of_pair.size(0), width = x.size(1), hidden = down.size(1);
+  check_shapes(pairs, x, weights, gate_up, down, gate_up_out, grad_x_sorted);
+  TORCH_CHECK(grad_weights.numel() == pairs && grad_gate_up.sizes() == gate_up.sizes() &&
+                  grad_down.sizes() == down.sizes() && grad_out.sizes() == x.sizes(),
               "moeplan: gradient buffers must match their tensors");
-  auto grad_y_sorted = at::empty_like(x_sorted), grad_gate_up_out = at::empty_like(gate_up_out);
-  auto grad_product = at::empty({pairs, hidden}, x_sorted.options());
-  auto weighted_product = at::empty({pairs, hidden}, x_sorted.options());
-  for_each_expert(sizes, [&](int64_t expert, int64_t row) {
+  const auto options = x.options();
+  const Scratch x_sorted(sizes, width, options), grad_y_sorted(sizes, width, options);
+  const Scratch grad_gate_up_out(sizes, 2 * hidden, options), grad_product(sizes, hidden, options);
+  const Scratch weighted_product(sizes, hidden, options);
+  for_each_expert(sizes, [&](int64_t expert, int64_t row, int64_t worker) {
     const int64_t rows = sizes[expert];
-    auto grad_y = grad_y_sorted.narrow(0, row, rows), grad_product_rows = grad_product.narrow(0, row, rows);
-    auto weighted_rows = weighted_product.narrow(0, row, rows);
-    auto grad_gate_up_rows = grad_gate_up_out.narrow(0, row, rows), grad_x_rows = grad_x_sorted.narrow(0, row, rows);
+    const auto tokens = token_of_pair.narrow(0, row, rows);
+    auto x_rows = x_sorted.take(worker, rows), grad_y = grad_y_sorted.take(worker, rows);
+    auto grad_product_rows = grad_product.take(worker, rows), weighted_rows = weighted_product.take(worker, rows);
+    auto grad_gate_up_rows = grad_gate_up_out.take(worker, rows), grad_x_rows = grad_x_sorted.narrow(0, row, rows);
     auto grad_gate_up_matrix = grad_gate_up[expert], grad_down_matrix = grad_down[expert];
-    at::index_select_out(grad_y, grad_out, 0, token_of_pair.narrow(0, row, rows));
+    at::index_select_out(grad_y, grad_out, 0, tokens);
     at::mm_out(grad_product_rows, grad_y, down[expert].t());
     moeplan::swiglu_weighted_backward(gate_up_out.data_ptr<float>() + row * 2 * hidden,
                                       weights.data_ptr<float>() + row, grad_product_rows.data_ptr<float>(),
                                       grad_gate_up_rows.data_ptr<float>(), weighted_rows.data_ptr<float>(),
                                       grad_weights.data_ptr<float>() + row, rows, hidden);
     at::mm_out(grad_down_matrix, weighted_rows.t(), grad_y);
-    at::mm_out(grad_gate_up_matrix, x_sorted.narrow(0, row, rows).t(), grad_gate_up_rows);
+    at::index_select_out(x_rows, x, 0, tokens);
+    at::mm_out(grad_gate_up_matrix, x_rows.t(), grad_gate_up_rows);
     at::mm_out(grad_x_rows, grad_gate_up_rows, gate_up[expert].t());
   });
 }
@@ -196,9 +220,9 @@ void swiglu_backward(const at::Tensor& gate_up, const at::Tensor& grad_product, 
 TORCH_LIBRARY(moeplan, library) {
   library.def(
       "experts_forward(Tensor x, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, Tensor down, "
-      "Tensor(a!) x_sorted, Tensor(b!) gate_up_out, Tensor(c!) y_sorted) -> ()");
+      "Tensor(a!) gate_up_out, Tensor(b!) y_sorted) -> ()");
   library.def(
-      "experts_backward(Tensor x_sorted, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, "
+      "experts_backward(Tensor x, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, "
       "Tensor down, Tensor gate_up_out, Tensor grad_out, Tensor(a!) grad_x_sorted, Tensor(b!) grad_weights, "
       "Tensor(c!) grad_gate_up, Tensor(d!) grad_down) -> ()");
   library.def("swiglu_forward(Tensor gate_up, Tensor(a!) product) -> ()");
