@@ -96,6 +96,14 @@ def _experts_backward(
         torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
 
 
+def _add_pair_rows(out: torch.Tensor, rows: torch.Tensor, routing: routing_module.Routing, native: bool) -> None:
+    """Add each token's rows of ``rows`` (in sorted pair order) into ``out``, in place."""
+    if native:  # by token, over the threads
+        native_mlp.add_pair_rows(out, rows, routing.position_of_pair)
+    else:
+        out.index_add_(0, routing.token_of_pair, rows)
+
+
 class FusedMoEFunction(torch.autograd.Function):
     """``shared(x) + sum_k w_k expert_k(x)`` with the routing losses, for flat tokens ``x [n, d]``.
 
@@ -144,7 +152,7 @@ class FusedMoEFunction(torch.autograd.Function):
             activated, product = _experts_forward(
                 x, routing.token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted
             )
-        out.index_add_(0, routing.token_of_pair, y_sorted)
+        _add_pair_rows(out, y_sorted, routing, ctx.native)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
         ctx.save_for_backward(
@@ -205,7 +213,8 @@ class FusedMoEFunction(torch.autograd.Function):
                 _activation_backward(
                     grad_shared_product, projected[:, :shared_width], shared_activated, grad_projected[:, :shared_width]
                 )
-        grad_x = (grad_projected @ projection).index_add_(0, routing.token_of_pair, grad_x_sorted)
+        grad_x = grad_projected @ projection
+        _add_pair_rows(grad_x, grad_x_sorted, routing, ctx.native)
         grad_projection = grad_projected.t() @ x
         grad_shared_gate_up = grad_projection[:shared_width] if shared_width else None
         grad_shared_gate = grad_projection[shared_width + n_experts :] if gate is not None else None

@@ -52,6 +52,11 @@ def rows_apply(*tensors: torch.Tensor) -> bool:
     return suitable and load()
 
 
+def add_pair_rows(out: torch.Tensor, rows: torch.Tensor, position_of_pair: torch.Tensor) -> None:
+    """``out[t] += sum_slot rows[position_of_pair[t * k + slot]]``: ``index_add_`` of sorted pair rows, by token."""
+    torch.ops.moeplan.add_pair_rows(out, rows, position_of_pair)
+
+
 def swiglu_forward(gate_up: torch.Tensor, product: torch.Tensor) -> None:
     """``product = silu(gate) * up`` for ``gate_up = [gate | up]`` rows ``[n, 2h]`` (rows may be strided)."""
     torch.ops.moeplan.swiglu_forward(gate_up, product)

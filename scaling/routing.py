@@ -44,6 +44,8 @@ class Routing:
         order: Pair indices (``token * k + slot``) sorted stably by expert ``[n * k]``.
         token_of_pair: The token of each pair in that order ``[n * k]``.
         sorted_weights: The weight of each pair in that order ``[n * k]``.
+        position_of_pair: Where each pair (``token * k + slot``) sits in that order ``[n * k]``:
+            the inverse of ``order``, so a token's rows can be gathered back from sorted rows.
     """
 
     probabilities: torch.Tensor
@@ -54,6 +56,7 @@ class Routing:
     order: torch.Tensor
     token_of_pair: torch.Tensor
     sorted_weights: torch.Tensor
+    position_of_pair: torch.Tensor
 
 
 def route(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[Routing, torch.Tensor, torch.Tensor]:
@@ -80,13 +83,14 @@ def route(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[Routing, torc
         order=torch.empty(pairs, dtype=torch.int64),
         token_of_pair=torch.empty(pairs, dtype=torch.int64),
         sorted_weights=logits.new_empty(pairs),
+        position_of_pair=torch.empty(pairs, dtype=torch.int64),
     )
     losses = torch.empty(2, dtype=torch.float64)
     status = library.moeplan_route_forward(
         logits.data_ptr(), n, e, top_k, int(renorm),
         *(t.data_ptr() for t in (routing.probabilities, routing.logsumexp, routing.weights)),
         *(t.data_ptr() for t in (routing.experts, routing.counts, routing.order, routing.token_of_pair)),
-        routing.sorted_weights.data_ptr(), losses.data_ptr(),
+        routing.sorted_weights.data_ptr(), routing.position_of_pair.data_ptr(), losses.data_ptr(),
     )  # fmt: skip
     if status:
         raise ValueError(f"cannot route {e} experts with top-{top_k}")
@@ -125,9 +129,11 @@ def _route_torch(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[Routin
     logsumexp = torch.logsumexp(logits, dim=-1)
     fraction = counts.to(probabilities.dtype) / (n * top_k)
     order = torch.argsort(flat_experts, stable=True)
+    position_of_pair = torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel()))
     routing = Routing(
-        probabilities, logsumexp, weights, experts, counts, order, order // top_k, weights.reshape(-1)[order]
-    )
+        probabilities, logsumexp, weights, experts, counts, order, order // top_k, weights.reshape(-1)[order],
+        position_of_pair,
+    )  # fmt: skip
     return routing, e * torch.dot(fraction, probabilities.mean(dim=0)), logsumexp.square().mean()
 
 
@@ -186,7 +192,7 @@ def native_library() -> ctypes.CDLL | None:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.moeplan_route_forward.restype = ctypes.c_int
-    library.moeplan_route_forward.argtypes = [pointer, size, size, size, ctypes.c_int] + [pointer] * 9
+    library.moeplan_route_forward.argtypes = [pointer, size, size, size, ctypes.c_int] + [pointer] * 10
     library.moeplan_route_backward.restype = ctypes.c_int
     library.moeplan_route_backward.argtypes = (
         [pointer] * 7 + [ctypes.c_double] * 2 + [size] * 3 + [ctypes.c_int] + [pointer] * 2

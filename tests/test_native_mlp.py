@@ -1,4 +1,4 @@
-"""The native MLP operators on their own: threads, NaN, strided rows, the process's float mode, the build."""
+"""The native MLP operators on their own: threads, NaN, strided rows, adding pair rows, float mode, the build."""
 
 from __future__ import annotations
 
@@ -160,3 +160,23 @@ def test_dense_swiglu_takes_the_operator_in_float32_and_matches_float64():
     (expected, expected_grad), (actual, actual_grad) = results
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(actual_grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_adding_pair_rows_by_token_matches_index_add_and_checks_positions():
+    # The MoE layer adds each token's expert rows back by gathering them per token (threads split
+    # by token) instead of ATen's scatter; the sums must equal index_add_ over the sorted rows.
+    assert native_mlp.load()
+    generator = torch.Generator().manual_seed(5)
+    tokens, top_k, width = 1000, 3, 40
+    experts = torch.rand(tokens, 7, generator=generator).argsort(dim=1)[:, :top_k].reshape(-1)
+    order = torch.argsort(experts, stable=True)
+    position_of_pair = torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel()))
+    rows = torch.randn(tokens * top_k, width, generator=generator)
+    out = torch.randn(tokens, width, generator=generator)
+    expected = out.clone().index_add_(0, order // top_k, rows)
+    native_mlp.add_pair_rows(out, rows, position_of_pair)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(RuntimeError, match="position_of_pair out of range"):
+        native_mlp.add_pair_rows(out, rows, position_of_pair.clone().fill_(tokens * top_k))
+    with pytest.raises(RuntimeError, match="rows \\[n k, d\\]"):
+        native_mlp.add_pair_rows(out, rows[:-1], position_of_pair[:-1])

@@ -51,7 +51,7 @@ def test_native_routing_matches_torch(experts, top_k, renorm, fresh_library, mon
     generator = torch.Generator().manual_seed(experts + top_k)
     logits = torch.randn(777, experts, generator=generator) * 3
     (native, *native_losses), (reference, *reference_losses) = _routings(logits, top_k, renorm, monkeypatch)
-    for field in ("experts", "counts", "order", "token_of_pair"):
+    for field in ("experts", "counts", "order", "token_of_pair", "position_of_pair"):
         assert torch.equal(getattr(native, field), getattr(reference, field)), field
     for field in ("probabilities", "logsumexp", "weights", "sorted_weights"):
         torch.testing.assert_close(getattr(native, field), getattr(reference, field), msg=field)
@@ -61,6 +61,7 @@ def test_native_routing_matches_torch(experts, top_k, renorm, fresh_library, mon
     assert (sorted_experts.diff() >= 0).all()  # pairs grouped by expert
     assert torch.equal(native.token_of_pair, native.order // top_k)
     assert torch.equal(native.sorted_weights, native.weights.view(-1)[native.order])
+    assert torch.equal(native.order[native.position_of_pair], torch.arange(777 * top_k))  # its inverse
 
     grad_sorted = torch.randn(777 * top_k, generator=generator)
     grad_native = routing.route_backward(native, grad_sorted, 0.3, 0.7, renorm)

@@ -29,6 +29,7 @@ void swiglu_weighted_forward(const float*, const float*, float*, int64_t, int64_
 void swiglu_weighted_backward(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t);
 void swiglu_forward(const float*, int64_t, float*, int64_t, int64_t);
 void swiglu_backward(const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t);
+void add_pair_rows(const float*, const int64_t*, float*, int64_t, int64_t, int64_t);
 }  // namespace moeplan
 
 namespace {
@@ -184,6 +185,30 @@ void check_rows(const at::Tensor& tensor, int64_t rows, int64_t width, const cha
 // Rows split over the intra-op threads: this runs outside any parallel region.
 constexpr int64_t kRowGrain = 256;
 
+// out[t] += rows[position_of_pair[t k + slot]] for each slot: each token's k expert rows gathered
+// back from expert order and added to it, tokens split over the threads. This replaces an
+// index_add_, a scatter that ATen runs on one thread; and since a token's rows are added in slot
+// order, the sums do not depend on the thread count.
+void add_pair_rows(const at::Tensor& out, const at::Tensor& rows, const at::Tensor& position_of_pair) {
+  check_float_contiguous(out, "out");
+  check_float_contiguous(rows, "rows");
+  const int64_t tokens = out.size(0), width = out.size(1), pairs = rows.size(0);
+  TORCH_CHECK(out.dim() == 2 && rows.dim() == 2 && rows.size(1) == width && tokens > 0 && pairs % tokens == 0,
+              "moeplan: out must be [n, d] and rows [n k, d]");
+  TORCH_CHECK(position_of_pair.scalar_type() == at::kLong && position_of_pair.is_contiguous() &&
+                  position_of_pair.dim() == 1 && position_of_pair.size(0) == pairs,
+              "moeplan: position_of_pair must be int64 [n k]");
+  const int64_t* position = position_of_pair.data_ptr<int64_t>();
+  TORCH_CHECK(std::all_of(position, position + pairs, [&](int64_t p) { return p >= 0 && p < pairs; }),
+              "moeplan: position_of_pair out of range");
+  const int64_t k = pairs / tokens;
+  float* target = out.data_ptr<float>();
+  const float* source = rows.data_ptr<float>();
+  at::parallel_for(0, tokens, kRowGrain, [&](int64_t begin, int64_t end) {
+    moeplan::add_pair_rows(source, position + begin * k, target + begin * width, end - begin, k, width);
+  });
+}
+
 // product = silu(gate) * up, for the SwiGLU of a dense MLP or of the shared experts.
 void swiglu_forward(const at::Tensor& gate_up, const at::Tensor& product) {
   const int64_t rows = gate_up.size(0), hidden = gate_up.size(1) / 2;
@@ -225,6 +250,7 @@ TORCH_LIBRARY(moeplan, library) {
       "experts_backward(Tensor x, Tensor token_of_pair, Tensor weights, int[] sizes, Tensor gate_up, "
       "Tensor down, Tensor gate_up_out, Tensor grad_out, Tensor(a!) grad_x_sorted, Tensor(b!) grad_weights, "
       "Tensor(c!) grad_gate_up, Tensor(d!) grad_down) -> ()");
+  library.def("add_pair_rows(Tensor(a!) out, Tensor rows, Tensor position_of_pair) -> ()");
   library.def("swiglu_forward(Tensor gate_up, Tensor(a!) product) -> ()");
   library.def("swiglu_backward(Tensor gate_up, Tensor grad_product, Tensor(a!) grad_gate_up) -> ()");
 }
@@ -232,6 +258,7 @@ TORCH_LIBRARY(moeplan, library) {
 TORCH_LIBRARY_IMPL(moeplan, CPU, library) {
   library.impl("experts_forward", &experts_forward);
   library.impl("experts_backward", &experts_backward);
+  library.impl("add_pair_rows", &add_pair_rows);
   library.impl("swiglu_forward", &swiglu_forward);
   library.impl("swiglu_backward", &swiglu_backward);
 }

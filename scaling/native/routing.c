@@ -17,13 +17,14 @@
 /* logits [n, e] (float32, row-major) -> probabilities [n, e], logsumexp [n], top-k weights
  * [n, k] (renormalised to sum to one when renorm) and experts [n, k], the count of pairs per
  * expert [e], the (token, slot) pairs sorted stably by expert, as pair index (order [n*k]), token
- * (token_of_pair [n*k]) and weight (sorted_weights [n*k]); losses[0] is the Switch/GShard
+ * (token_of_pair [n*k]) and weight (sorted_weights [n*k]), and each pair's place in that order
+ * (position_of_pair [n*k], the inverse of order); losses[0] is the Switch/GShard
  * balance loss and losses[1] the z-loss. Ties go to the lower expert index, as in torch.topk.
  * Returns 0, or -1 when e is out of range. */
 int moeplan_route_forward(const float *logits, int64_t n, int64_t e, int64_t k, int renorm,
                           float *probabilities, float *logsumexp, float *weights, int64_t *experts,
                           int64_t *counts, int64_t *order, int64_t *token_of_pair,
-                          float *sorted_weights, double *losses) {
+                          float *sorted_weights, int64_t *position_of_pair, double *losses) {
     double probability_sum[MAX_EXPERTS];
     int64_t next_slot[MAX_EXPERTS];
     double z_sum = 0.0;
@@ -73,6 +74,7 @@ int moeplan_route_forward(const float *logits, int64_t n, int64_t e, int64_t k, 
     for (int64_t pair = 0; pair < n * k; pair++) {
         int64_t slot = next_slot[experts[pair]]++;
         order[slot] = pair;
+        position_of_pair[pair] = slot;
         token_of_pair[slot] = pair / k;
         sorted_weights[slot] = weights[pair];
     }

@@ -89,4 +89,18 @@ void swiglu_backward(const float* __restrict__ gate_up, int64_t gate_up_stride, 
   }
 }
 
+// out[t] += rows[position[t k + slot]] for slot = 0 .. k-1, for tokens t of one block. Here
+// rather than in experts.cpp for this file's -O3 and -march: the loop then vectorises. Each
+// element is added slot after slot; there is nothing for -ffast-math to reassociate.
+void add_pair_rows(const float* __restrict__ rows, const int64_t* __restrict__ position, float* __restrict__ out,
+                   int64_t tokens, int64_t k, int64_t width) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = out + t * width;
+    for (int64_t slot = 0; slot < k; ++slot) {
+      const float* pair_row = rows + position[t * k + slot] * width;
+      for (int64_t j = 0; j < width; ++j) row[j] += pair_row[j];
+    }
+  }
+}
+
 }  // namespace moeplan
