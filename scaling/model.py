@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling import accounting, native_mlp
+from scaling import accounting, swiglu_rows
 from scaling.arch import ArchSpec
 from scaling.moe_fused import fused_moe
 from scaling.train_config import DISPATCH_MODES
@@ -152,38 +152,24 @@ class SwiGLUActivation(torch.autograd.Function):
     gradient halves. This one keeps silu(gate) from the forward and writes both gradient
     halves in place, the gate's through ATen's fused ``silu_backward``: three memory passes
     instead of about nine (the backward measured 2x faster on the 2-core CPU). On the CPU in
-    float32 the native operator (:mod:`scaling.native_mlp`) does each direction in one pass and
-    keeps nothing but ``gate_up``.
+    float32 the native operator does each direction in one pass and keeps nothing but
+    ``gate_up`` (:mod:`scaling.swiglu_rows` chooses).
     """
 
     @staticmethod
     def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
         rows = gate_up.reshape(-1, gate_up.shape[-1])
-        if native_mlp.rows_apply(rows):  # one pass, and silu(gate) is recomputed in backward
-            product = rows.new_empty(rows.shape[0], rows.shape[1] // 2)
-            native_mlp.swiglu_forward(rows, product)
-            ctx.save_for_backward(gate_up, None)
-            return product.view(*gate_up.shape[:-1], -1)
-        gate, up = gate_up.chunk(2, dim=-1)
-        activated = F.silu(gate)
-        ctx.save_for_backward(gate_up, activated)
-        return activated * up
+        product = rows.new_empty(rows.shape[0], rows.shape[1] // 2)
+        ctx.save_for_backward(gate_up, swiglu_rows.forward(rows, product))
+        return product.view(*gate_up.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         gate_up, activated = ctx.saved_tensors
-        if activated is None:
-            grad_gate_up = gate_up.new_empty(gate_up.shape)
-            width = gate_up.shape[-1]
-            grad_rows = grad.reshape(-1, width // 2).contiguous()
-            native_mlp.swiglu_backward(gate_up.reshape(-1, width), grad_rows, grad_gate_up.view(-1, width))
-            return grad_gate_up
-        grad_gate_up = torch.empty_like(gate_up)
-        gate, up = gate_up.chunk(2, dim=-1)
-        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
-        torch.mul(grad, activated, out=grad_up)  # d/d up = silu(gate)
-        # d/d gate = grad * up * silu'(gate), silu' fused in one kernel
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        width = gate_up.shape[-1]
+        grad_gate_up = gate_up.new_empty(gate_up.shape)
+        rows = gate_up.reshape(-1, width)
+        swiglu_rows.backward(rows, activated, grad.reshape(-1, width // 2), grad_gate_up.view(-1, width))
         return grad_gate_up
 
 

@@ -22,25 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from scaling import native_mlp
+from scaling import native_mlp, swiglu_rows
 from scaling import routing as routing_module
-
-
-def _activate(gate_up: torch.Tensor, activated: torch.Tensor, product: torch.Tensor) -> None:
-    """SwiGLU's elementwise part into preallocated rows: ``activated = silu(gate)``, ``product = activated * up``."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    torch.ops.aten.silu.out(gate, out=activated)
-    torch.mul(activated, up, out=product)
-
-
-def _activation_backward(
-    grad_product: torch.Tensor, gate_up: torch.Tensor, activated: torch.Tensor, grad_gate_up: torch.Tensor
-) -> None:
-    """Gradient of ``product`` into the gradient of ``[gate | up]``; overwrites ``grad_product``."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
-    torch.mul(grad_product, activated, out=grad_up)
-    torch.ops.aten.silu_backward.grad_input(grad_product.mul_(up), gate, grad_input=grad_gate)
 
 
 def _per_expert(sizes: list[int], row_buffers: tuple[torch.Tensor, ...], weights: tuple[torch.Tensor, ...]):
@@ -56,19 +39,20 @@ def _per_expert(sizes: list[int], row_buffers: tuple[torch.Tensor, ...], weights
 def _experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, x_sorted, gate_up_out, y_sorted):
     """The routed experts one after another (where the native operator does not apply).
 
-    Fills ``x_sorted``, ``gate_up_out`` and ``y_sorted``; returns the SwiGLU activations that
-    :func:`_experts_backward` needs. Each expert applies its routing weight to its rows while
-    they are still in cache.
+    Fills ``x_sorted``, ``gate_up_out`` and ``y_sorted``; returns what :func:`_experts_backward`
+    needs: each busy expert's ``silu(gate)`` (or None, see :mod:`scaling.swiglu_rows`) and the
+    SwiGLU products. Each expert applies its routing weight to its rows while they are still in
+    cache.
     """
     torch.index_select(x, 0, token_of_pair, out=x_sorted)
-    activated = x.new_empty(x_sorted.shape[0], down.shape[1])
-    product = torch.empty_like(activated)
-    buffers = (x_sorted, gate_up_out, activated, product, sorted_weights, y_sorted)
-    for (
-        x_rows, gate_up_rows, activated_rows, product_rows, weight, y_rows, gate_up_matrix, down_matrix,
-    ) in _per_expert(sizes, buffers, (gate_up, down)):  # fmt: skip
+    product = x.new_empty(x_sorted.shape[0], down.shape[1])
+    activated = []
+    buffers = (x_sorted, gate_up_out, product, sorted_weights, y_sorted)
+    for x_rows, gate_up_rows, product_rows, weight, y_rows, gate_up_matrix, down_matrix in _per_expert(
+        sizes, buffers, (gate_up, down)
+    ):
         torch.mm(x_rows, gate_up_matrix, out=gate_up_rows)
-        _activate(gate_up_rows, activated_rows, product_rows)
+        activated.append(swiglu_rows.forward(gate_up_rows, product_rows))
         torch.mm(product_rows * weight, down_matrix, out=y_rows)
     return activated, product
 
@@ -80,18 +64,18 @@ def _experts_backward(
     """Gradients of :func:`_experts_forward` into the last four buffers (busy experts only)."""
     grad_gate_up_out = torch.empty_like(gate_up_out)
     buffers = (
-        x_sorted, gate_up_out, activated, product, sorted_weights,
-        grad_y_sorted, grad_gate_up_out, grad_sorted_weights, grad_x_sorted,
+        x_sorted, gate_up_out, product, sorted_weights, grad_y_sorted, grad_gate_up_out, grad_sorted_weights,
+        grad_x_sorted,
     )  # fmt: skip
-    for (
-        x_rows, gate_up_rows, activated_rows, product_rows, weight,
-        grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
+    experts = _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down))
+    for activated_rows, (
+        x_rows, gate_up_rows, product_rows, weight, grad_y, grad_gate_up_rows, grad_weight, grad_x_rows,
         gate_up_matrix, down_matrix, grad_gate_up_matrix, grad_down_matrix,
-    ) in _per_expert(sizes, buffers, (gate_up, down, grad_gate_up, grad_down)):  # fmt: skip
+    ) in zip(activated, experts, strict=True):  # fmt: skip
         grad_product = grad_y @ down_matrix.t()
         torch.mm(product_rows.t(), grad_y * weight, out=grad_down_matrix)
         torch.sum(grad_product * product_rows, dim=-1, keepdim=True, out=grad_weight)
-        _activation_backward(grad_product.mul_(weight), gate_up_rows, activated_rows, grad_gate_up_rows)
+        swiglu_rows.backward(gate_up_rows, activated_rows, grad_product.mul_(weight), grad_gate_up_rows)
         torch.mm(x_rows.t(), grad_gate_up_rows, out=grad_gate_up_matrix)
         torch.mm(grad_gate_up_rows, gate_up_matrix.t(), out=grad_x_rows)
 
@@ -125,11 +109,7 @@ class FusedMoEFunction(torch.autograd.Function):
             out = x.new_zeros(x.shape)
         else:
             shared_product = x.new_empty(x.shape[0], shared_width // 2)
-            if native_mlp.rows_apply(projected):  # one pass; silu(gate) is recomputed in backward
-                native_mlp.swiglu_forward(projected[:, :shared_width], shared_product)
-            else:
-                shared_activated = torch.empty_like(shared_product)
-                _activate(projected[:, :shared_width], shared_activated, shared_product)
+            shared_activated = swiglu_rows.forward(projected[:, :shared_width], shared_product)
             out = shared_product @ shared_down.t()
             if shared_gate is not None:  # Qwen2-MoE's sigmoid gate on the shared experts' output
                 gate = torch.sigmoid(projected[:, shared_width + n_experts :])
@@ -141,7 +121,8 @@ class FusedMoEFunction(torch.autograd.Function):
         gate_up_out = x.new_empty(pairs, 2 * hidden)
         y_sorted = x.new_empty(pairs, x.shape[1])
         # the native operator recomputes the activations in backward, and gathers x's rows again
-        x_sorted = activated = product = None
+        x_sorted = product = None
+        activated = []
         ctx.native = native_mlp.applies(x, sorted_weights, gate_up, down)
         if ctx.native:
             native_mlp.experts_forward(
@@ -154,10 +135,11 @@ class FusedMoEFunction(torch.autograd.Function):
             )
         _add_pair_rows(out, y_sorted, routing, ctx.native)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
+        ctx.activated = activated  # a list of intermediates, one per busy expert, so not saved tensors
         ctx.shared_width, ctx.n_experts = shared_width, n_experts
         ctx.save_for_backward(
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
-            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product,
+            gate_up, down, x_sorted, sorted_weights, gate_up_out, product,
         )  # fmt: skip
         return out, balance_loss, z_loss  # float32, as the sorted path's
 
@@ -165,7 +147,7 @@ class FusedMoEFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_balance, grad_z):
         (
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
-            gate_up, down, x_sorted, sorted_weights, gate_up_out, activated, product,
+            gate_up, down, x_sorted, sorted_weights, gate_up_out, product,
         ) = ctx.saved_tensors  # fmt: skip
         routing, shared_width, n_experts = ctx.routing, ctx.shared_width, ctx.n_experts
         grad_out = grad_out.contiguous()
@@ -186,7 +168,7 @@ class FusedMoEFunction(torch.autograd.Function):
         else:
             grad_y_sorted = grad_out.index_select(0, routing.token_of_pair)
             _experts_backward(
-                x_sorted, sorted_weights, sizes, gate_up, down, gate_up_out, activated, product, grad_y_sorted,
+                x_sorted, sorted_weights, sizes, gate_up, down, gate_up_out, ctx.activated, product, grad_y_sorted,
                 *gradients,
             )  # fmt: skip
         # autograd materialises unused outputs' gradients as zeros, so neither loss's is None
@@ -205,14 +187,9 @@ class FusedMoEFunction(torch.autograd.Function):
                 grad_shared_out = grad_out * gate
             grad_shared_down = grad_shared_out.t() @ shared_product
             grad_shared_product = grad_shared_out @ shared_down
-            if shared_activated is None:
-                native_mlp.swiglu_backward(
-                    projected[:, :shared_width], grad_shared_product, grad_projected[:, :shared_width]
-                )
-            else:
-                _activation_backward(
-                    grad_shared_product, projected[:, :shared_width], shared_activated, grad_projected[:, :shared_width]
-                )
+            swiglu_rows.backward(
+                projected[:, :shared_width], shared_activated, grad_shared_product, grad_projected[:, :shared_width]
+            )
         grad_x = grad_projected @ projection
         _add_pair_rows(grad_x, grad_x_sorted, routing, ctx.native)
         grad_projection = grad_projected.t() @ x

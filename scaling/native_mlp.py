@@ -93,7 +93,7 @@ def load() -> bool:
         return False
     if _registered():  # loaded before, e.g. by a build from another cache folder
         return True
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    compiler = find_compiler()
     if compiler is None:
         return _unavailable("no C++ compiler (c++ or g++) on PATH")
     commands = _BuildCommands(compiler)
@@ -102,6 +102,11 @@ def load() -> bool:
     except (OSError, RuntimeError) as error:
         return _unavailable(str(error))
     return _registered()
+
+
+def find_compiler() -> str | None:
+    """The C++ compiler the operators are built with: ``$CXX``, else ``c++`` or ``g++`` on PATH."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
 class _BuildCommands:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 
 import pytest
 import torch
@@ -12,12 +11,6 @@ import torch
 from scaling import accounting, native_mlp
 from scaling.arch import ArchSpec
 from scaling.model import KVCache, ProxyConfig, ProxyModel, swiglu
-
-
-def native_mlp_built() -> bool:
-    """Whether this machine can build the native expert operator (a C++ compiler is on PATH)."""
-    return shutil.which("c++") is not None or shutil.which("g++") is not None
-
 
 SHAPES = {
     "dense": ArchSpec(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=96),
@@ -133,7 +126,7 @@ def test_fused_gives_an_idle_expert_a_zero_gradient(dtype, monkeypatch):
     fused = copy.deepcopy(oracle)
     fused.dispatch = "fused"
     x = torch.rand(40, 64, dtype=dtype) + 0.1
-    assert native_mlp.applies(x) == (dtype == torch.float32 and native_mlp_built())
+    assert native_mlp.applies(x) == (dtype == torch.float32 and native_mlp.find_compiler() is not None)
     gradients = []
     for layer in (oracle, fused):
         (layer(x).square().sum() + layer.aux_loss + layer.z_loss).backward()
@@ -154,7 +147,7 @@ def test_fused_matches_loop_oracle_in_float32(name, native, monkeypatch):
         monkeypatch.setenv("MOEPLAN_NATIVE_MLP", "0")
     native_mlp.load.cache_clear()
     try:
-        assert native_mlp.applies(torch.zeros(1, 64)) == (native and native_mlp_built())
+        assert native_mlp.applies(torch.zeros(1, 64)) == (native and native_mlp.find_compiler() is not None)
         torch.manual_seed(0)
         oracle = ProxyModel(ProxyConfig(SHAPES[name], dispatch="loop"))
         fast = copy.deepcopy(oracle)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from scaling import native_mlp
 from scaling.model import swiglu
 from scaling.moe_fused import fused_moe
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(native_mlp.find_compiler() is None, reason="no C++ compiler")
 
 
 def _layer_inputs(tokens: int = 300, width: int = 32, experts: int = 6, hidden: int = 24, seed: int = 0):
