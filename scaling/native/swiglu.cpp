@@ -1,5 +1,6 @@
 // SwiGLU's elementwise work in one pass forward and one backward: weighted, for one routed
-// expert's rows, and plain, for the rows of a dense MLP or of the shared experts.
+// expert's rows, and plain, for the rows of a dense MLP or of the shared experts. At the end, the
+// loop that adds each token's expert rows back (add_pair_rows), here for this file's flags.
 //
 // The kernels are single-threaded: experts.cpp runs the experts side by side, one per thread,
 // and splits plain rows over the threads itself. This file is compiled apart from experts.cpp,
