@@ -46,7 +46,7 @@ int64_t worker_count(const std::vector<int64_t>& sizes) {
 }
 
 // Calls body(expert, first_row, worker) once for each expert that has rows; experts sorted by
-// row count, largest first, are handed to whichever worker is free. worker < worker_count(sizes), so
+// row count, largest first, are handed to whichever worker is free. As worker < worker_count(sizes),
 // a body can reuse that worker's scratch rows from one expert to the next.
 template <typename Body>
 void for_each_expert(const std::vector<int64_t>& sizes, const Body& body) {
@@ -67,9 +67,9 @@ void for_each_expert(const std::vector<int64_t>& sizes, const Body& body) {
   });
 }
 
-// Rows that live only while one expert runs (its SwiGLU products, its gradients before the
-// matmuls) go to one buffer per worker, reused expert after expert. Whole-layer buffers would
-// send ~20 MB per layer through DRAM, a few ms on a 2-core VM; a worker's rows stay in cache.
+// Rows that live only while one expert runs (its gathered inputs, SwiGLU products, gradients
+// before the matmuls) go to one buffer per worker, reused expert after expert. Whole-layer buffers
+// would send ~20 MB per layer through DRAM, a few ms on a 2-core VM; a worker's rows stay in cache.
 struct Scratch {
   at::Tensor rows;  // [workers, most rows of any expert, width]
   Scratch(const std::vector<int64_t>& sizes, int64_t width, const at::TensorOptions& options) {
