@@ -180,3 +180,19 @@ def new_store(request, tmp_path):
         return lambda name: str(tmp_path / f"{name}.sqlite")
     server = request.getfixturevalue("postgres_server")
     return lambda name: server.new_database()
+
+
+@pytest.fixture
+def native_switch(monkeypatch):
+    """Turns the native MLP operators on or off for one test, whatever ``MOEPLAN_NATIVE_MLP`` says outside it."""
+    from scaling import native_mlp  # here, so that tests without torch do not import it
+
+    def switch(on: bool) -> None:
+        if on:
+            monkeypatch.delenv("MOEPLAN_NATIVE_MLP", raising=False)
+        else:
+            monkeypatch.setenv("MOEPLAN_NATIVE_MLP", "0")
+        native_mlp.load.cache_clear()
+
+    yield switch
+    native_mlp.load.cache_clear()  # so the next test loads under its own environment

@@ -112,10 +112,11 @@ def test_dispatch_matches_loop_oracle(name, dispatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the Python loop; the native operator
-def test_fused_gives_an_idle_expert_a_zero_gradient(dtype, monkeypatch):
+def test_fused_gives_an_idle_expert_a_zero_gradient(dtype, monkeypatch, native_switch):
     # An expert that no token chooses has no rows: the fused layer must still hand back its
     # (zero) gradient, as the loop does, and leave the busy experts' gradients right. Fresh
     # allocations are filled with NaN, so a buffer read before it is written shows.
+    native_switch(True)
     empty_like = torch.empty_like
     monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: empty_like(*args, **kwargs).fill_(math.nan))
     torch.manual_seed(0)
@@ -140,25 +141,20 @@ def test_fused_gives_an_idle_expert_a_zero_gradient(dtype, monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("name", ["moe-shared", "moe-fine-gated-mixed", "moe-routed-only-top3"])
-def test_fused_matches_loop_oracle_in_float32(name, native, monkeypatch):
+def test_fused_matches_loop_oracle_in_float32(name, native, native_switch):
     # Training runs in float32, where the fused layer's experts run in the native operator; the
     # float64 test above checks the Python loop that it replaces elsewhere.
-    if not native:
-        monkeypatch.setenv("MOEPLAN_NATIVE_MLP", "0")
-    native_mlp.load.cache_clear()
-    try:
-        assert native_mlp.applies(torch.zeros(1, 64)) == (native and native_mlp.find_compiler() is not None)
-        torch.manual_seed(0)
-        oracle = ProxyModel(ProxyConfig(SHAPES[name], dispatch="loop"))
-        fast = copy.deepcopy(oracle)
-        for module in fast.modules():
-            if hasattr(module, "dispatch"):
-                module.dispatch = "fused"
-        tokens, targets = torch.randint(0, 256, (3, 17)), torch.randint(0, 256, (3, 17))
-        logits_a, loss_a, grads_a = _forward_backward(oracle, tokens, targets)
-        logits_b, loss_b, grads_b = _forward_backward(fast, tokens, targets)
-    finally:
-        native_mlp.load.cache_clear()
+    native_switch(native)
+    assert native_mlp.applies(torch.zeros(1, 64)) == (native and native_mlp.find_compiler() is not None)
+    torch.manual_seed(0)
+    oracle = ProxyModel(ProxyConfig(SHAPES[name], dispatch="loop"))
+    fast = copy.deepcopy(oracle)
+    for module in fast.modules():
+        if hasattr(module, "dispatch"):
+            module.dispatch = "fused"
+    tokens, targets = torch.randint(0, 256, (3, 17)), torch.randint(0, 256, (3, 17))
+    logits_a, loss_a, grads_a = _forward_backward(oracle, tokens, targets)
+    logits_b, loss_b, grads_b = _forward_backward(fast, tokens, targets)
     tolerance = {"atol": 2e-5, "rtol": 1e-4}
     torch.testing.assert_close(logits_b, logits_a, **tolerance)
     torch.testing.assert_close(loss_b, loss_a, **tolerance)

@@ -17,6 +17,11 @@ from scaling.moe_fused import fused_moe
 pytestmark = pytest.mark.skipif(native_mlp.find_compiler() is None, reason="no C++ compiler")
 
 
+@pytest.fixture(autouse=True)
+def _operators_on(native_switch):
+    native_switch(True)  # these tests are about the operators, even where MOEPLAN_NATIVE_MLP=0 is set
+
+
 def _layer_inputs(tokens: int = 300, width: int = 32, experts: int = 6, hidden: int = 24, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
 
