@@ -4,11 +4,14 @@
   :mod:`scaling.moe_fused` calls them where :func:`applies`, and its own per-expert Python loop
   elsewhere; the tests hold the two equal. The operator (``scaling/native/experts.cpp``) runs the
   experts side by side on torch's intra-op threads, and does SwiGLU's elementwise work in one
-  fused pass each way (``scaling/native/swiglu.cpp``), which also spares the two
-  [pairs x expert width] activations that the loop keeps for backward.
+  fused pass each way (``scaling/native/swiglu.cpp``). It keeps less for backward than the loop:
+  not the two [pairs x expert width] activations (recomputed), nor the gathered input rows
+  (gathered again); rows that live only inside one expert sit in per-thread scratch.
+- :func:`add_pair_rows`: each token's expert rows added back into the layer's output (and the
+  input gradient), split by tokens over the threads, where the loop runs ``index_add_``.
 - :func:`swiglu_forward` and :func:`swiglu_backward`: ``silu(gate) * up`` and its gradient in
   one pass each, split by rows over the threads, for the dense MLPs and the shared experts
-  (where :func:`rows_apply`); ATen's three passes elsewhere.
+  (where :func:`rows_apply`; :mod:`scaling.swiglu_rows` chooses); ATen's passes elsewhere.
 
 They are built on first use with the machine's C++ compiler against the installed torch's
 headers (about 15 s, once per machine, compiler and torch) and cached under ``MOEPLAN_CACHE``.
