@@ -92,7 +92,9 @@ void swiglu_backward(const float* __restrict__ gate_up, int64_t gate_up_stride, 
 
 // out[t] += rows[position[t k + slot]] for slot = 0 .. k-1, for tokens t of one block. Here
 // rather than in experts.cpp for this file's -O3 and -march: the loop then vectorises. Each
-// element is added slot after slot; there is nothing for -ffast-math to reassociate.
+// token's sum is formed by the same code whichever thread runs it, so the result does not depend
+// on the thread count (-ffast-math may group the adds differently from index_add_, within
+// rounding).
 void add_pair_rows(const float* __restrict__ rows, const int64_t* __restrict__ position, float* __restrict__ out,
                    int64_t tokens, int64_t k, int64_t width) {
   for (int64_t t = 0; t < tokens; ++t) {
