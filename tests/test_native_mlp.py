@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from scaling import native_mlp
+from scaling import native_mlp, routing
 from scaling.model import swiglu
 from scaling.moe_fused import fused_moe
 
@@ -112,7 +112,7 @@ def test_without_a_cxx_compiler_the_layer_falls_back_with_a_warning(tmp_path):
         """
         import warnings
         import torch
-        from scaling import native_mlp
+        from scaling import native_mlp, routing
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert not native_mlp.applies(torch.zeros(2, 2))
@@ -172,12 +172,11 @@ def test_adding_pair_rows_by_token_matches_index_add_and_checks_positions():
     assert native_mlp.load()
     generator = torch.Generator().manual_seed(5)
     tokens, top_k, width = 1000, 3, 40
-    experts = torch.rand(tokens, 7, generator=generator).argsort(dim=1)[:, :top_k].reshape(-1)
-    order = torch.argsort(experts, stable=True)
-    position_of_pair = torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel()))
+    result, _, _ = routing.route(torch.randn(tokens, 7, generator=generator), top_k, renorm=False)
+    position_of_pair = result.position_of_pair
     rows = torch.randn(tokens * top_k, width, generator=generator)
     out = torch.randn(tokens, width, generator=generator)
-    expected = out.clone().index_add_(0, order // top_k, rows)
+    expected = out.clone().index_add_(0, result.token_of_pair, rows)
     native_mlp.add_pair_rows(out, rows, position_of_pair)
     torch.testing.assert_close(out, expected)
     with pytest.raises(RuntimeError, match="position_of_pair out of range"):
