@@ -129,7 +129,7 @@ def _route_torch(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[Routin
     logsumexp = torch.logsumexp(logits, dim=-1)
     fraction = counts.to(probabilities.dtype) / (n * top_k)
     order = torch.argsort(flat_experts, stable=True)
-    position_of_pair = torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel()))
+    position_of_pair = torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel(), device=order.device))
     routing = Routing(
         probabilities, logsumexp, weights, experts, counts, order, order // top_k, weights.reshape(-1)[order],
         position_of_pair,
