@@ -50,6 +50,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_deterministic_kernels(device: torch.device) -> None:
+    """On CUDA, make torch pick deterministic kernels, so that a resumed run repeats its curve.
+
+    The CPU kernels used here are deterministic already. On CUDA, ``index_add_`` (the MoE
+    combine), the embedding's backward and memory-efficient attention's backward add with
+    atomics unless asked not to, and cuBLAS needs a fixed workspace (read before its first use).
+    An op with no deterministic kernel then fails loudly rather than drifting silently.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling every empty() costs time
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not on norms and biases)."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
@@ -91,6 +106,7 @@ class Trainer:
         corpus.check_seq_len(config.seq_len)
         self.arch, self.config, self.corpus = arch, config, corpus
         self.device = resolve_device(config.device)
+        use_deterministic_kernels(self.device)
         retain_freed_memory()
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -131,7 +147,9 @@ class Trainer:
         os.replace(partial, self.checkpoint_path)  # a kill mid-write leaves the old one intact
 
     def _load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        # on the CPU: the RNG states must stay CPU byte tensors, and load_state_dict moves the
+        # model's and the optimizer's tensors to where the parameters are
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         if state["arch"] != self.arch.to_dict():
             raise UserError(f"checkpoint {self.checkpoint_path} belongs to a different architecture")
         self.model.load_state_dict(state["model"])
