@@ -1,22 +1,27 @@
 """The CUDA path of the proxies and benches, checked on a GPU machine in one short run.
 
-Usage: PYTHONPATH=. python3 benchmarks/gpu_check.py [--out FILE.json]
-Checks: dispatch correctness on CUDA (sorted and grouped against the loop oracle), training
-throughput and MFU against the GPU's measured matmul peak (fp32 and bf16), inference bench,
-and a short real training run with checkpoint resume.
+Usage: PYTHONPATH=. python3 benchmarks/gpu_check.py --out FILE.json [--device cpu --small]
+
+Checks, each recorded on its own so that one failure does not cost the rest of a short lease:
+dispatch correctness on the device (sorted, fused and grouped against the loop oracle, outputs
+and gradients), training throughput and MFU against the device's measured matmul peak (fp32 and
+bf16), the issue's MoE/dense step ratio there, the inference bench, and a short real training
+run that is repeated and resumed from a checkpoint (bit for bit). ``--device cpu --small``
+runs the same code on tiny shapes, to try the script before a lease.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import shutil
-import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,37 +33,147 @@ from scaling.model import ProxyConfig, ProxyModel
 from scaling.presets import get_preset
 from scaling.train import TrainConfig, train
 
+TRAIN_KEYS = ("arch", "dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes", "peak_rss_bytes")
+INFER_KEYS = ("arch", "precision", "prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")
+
+
+class Report:
+    """A JSON report written after every section, so that a run cut short still leaves its findings."""
+
+    def __init__(self, path: Path | None, only: set[str] | None = None) -> None:
+        self.path, self.only, self.data = path, only, {}
+
+    def section(self, name: str, compute: Callable[[], Any]) -> None:
+        if self.only and name not in self.only:
+            return
+        start = time.perf_counter()
+        try:
+            self.data[name] = compute()
+        except Exception as error:  # a check's failure is a finding to report
+            self.data[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        self.data.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 2)
+        print(f"== {name} ({self.data['seconds'][name]} s)\n{json.dumps(self.data[name], indent=1)}", flush=True)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.data, indent=2))
+
+
+def loss_and_gradients(model: torch.nn.Module, tokens: torch.Tensor, dtype: torch.dtype):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(tokens.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits, loss = model(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    gradients = {name: p.grad.float().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.float().detach(), gradients
+
 
 def dispatch_check(device: torch.device) -> dict:
+    """Each dispatch against the Mixtral-style loop, outputs and every parameter's gradient."""
     spec = ArchSpec(
-        vocab_size=256,
-        d_model=128,
-        n_layers=2,
-        n_heads=4,
-        d_ff=128,
-        n_experts=8,
-        top_k=2,
-        granularity=2,
-        n_shared_experts=1,
-    )
+        vocab_size=256, d_model=128, n_layers=2, n_heads=4, d_ff=128,
+        n_experts=8, top_k=2, granularity=2, n_shared_experts=1,
+    )  # fmt: skip
     torch.manual_seed(0)
     oracle = ProxyModel(ProxyConfig(spec, dispatch="loop")).to(device)
-    tokens = torch.randint(0, 256, (4, 64), device=device)
+    tokens = torch.randint(0, 256, (4, 65), device=device)
     results = {}
-    for mode, dtype in (("sorted", torch.float32), ("grouped", torch.bfloat16)):
-        fast = copy.deepcopy(oracle)
-        for module in fast.modules():
-            if hasattr(module, "dispatch"):
-                module.dispatch = mode
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            reference, _ = oracle(tokens)
-            logits, loss = fast(tokens, tokens)
-        loss.backward()
-        results[mode] = {
-            "max_abs_logit_diff": (logits.float() - reference.float()).abs().max().item(),
-            "dtype": str(dtype),
+    for mode, dtype in (
+        ("sorted", torch.float32),
+        ("fused", torch.float32),
+        ("sorted", torch.bfloat16),
+        ("grouped", torch.bfloat16),
+    ):
+        reference_logits, reference_gradients = loss_and_gradients(oracle, tokens, dtype)
+        fast = ProxyModel(ProxyConfig(spec, dispatch=mode)).to(device)
+        fast.load_state_dict(oracle.state_dict())
+        logits, gradients = loss_and_gradients(fast, tokens, dtype)
+        relative = {
+            name: ((gradients[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
+            for name, g in reference_gradients.items()
+        }
+        results[f"{mode}-{str(dtype).removeprefix('torch.')}"] = {
+            "max_abs_logit_diff": (logits - reference_logits).abs().max().item(),
+            "max_relative_gradient_diff": max(relative.values()),
+            "worst_gradient": max(relative, key=relative.get),
+            "gradients_compared": len(relative),
+            "same_gradient_set": set(gradients) == set(reference_gradients),
         }
     return results
+
+
+def moe_dense_ratio(device: str, small: bool) -> dict:
+    """The issue's pair (d128, 4 layers; top-2 of 8 experts plus a shared one, against d_ff 384)."""
+    batch, seq = (2, 32) if small else (16, 256)
+    steps = 3 if small else 20
+    moe = bench_train(get_preset("proxy-moe-d128"), steps=steps, batch_size=batch, seq_len=seq, device=device)
+    dense = bench_train(get_preset("proxy-dense-d128"), steps=steps, batch_size=batch, seq_len=seq, device=device)
+    ratio = moe["step_ms"] / dense["step_ms"]
+    return {"moe_step_ms": moe["step_ms"], "dense_step_ms": dense["step_ms"], "ratio": ratio}
+
+
+def big_specs(small: bool) -> tuple[ArchSpec, ArchSpec]:
+    d_model, layers, vocab = (64, 2, 256) if small else (1024, 12, 32000)
+    dense = ArchSpec(
+        name=f"dense-d{d_model}-l{layers}", vocab_size=vocab, d_model=d_model, n_layers=layers,
+        n_heads=4 if small else 16, d_ff=4 * d_model,
+    )  # fmt: skip
+    moe = ArchSpec(
+        name=f"moe-d{d_model}-l{layers}", vocab_size=vocab, d_model=d_model, n_layers=layers,
+        n_heads=4 if small else 16, d_ff=d_model, n_experts=16, top_k=2, granularity=2, n_shared_experts=1,
+    )  # fmt: skip
+    return dense, moe
+
+
+def train_benches(device: str, small: bool) -> list[dict]:
+    steps, batch, seq = (2, 2, 32) if small else (10, 16, 256)
+    rows = []
+    for name, dtype in (("proxy-dense-d256", "fp32"), ("proxy-dense-d256", "bf16"), ("proxy-moe-d256", "bf16")):
+        result = bench_train(get_preset(name), steps=steps, batch_size=batch, seq_len=seq, dtype=dtype, device=device)
+        rows.append({k: result.get(k) for k in TRAIN_KEYS})
+    seq = 32 if small else 1024
+    for spec in big_specs(small):
+        for dispatch in ("sorted", "grouped") if spec.is_moe else ("sorted",):
+            for dtype in ("fp32", "bf16"):
+                result = bench_train(
+                    spec, steps=steps, batch_size=batch, seq_len=seq, dtype=dtype, device=device, dispatch=dispatch
+                )
+                rows.append({"dispatch": dispatch, **{k: result.get(k) for k in TRAIN_KEYS}})
+    return rows
+
+
+def infer_benches(device: str, small: bool) -> list[dict]:
+    prompt, decode = (16, 4) if small else (512, 64)
+    return [
+        {k: r[k] for k in INFER_KEYS}
+        for r in (
+            bench_infer(spec, precision=precision, prompt_tokens=prompt, decode_tokens=decode, device=device)
+            for spec in big_specs(small)
+            for precision in ("fp32", "bf16")
+        )
+    ]
+
+
+def step_profile(device: str, small: bool) -> dict:
+    """Where a bf16 MoE training step spends its device time: the top ops by self device time."""
+    spec = big_specs(small)[1]
+    batch, seq = (2, 32) if small else (16, 1024)
+    torch.manual_seed(0)
+    model = ProxyModel(ProxyConfig(spec, dispatch="grouped", max_seq_len=seq)).to(device)
+    tokens = torch.randint(0, spec.vocab_size, (batch, seq + 1), device=device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    for index in range(4):
+        profile = torch.profiler.profile(activities=activities) if index == 3 else contextlib.nullcontext()
+        with profile, torch.autocast(device, dtype=torch.bfloat16):
+            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = profile.key_averages(group_by_input_shape=True).table(
+        sort_by=sort_by, row_limit=25, max_name_column_width=40
+    )
+    return {"arch": spec.name, "table": table.splitlines()}
 
 
 def text_corpus(folder: Path) -> Path:
@@ -70,90 +185,73 @@ def text_corpus(folder: Path) -> Path:
     return folder
 
 
+class Stop(Exception):
+    """Raised from the callback to end a run part-way, as a kill would."""
+
+
+def training_runs(device: str, small: bool, dtype: str) -> dict:
+    """One run, the same run again, and the same run stopped part-way and resumed from its checkpoint."""
+    folder = Path(tempfile.mkdtemp())
+    try:
+        corpus = prepare_corpus(text_corpus(folder / "corpus"))
+        steps = 20 if small else 200
+        config = TrainConfig(
+            steps=steps, batch_size=4 if small else 32, seq_len=32 if small else 256, dtype=dtype,
+            eval_interval=steps // 4, checkpoint_interval=steps // 2, device=device,
+        )  # fmt: skip
+        arch = get_preset("proxy-moe-d128")
+        start = time.perf_counter()
+        first = train(arch, config, corpus)
+        seconds = time.perf_counter() - start
+        again = train(arch, config, corpus)
+        stopped = {"done": False}
+
+        def stop_after_checkpoint(point: dict) -> None:
+            if point["step"] == steps * 3 // 4 and not stopped["done"]:
+                stopped["done"] = True
+                raise Stop
+
+        with contextlib.suppress(Stop):
+            train(arch, config, corpus, folder / "checkpoints", callback=stop_after_checkpoint)
+        resumed = train(arch, config, corpus, folder / "checkpoints")
+
+        def same(run) -> bool:
+            return [p["train_loss"] for p in run.history] == [p["train_loss"] for p in first.history]
+
+        return {
+            "dtype": dtype,
+            "seconds": seconds,
+            "val_losses": [p["val_loss"] for p in first.history if p["val_loss"] is not None],
+            "repeat_bit_exact": same(again),
+            "resumed_from_step": resumed.resumed_from_step,
+            "resume_bit_exact": same(resumed),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--small", action="store_true", help="tiny shapes, to try the script anywhere")
+    parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = parser.parse_args()
-    assert torch.cuda.is_available(), "no CUDA device"
-    device = torch.device("cuda")
-    report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
-    report["matmul_peak_tflops"] = {d: matmul_peak_flops(device, d) / 1e12 for d in ("fp32", "bf16")}
-    report["dispatch"] = dispatch_check(device)
-    benches = []
-    for name, dtype, batch, seq in (
-        ("proxy-dense-d256", "fp32", 16, 256),
-        ("proxy-dense-d256", "bf16", 16, 256),
-        ("proxy-moe-d256", "bf16", 16, 256),
-    ):
-        result = bench_train(get_preset(name), steps=10, batch_size=batch, seq_len=seq, dtype=dtype, device="cuda")
-        benches.append(
-            {k: result[k] for k in ("arch", "dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes")}
-        )
-    big = ArchSpec(name="dense-d1024-l12", vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, d_ff=4096)
-    big_moe = ArchSpec(
-        name="moe-d1024-l12",
-        vocab_size=32000,
-        d_model=1024,
-        n_layers=12,
-        n_heads=16,
-        d_ff=1024,
-        n_experts=16,
-        top_k=2,
-        granularity=2,
-        n_shared_experts=1,
-    )
-    for spec in (big, big_moe):
-        for dispatch in ("sorted", "grouped") if spec.is_moe else ("sorted",):
-            result = bench_train(
-                spec, steps=10, batch_size=16, seq_len=1024, dtype="bf16", device="cuda", dispatch=dispatch
-            )
-            keys = ("dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes")
-            benches.append({"arch": spec.name, "dispatch": dispatch, **{k: result[k] for k in keys}})
-    report["train_bench"] = benches
-    report["infer_bench"] = [
-        {k: r[k] for k in ("arch", "precision", "prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")}
-        for r in (
-            bench_infer(s, precision=p, prompt_tokens=512, decode_tokens=64, device="cuda")
-            for s in (big, big_moe)
-            for p in ("fp32", "bf16")
-        )
-    ]
-    folder = Path(tempfile.mkdtemp())
-    corpus = prepare_corpus(text_corpus(folder / "corpus"))
-    config = TrainConfig(
-        steps=200, batch_size=32, seq_len=256, eval_interval=50, checkpoint_interval=100, device="cuda"
-    )
-    start = time.perf_counter()
-    full = train(get_preset("proxy-moe-d128"), config, corpus)
-    val_losses = [p["val_loss"] for p in full.history if p["val_loss"] is not None]
-    report["train_run"] = {"seconds": time.perf_counter() - start, "val_losses": val_losses}
-    checkpoints = folder / "ck"
-    half = TrainConfig(**{**config.to_dict(), "checkpoint_interval": 100})
-    trainer_stop = {"done": False}
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_150(point):
-        if point["step"] == 150 and not trainer_stop["done"]:
-            trainer_stop["done"] = True
-            raise Stop
-
-    with contextlib.suppress(Stop):
-        train(get_preset("proxy-moe-d128"), half, corpus, checkpoints, callback=stop_at_150)
-    resumed = train(get_preset("proxy-moe-d128"), half, corpus, checkpoints)
-    pairs = list(zip([p["train_loss"] for p in full.history], [p["train_loss"] for p in resumed.history], strict=True))
-    report["resume"] = {
-        "resumed_from": resumed.resumed_from_step,
-        "bit_exact": all(a == b for a, b in pairs),
-        "max_abs_diff": max(abs(a - b) for a, b in pairs),
-    }
-    shutil.rmtree(folder, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    sys.stdout.flush()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("torch sees no CUDA device; use --device cpu --small to try the script")
+    device = torch.device(args.device)
+    report = Report(args.out, {name for name in args.only.split(",") if name})
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    report.section("environment", lambda: {"torch": torch.__version__, "device": name})
+    report.section("matmul_peak_tflops", lambda: {d: matmul_peak_flops(device, d) / 1e12 for d in ("fp32", "bf16")})
+    report.section("dispatch", lambda: dispatch_check(device))
+    report.section("moe_dense_ratio_fp32", lambda: moe_dense_ratio(args.device, args.small))
+    report.section("train_bench", lambda: train_benches(args.device, args.small))
+    report.section("infer_bench", lambda: infer_benches(args.device, args.small))
+    report.section("step_profile", lambda: step_profile(args.device, args.small))
+    for dtype in ("fp32", "bf16"):
+        report.section(f"training_runs_{dtype}", lambda dtype=dtype: training_runs(args.device, args.small, dtype))
 
 
 if __name__ == "__main__":

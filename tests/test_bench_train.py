@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from scaling.bench import (
     matmul_peak_flops,
     probe_size,
 )
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, run_cli
 
 
 def test_bench_train_json_contract():
@@ -102,3 +104,21 @@ def test_bench_user_errors():
         "positive integer",
     )
     assert_user_error(run_cli("bench", "--mode", "train"), "--preset")
+
+
+def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path):
+    # benchmarks/gpu_check.py is run on rented GPU minutes; try its dispatch check and its
+    # repeat-and-resume run here, so that a lease is not spent finding that the script broke.
+    report = tmp_path / "report.json"
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--small", "--only",
+         "dispatch,training_runs_fp32", "--out", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(report.read_text())
+    for check in document["dispatch"].values():
+        assert check["same_gradient_set"] and check["max_relative_gradient_diff"] < 1e-2, check
+    run = document["training_runs_fp32"]
+    assert run["repeat_bit_exact"] and run["resume_bit_exact"], run
+    assert run["resumed_from_step"] > 0 and run["val_losses"][-1] < run["val_losses"][0]
