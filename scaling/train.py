@@ -2,7 +2,9 @@
 
 Determinism: the batch of step s is a pure function of (seed, s) (:func:`scaling.data.batch_at`)
 and checkpoints carry the model, the optimizer and the RNG state, so a run killed at any
-moment and resumed from its last checkpoint produces the same loss curve bit for bit.
+moment and resumed from its last checkpoint produces the same loss curve bit for bit. On CUDA
+that needs torch's deterministic kernels, which a run turns on for its process
+(:func:`use_deterministic_kernels`).
 """
 
 from __future__ import annotations
