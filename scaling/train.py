@@ -55,10 +55,10 @@ def resolve_device(name: str) -> torch.device:
 def use_deterministic_kernels(device: torch.device) -> None:
     """On CUDA, make torch pick deterministic kernels, so that a resumed run repeats its curve.
 
-    The CPU kernels used here are deterministic already. On CUDA, ``index_add_`` (the MoE
-    combine), the embedding's backward and memory-efficient attention's backward add with
-    atomics unless asked not to, and cuBLAS needs a fixed workspace (read before its first use).
-    An op with no deterministic kernel then fails loudly rather than drifting silently.
+    The CPU kernels used here are deterministic already. On CUDA some, ``index_add_`` (the MoE
+    combine) among them, add with atomics unless torch is asked for its deterministic versions,
+    and cuBLAS needs a fixed workspace (read before its first use). An op with no deterministic
+    kernel then fails loudly rather than drifting silently.
     """
     if device.type != "cuda":
         return
