@@ -112,7 +112,7 @@ def test_without_a_cxx_compiler_the_layer_falls_back_with_a_warning(tmp_path):
         """
         import warnings
         import torch
-        from scaling import native_mlp, routing
+        from scaling import native_mlp
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert not native_mlp.applies(torch.zeros(2, 2))
