@@ -48,7 +48,11 @@ class ArchSpec:
         n_shared_experts: Always-active experts in each MoE layer.
         shared_expert_d_ff: Width of one shared expert; defaults to the routed expert width.
         shared_expert_gate: A sigmoid gate on the shared experts' output (Qwen2-MoE).
-        router_renorm: Renormalise the top-k router probabilities to sum to one.
+        router_renorm: Renormalise the selected router probabilities to sum to one. Only
+            meaningful when a token selects more than one routed expert: a single renormalised
+            weight is p/p = 1, which leaves the router no gradient from the language-model
+            loss. ``None`` (the default) means "when ``top_k * granularity > 1``"; ``true``
+            with one selected expert is refused.
         moe_layer_step: Every ``moe_layer_step``-th layer is MoE (Hugging Face
             ``decoder_sparse_step``).
         first_dense_layers: The first n layers are dense (DeepSeek ``first_k_dense_replace``).
@@ -74,7 +78,7 @@ class ArchSpec:
     n_shared_experts: int = 0
     shared_expert_d_ff: int | None = None
     shared_expert_gate: bool = False
-    router_renorm: bool = True
+    router_renorm: bool | None = None
     moe_layer_step: int = 1
     first_dense_layers: int = 0
     tie_embeddings: bool = False
@@ -102,6 +106,8 @@ class ArchSpec:
             object.__setattr__(self, "moe_d_ff", self.d_ff)
         if self.shared_expert_d_ff is None:
             object.__setattr__(self, "shared_expert_d_ff", _default_shared_width(self))
+        if self.router_renorm is None:
+            object.__setattr__(self, "router_renorm", _default_renorm(self))
         self._validate()
 
     def _validate(self) -> None:
@@ -131,6 +137,12 @@ class ArchSpec:
             )
         if self.head_dim % 2:
             raise ArchError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.router_renorm and self.routed_top_k == 1 and self.is_moe:
+            raise ArchError(
+                "router_renorm=true with one selected expert per token (top_k * granularity = 1) "
+                "renormalises a single weight to p/p = 1, so the router gets no gradient from the "
+                "language-model loss; set router_renorm=false (or leave it unset)"
+            )
         if self.top_k > self.n_experts:
             raise ArchError(
                 f"top_k={self.top_k} must be at most n_experts={self.n_experts}; allowed: 1..{self.n_experts}"
@@ -229,7 +241,16 @@ class ArchSpec:
         ):
             if derived not in changes and any(name in changes for name in source):
                 data[derived] = None
+        # router_renorm left at its default follows the new top-k; an explicit choice stays,
+        # unless it became impossible (renormalising a single selected weight).
+        follows_top_k = data["router_renorm"] == _default_renorm(self)
+        if "router_renorm" not in changes and follows_top_k and {"top_k", "granularity"} & set(changes):
+            data["router_renorm"] = None
         data.update(changes)
+        if data.get("router_renorm") and "router_renorm" not in changes:
+            top_k, granularity = data.get("top_k", 1), data.get("granularity", 1)
+            if isinstance(top_k, int) and isinstance(granularity, int) and top_k * granularity == 1:
+                data["router_renorm"] = None
         return ArchSpec.from_dict(data)
 
 
@@ -260,6 +281,12 @@ def _default_shared_width(spec: ArchSpec) -> int:
     """The routed expert width, or 0 while the fields it needs are still invalid."""
     valid = all(isinstance(v, int) and not isinstance(v, bool) for v in (spec.moe_d_ff, spec.granularity))
     return spec.moe_d_ff // spec.granularity if valid and spec.granularity >= 1 else 0
+
+
+def _default_renorm(spec: ArchSpec) -> bool:
+    """Renormalise when a token selects several experts (never a single weight)."""
+    valid = all(isinstance(v, int) and not isinstance(v, bool) for v in (spec.top_k, spec.granularity))
+    return bool(valid and spec.top_k * spec.granularity > 1)
 
 
 def _require_int(spec: ArchSpec, name: str, minimum: int) -> None:

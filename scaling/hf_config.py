@@ -86,17 +86,19 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
         n_experts = need("num_local_experts")
         expert_width = need("intermediate_size")
         fields["d_ff"] = expert_width
-        fields["router_renorm"] = True  # softmax over the top-k logits
+        # softmax over the top-k logits; over one logit it is 1 (no router gradient), which
+        # ArchSpec refuses to call renormalisation
+        fields["router_renorm"] = need("num_experts_per_tok") > 1
     elif model_type == "olmoe":
         n_experts = need("num_experts")
         expert_width = need("intermediate_size")
         fields["d_ff"] = expert_width
-        fields["router_renorm"] = bool(config.get("norm_topk_prob", False))
+        fields["router_renorm"] = bool(config.get("norm_topk_prob", False)) and need("num_experts_per_tok") > 1
     else:  # qwen2_moe, qwen3_moe
         n_experts = need("num_experts")
         expert_width = need("moe_intermediate_size")
         fields["d_ff"] = config.get("intermediate_size") or expert_width
-        fields["router_renorm"] = bool(config.get("norm_topk_prob", False))
+        fields["router_renorm"] = bool(config.get("norm_topk_prob", False)) and need("num_experts_per_tok") > 1
         fields["moe_layer_step"] = int(config.get("decoder_sparse_step", 1) or 1)
         fields["first_dense_layers"] = _dense_prefix(config.get("mlp_only_layers") or [], model_type)
         if model_type == "qwen2_moe" and config.get("shared_expert_intermediate_size"):

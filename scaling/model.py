@@ -201,7 +201,8 @@ class MoE(nn.Module):
         super().__init__()
         arch = config.arch
         self.n_experts, self.top_k = arch.n_routed_experts, arch.routed_top_k
-        self.renorm, self.dispatch = arch.router_renorm, config.dispatch
+        # never renormalise a single weight: p/p = 1 would cut the router off the LM loss
+        self.renorm, self.dispatch = arch.router_renorm and self.top_k > 1, config.dispatch
         if self.dispatch == "auto" and self.n_experts >= GROUPED_FROM_EXPERTS:
             self.dispatch = "grouped"
         hidden = arch.expert_d_ff
@@ -214,6 +215,20 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(arch.d_model, 1, bias=False) if shared_width and arch.shared_expert_gate else None
         self.aux_loss = torch.zeros(())
         self.z_loss = torch.zeros(())
+        self.load_counts: torch.Tensor | None = None  # set by observe_routing(): evaluation only
+
+    def observe_routing(self, enabled: bool) -> None:
+        """Start (or stop) counting assignments per expert and the z-loss, for utilisation logs."""
+        self.load_counts = torch.zeros(self.n_experts, dtype=torch.float64) if enabled else None
+        self.z_loss_sum, self.observed_tokens = 0.0, 0
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        logits = self.router(x).float()
+        experts = logits.topk(self.top_k, dim=-1).indices
+        self.load_counts += torch.bincount(experts.reshape(-1), minlength=self.n_experts).double().cpu()
+        self.z_loss_sum += float(torch.logsumexp(logits, dim=-1).square().sum())
+        self.observed_tokens += x.shape[0]
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits, top-k weights and top-k expert ids for flat tokens ``x``."""
@@ -233,6 +248,8 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if self.load_counts is not None:
+            self._observe(x)
         if self._fused_applies(x):
             shared_gate_up = None if self.shared is None else self.shared.gate_up.weight
             shared_down = None if self.shared is None else self.shared.down.weight
