@@ -42,7 +42,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 
 from scaling.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///runs/moeplan.sqlite"
 STATUSES = ("pending", "running", "finished", "failed")
 LEASE_S = 600.0  # a running claim with no heartbeat for this long is taken over
@@ -83,6 +83,16 @@ runs_table = Table(
     Column("finished_at", Float),
     Column("elapsed_s", Float),
     Column("attempts", Integer, default=0),
+    # v3: read off the config at registration (seed, lr, stage) and written at the end (the rest)
+    Column("seed", Integer),
+    Column("lr", Float),
+    Column("stage", String(20)),
+    Column("epochs", Float),
+    Column("expert_load_entropy", Float),
+    Column("expert_load_max_over_mean", Float),
+    Column("dead_expert_fraction", Float),
+    Column("router_z_loss", Float),
+    Column("collapsed", Integer),
 )
 metrics_table = Table(
     "metrics",
@@ -102,6 +112,30 @@ measurements_table = Table(
     Column("key", String(100), primary_key=True),
     Column("value", Float),
 )
+routing_table = Table(
+    "routing",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("layer", Integer, primary_key=True),
+    Column("shares", Text),  # JSON list: each expert's share of the assignments
+    Column("entropy", Float),
+    Column("max_over_mean", Float),
+    Column("dead_fraction", Float),
+    Column("z_loss", Float),
+)
+jobs_table = Table(  # the service's background jobs (plans, fits)
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(20)),
+    Column("status", String(16)),
+    Column("request", Text),
+    Column("result", Text),
+    Column("error", Text),
+    Column("created_at", Float),
+    Column("finished_at", Float),
+)
 artifacts_table = Table(
     "artifacts",
     metadata,
@@ -115,6 +149,40 @@ def _add_attempts(connection) -> None:
     """v1 -> v2: count the claims of each run (a run trained twice shows attempts > 1)."""
     if "attempts" not in {c["name"] for c in inspect(connection).get_columns("runs")}:
         connection.execute(text("ALTER TABLE runs ADD COLUMN attempts INTEGER DEFAULT 0"))
+
+
+V3_RUN_COLUMNS = (
+    "seed",
+    "lr",
+    "stage",
+    "epochs",
+    "expert_load_entropy",
+    "expert_load_max_over_mean",
+    "dead_expert_fraction",
+    "router_z_loss",
+    "collapsed",
+)
+
+
+def _add_run_facts(connection) -> None:
+    """v2 -> v3: seed, learning rate, stage, epochs and expert utilisation per run.
+
+    Seed and learning rate are read back from each run's stored config; the rest stay empty for
+    runs trained before (their utilisation was never measured). The routing and jobs tables are
+    created by ``create_all`` in the same transaction.
+    """
+    existing = {c["name"] for c in inspect(connection).get_columns("runs")}
+    for name in V3_RUN_COLUMNS:
+        if name not in existing:
+            column_type = runs_table.c[name].type.compile(dialect=connection.dialect)
+            connection.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {column_type}"))
+    for run_id, config in connection.execute(select(runs_table.c.id, runs_table.c.config)).all():
+        train = json.loads(config or "{}").get("train", {})
+        connection.execute(
+            update(runs_table)
+            .where(runs_table.c.id == run_id)
+            .values(seed=train.get("seed"), lr=train.get("lr"), stage="main")
+        )
 
 
 SCHEMA_LOCK_KEY = 0x6D6F65706C616E  # "moeplan": the PostgreSQL advisory lock taken while changing the schema
@@ -135,7 +203,7 @@ def lock_schema(connection) -> None:
 
 
 # Migrations from version v to v+1, applied in order by :meth:`RunStore.migrate`.
-MIGRATIONS: dict[int, Any] = {1: _add_attempts}
+MIGRATIONS: dict[int, Any] = {1: _add_attempts, 2: _add_run_facts}
 
 
 def resolve_url(url: str | None) -> str:
@@ -199,8 +267,9 @@ class RunStore:
         """Bring the store to this moeplan's schema: create missing tables, then apply every
         migration newer than the store's version, all in one transaction that holds the schema
         lock, so processes opening one store at once neither race nor half-migrate. A store
-        already at this version is only read (it may be on a read-only mount)."""
-        if self._check_version(self._stored_version()) == SCHEMA_VERSION:
+        already at this version and holding every table is only read (it may be on a read-only
+        mount)."""
+        if self._check_version(self._stored_version()) == SCHEMA_VERSION and not self._missing_tables():
             return
         with self.engine.begin() as connection:
             lock_schema(connection)
@@ -225,6 +294,11 @@ class RunStore:
                 f"store schema version {version} is newer than this moeplan ({SCHEMA_VERSION}); upgrade moeplan"
             )
         return version
+
+    def _missing_tables(self) -> list[str]:
+        with self.engine.connect() as connection:
+            present = set(inspect(connection).get_table_names())
+        return [name for name in metadata.tables if name not in present]
 
     def _stored_version(self) -> int | None:
         """The schema version the store records, or None for a store with no tables yet."""
@@ -291,16 +365,16 @@ class RunStore:
     def record_point(self, run_id: str, point: dict[str, Any]) -> None:
         """Store one logged point (replacing a point at the same step from before a resume)."""
         with self.engine.begin() as connection:
-            connection.execute(
-                metrics_table.delete().where(metrics_table.c.run_id == run_id, metrics_table.c.step >= point["step"])
-            )
+            for table in (metrics_table, routing_table):
+                connection.execute(table.delete().where(table.c.run_id == run_id, table.c.step >= point["step"]))
             _insert_point(connection, run_id, point)
             connection.execute(update(runs_table).where(runs_table.c.id == run_id).values(heartbeat=time.time()))
 
     def replace_history(self, run_id: str, points: list[dict[str, Any]]) -> None:
         """Make the stored curve exactly ``points`` (a resumed checkpoint's history), in one transaction."""
         with self.engine.begin() as connection:
-            connection.execute(metrics_table.delete().where(metrics_table.c.run_id == run_id))
+            for table in (metrics_table, routing_table):
+                connection.execute(table.delete().where(table.c.run_id == run_id))
             for point in points:
                 _insert_point(connection, run_id, point)
 
@@ -313,7 +387,11 @@ class RunStore:
         elapsed_s: float,
         measurements: dict[str, float] | None = None,
         checkpoint: str | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> None:
+        """Mark a run finished with its final losses; ``facts`` fills the v3 columns (epochs,
+        expert utilisation, collapsed)."""
+        facts = {k: v for k, v in (facts or {}).items() if k in V3_RUN_COLUMNS}
         with self.engine.begin() as connection:
             _put_measurements(connection, run_id, measurements or {})
             if checkpoint:
@@ -329,13 +407,14 @@ class RunStore:
                     elapsed_s=elapsed_s,
                     finished_at=time.time(),
                     error=None,
+                    **facts,
                 )
             )
 
     def delete_runs(self, run_ids: list[str]) -> int:
         """Delete runs with their metrics, measurements and artifact records, in one transaction."""
         with self.engine.begin() as connection:
-            for table in (metrics_table, measurements_table, artifacts_table):
+            for table in (metrics_table, routing_table, measurements_table, artifacts_table):
                 connection.execute(table.delete().where(table.c.run_id.in_(run_ids)))
             return connection.execute(runs_table.delete().where(runs_table.c.id.in_(run_ids))).rowcount
 
@@ -375,6 +454,19 @@ class RunStore:
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
+    def routing(self, run_id: str) -> list[dict[str, Any]]:
+        """Expert utilisation per evaluation and MoE layer (``shares`` decoded), by step then layer."""
+        query = (
+            select(routing_table)
+            .where(routing_table.c.run_id == run_id)
+            .order_by(routing_table.c.step, routing_table.c.layer)
+        )
+        with self.engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        for row in rows:
+            row["shares"] = json.loads(row["shares"])
+        return rows
+
     def measurements(self, run_id: str) -> dict[str, float]:
         with self.engine.connect() as connection:
             rows = connection.execute(select(measurements_table).where(measurements_table.c.run_id == run_id))
@@ -398,6 +490,16 @@ POINT_FIELDS = ("step", "tokens", "train_loss", "val_loss", "lr", "elapsed")
 
 def _insert_point(connection, run_id: str, point: dict[str, Any]) -> None:
     connection.execute(insert(metrics_table).values(run_id=run_id, **{k: point[k] for k in POINT_FIELDS}))
+    for layer in point.get("routing") or ():
+        connection.execute(
+            insert(routing_table).values(
+                run_id=run_id,
+                step=point["step"],
+                layer=layer["layer"],
+                shares=json.dumps(layer["shares"]),
+                **{k: layer[k] for k in ("entropy", "max_over_mean", "dead_fraction", "z_loss")},
+            )
+        )
 
 
 def _put_measurements(connection, key: str, values: dict[str, float]) -> None:

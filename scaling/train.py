@@ -23,7 +23,8 @@ from scaling.allocator import retain_freed_memory
 from scaling.arch import ArchSpec
 from scaling.data import Corpus, batch_at, validation_windows
 from scaling.errors import UserError
-from scaling.model import ProxyConfig, ProxyModel
+from scaling.model import MoE, ProxyConfig, ProxyModel
+from scaling.routing_stats import layer_summary
 from scaling.train_config import TrainConfig
 
 
@@ -88,6 +89,7 @@ class TrainResult:
     tokens: int
     elapsed_s: float
     resumed_from_step: int
+    routing: list[dict[str, Any]]
 
 
 Callback = Callable[[dict[str, Any]], None]
@@ -126,6 +128,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = []
+        self.last_routing: list[dict[str, Any]] = []
         self.resumed_from_step = 0
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._load_checkpoint()
@@ -165,8 +168,15 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean cross-entropy (nats/byte) on fixed held-out windows."""
+        """Mean cross-entropy (nats/byte) on fixed held-out windows.
+
+        Also counts each MoE layer's expert assignments on those windows; they are in
+        :attr:`last_routing` (one :func:`scaling.routing_stats.layer_summary` per MoE layer).
+        """
         self.model.eval()
+        moe_layers = [(i, block.mlp) for i, block in enumerate(self.model.blocks) if isinstance(block.mlp, MoE)]
+        for _, layer in moe_layers:
+            layer.observe_routing(True)
         inputs, targets = validation_windows(self.corpus.val, self.config.eval_windows, self.config.seq_len)
         losses = []
         for start in range(0, len(inputs), self.config.batch_size):
@@ -175,6 +185,12 @@ class Trainer:
             with self._autocast():
                 _, loss = self.model(x, y)
             losses.append(loss.float().item() * len(x))
+        self.last_routing = [
+            layer_summary(i, layer.load_counts.tolist(), layer.z_loss_sum, layer.observed_tokens)
+            for i, layer in moe_layers
+        ]
+        for _, layer in moe_layers:
+            layer.observe_routing(False)
         self.model.train()
         return sum(losses) / len(inputs)
 
@@ -228,6 +244,8 @@ class Trainer:
                     "lr": learning_rate(config, step),
                     "elapsed": self.elapsed,
                 }
+                if val_loss is not None and self.last_routing:
+                    point["routing"] = self.last_routing
                 self.history.append(point)
                 yield "point", point
             if self.checkpoint_path is not None and (
@@ -247,6 +265,7 @@ class Trainer:
             tokens=self.config.steps * self.config.batch_size * self.config.seq_len,
             elapsed_s=self.elapsed,
             resumed_from_step=self.resumed_from_step,
+            routing=finals[-1].get("routing", []),
         )
 
     def run(self, callback: Callback | None = None) -> TrainResult:
