@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -26,6 +27,7 @@ from typing import Any
 
 from scaling import accounting
 from scaling.errors import UserError
+from scaling.routing_stats import is_collapsed, run_summary
 from scaling.store import RunStore, abandoned, owner_id, status_counts
 from scaling.sweep_spec import RunConfig, SweepSpec
 
@@ -50,6 +52,9 @@ def run_row(run: RunConfig, sweep: str) -> dict[str, Any]:
         "n_shared_experts": spec.n_shared_experts,
         "tokens": run.tokens,
         "flops": float(accounting.training_flops_per_token(spec, run.train.seq_len) * run.tokens),
+        "seed": run.seed,
+        "lr": run.train.lr,
+        "stage": run.stage,
     }
 
 
@@ -80,7 +85,8 @@ def run_events(run: RunConfig, checkpoint_dir: Path) -> Iterator[tuple[str, Any]
 
     if run.corpus not in _CORPORA:
         _CORPORA[run.corpus] = prepare_corpus(run.corpus)
-    trainer = Trainer(run.arch, run.train, _CORPORA[run.corpus], checkpoint_dir=checkpoint_dir)
+    corpus = _CORPORA[run.corpus]
+    trainer = Trainer(run.arch, run.train, corpus, checkpoint_dir=checkpoint_dir)
     yield "history", list(trainer.history)
     yield from trainer.iterate()
     result = trainer.result()
@@ -97,6 +103,11 @@ def run_events(run: RunConfig, checkpoint_dir: Path) -> Iterator[tuple[str, Any]
             "final_val_loss": result.final_val_loss,
             "elapsed_s": result.elapsed_s,
             "measurements": measurements,
+            "facts": {
+                "epochs": run.tokens / len(corpus.train),
+                **run_summary(result.routing),
+                **({"collapsed": int(is_collapsed(result.routing))} if result.routing else {}),
+            },
         },
     )
 
@@ -118,6 +129,7 @@ def record_event(store: RunStore, run_id: str, owner: str, kind: str, payload: A
             payload["elapsed_s"],
             payload["measurements"],
             str(checkpoint),
+            payload.get("facts"),
         )
 
 
@@ -162,7 +174,11 @@ def run_sweep(
     quiet: bool = False,
     checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Run a sweep to completion and return the store's counts for it."""
+    """Run a sweep to completion and return the store's counts for it.
+
+    A spec with ``[lr_search]`` runs in two stages: its tuning runs first (waiting for any
+    that another sweeper is training), then its main runs at the chosen learning rates.
+    """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
@@ -173,45 +189,114 @@ def run_sweep(
 
         cluster = RayCluster.connect(ray_address, workers)
     store = RunStore(store_url)  # fails here, before any training, if the URL is bad
-    added = store.register_sweep(spec.name, spec.text, [run_row(run, spec.name) for run in spec.runs])
     root = checkpoint_root_for(store, checkpoint_dir)
     root.mkdir(parents=True, exist_ok=True)
     progress = SweepProgress(store, spec, quiet)
-    progress.start(added)
     started = time.perf_counter()
-    workers = workers or 1
-    if cluster is not None:
-        try:
-            cluster.run(store, spec.runs, retry_failed, root, progress.update)
-        finally:
+    learning_rates: dict[str, float] = {}
+    try:
+        if spec.lr_stage:
+            progress.start(store.register_sweep(spec.name, spec.text, _rows(spec.lr_stage, spec.name)), spec.lr_stage)
+            _execute_until_settled(store, spec.lr_stage, cluster, workers or 1, retry_failed, root, progress)
+            chosen = choose_learning_rates(store, spec)
+            spec.resolve(chosen)
+            learning_rates = {family_label(family): lr for family, lr in chosen.items()}
+            progress.note("learning rates: " + ", ".join(f"{k} {v:g}" for k, v in learning_rates.items()))
+        progress.start(store.register_sweep(spec.name, spec.text, _rows(spec.runs, spec.name)), spec.runs)
+        _execute(store, spec.runs, cluster, workers or 1, retry_failed, root, progress)
+    finally:
+        if cluster is not None:
             cluster.close()
+    progress.finish()
+    counts = store.counts(spec.name, spec.run_ids)
+    summary = {
+        "sweep": spec.name,
+        "runs": len(spec.lr_stage) + len(spec.runs),
+        "skipped_invalid": len(spec.skipped),
+        "wall_s": time.perf_counter() - started,
+        **counts,
+    }
+    if learning_rates:
+        summary["learning_rates"] = learning_rates
+    return summary
+
+
+def _rows(runs: list[RunConfig], sweep: str) -> list[dict[str, Any]]:
+    return [run_row(run, sweep) for run in runs]
+
+
+def _execute(
+    store: RunStore,
+    runs: list[RunConfig],
+    cluster: Any,
+    workers: int,
+    retry_failed: bool,
+    root: Path,
+    progress: SweepProgress,
+) -> None:
+    """Claim and train every claimable run of ``runs`` with the chosen executor."""
+    if cluster is not None:
+        cluster.run(store, runs, retry_failed, root, progress.update)
     elif workers == 1:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
         owner = owner_id()
-        for run in spec.runs:
+        for run in runs:
             if store.claim(run.run_id, owner, retry_failed):
                 execute_run(store, run, owner, root)
             progress.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(_work, store.url, spec.runs, retry_failed, str(root)) for _ in range(workers)]
+            futures = [pool.submit(_work, store.url, runs, retry_failed, str(root)) for _ in range(workers)]
             while not all(f.done() for f in futures):
                 progress.update()
                 time.sleep(1.0)
             for future in futures:
                 future.result()
-    progress.finish()
-    counts = store.counts(spec.name, progress.run_ids)
-    return {
-        "sweep": spec.name,
-        "runs": len(spec.runs),
-        "skipped_invalid": len(spec.skipped),
-        "wall_s": time.perf_counter() - started,
-        **counts,
-    }
+
+
+def _execute_until_settled(store, runs, cluster, workers, retry_failed, root, progress, poll_s: float = 5.0) -> None:
+    """:func:`_execute`, then wait for the runs other sweepers hold (taking over abandoned ones)."""
+    ids = {run.run_id for run in runs}
+    while True:
+        _execute(store, runs, cluster, workers, retry_failed, root, progress)
+        counts = store.counts(None, ids)
+        if counts["pending"] + counts["running"] == 0:
+            return
+        progress.note(f"waiting for {counts['running']} run(s) that another sweeper is training")
+        time.sleep(poll_s)
+
+
+def family_label(family: tuple[int, ...]) -> str:
+    """``E8-G1-k1-S0`` for the family (n_experts, granularity, top_k, n_shared_experts)."""
+    return "E{}-G{}-k{}-S{}".format(*family)
+
+
+def choose_learning_rates(store: RunStore, spec: SweepSpec) -> dict[tuple[int, ...], float]:
+    """Each family's learning rate with the lowest mean final validation loss over its seeds.
+
+    A failed tuning run (a divergence, say) counts as infinitely bad, so a learning rate that
+    failed on any seed is never chosen while another completed on every seed.
+    """
+    rows = {row["id"]: row for row in store.runs(spec.name)}
+    losses: dict[tuple[int, ...], dict[float, list[float]]] = {}
+    for run in spec.lr_stage:
+        row = rows[run.run_id]
+        loss = row["final_val_loss"] if row["status"] == "finished" else float("inf")
+        losses.setdefault(run.family, {}).setdefault(run.train.lr, []).append(loss)
+    chosen = {}
+    for family, by_lr in losses.items():
+        means = {lr: sum(values) / len(values) for lr, values in by_lr.items()}
+        best = min(means, key=means.get)
+        if means[best] == float("inf"):
+            raise RuntimeError(
+                f"every learning rate of the tuning grid failed for family {family_label(family)}; "
+                "see 'moeplan runs list' for their errors, and widen [lr_search] grid"
+            )
+        chosen[family] = best
+    return chosen
 
 
 def stale_runs(store: RunStore, spec: SweepSpec) -> list[dict[str, Any]]:
@@ -220,8 +305,18 @@ def stale_runs(store: RunStore, spec: SweepSpec) -> list[dict[str, Any]]:
     They appear when a spec, or a default it relies on, changes: the run ids (hashes of the
     full config) change with it.
     """
+    if spec.lr_stage and not spec.runs:  # main runs are known once the tuning runs all ended
+        tuning = store.counts(spec.name, {run.run_id for run in spec.lr_stage})
+        if tuning["pending"] + tuning["running"] == 0:
+            with contextlib.suppress(RuntimeError, KeyError):
+                spec.resolve(choose_learning_rates(store, spec))
+    unresolved = bool(spec.lr_stage) and not spec.runs
     current = spec.run_ids
-    return [row for row in store.runs(spec.name) if row["id"] not in current]
+    return [
+        row
+        for row in store.runs(spec.name)
+        if row["id"] not in current and not (unresolved and row["stage"] != "lr_search")
+    ]
 
 
 def prune_sweep(spec: SweepSpec, store_url: str | None = None, checkpoint_dir: str | None = None) -> list[str]:
@@ -243,22 +338,28 @@ def prune_sweep(spec: SweepSpec, store_url: str | None = None, checkpoint_dir: s
 
 
 class SweepProgress:
-    """A live view on stderr (rich) of the sweep: done, running, failed, ETA and latest loss."""
+    """A live view on stderr (rich) of the sweep: done, running, failed, ETA and latest loss.
+
+    :meth:`start` begins a stage (the learning-rate search, then the main runs).
+    """
 
     def __init__(self, store: RunStore, spec: SweepSpec, quiet: bool) -> None:
         self.store, self.spec, self.quiet = store, spec, quiet
-        self.run_ids = spec.run_ids
+        self.run_ids: set[str] = set()
         self.progress = None
         self.task = None
 
-    def start(self, added: int) -> None:
+    def start(self, added: int, runs: list[RunConfig]) -> None:
+        self._stop()
+        self.run_ids = {run.run_id for run in runs}
         counts = self.store.counts(self.spec.name, self.run_ids)
+        stage = "learning-rate search" if runs and runs[0].stage == "lr_search" else "runs"
         message = (
-            f"sweep {self.spec.name}: {len(self.spec.runs)} runs ({added} new, {counts['finished']} "
+            f"sweep {self.spec.name}: {len(runs)} {stage} ({added} new, {counts['finished']} "
             f"finished, {counts['failed']} failed earlier)"
         )
         stale = len(stale_runs(self.store, self.spec))
-        if stale:
+        if stale and stage == "runs":
             message += f"; {stale} stored runs are no longer in the spec (moeplan runs prune SPEC removes them)"
         print(message, file=sys.stderr)
         if self.quiet:
@@ -278,11 +379,14 @@ class SweepProgress:
         )
         self.progress.start()
         self.task = self.progress.add_task(
-            self.spec.name, total=len(self.spec.runs), latest="", completed=counts["finished"] + counts["failed"]
+            f"{self.spec.name} {stage}", total=len(runs), latest="", completed=counts["finished"] + counts["failed"]
         )
 
+    def note(self, message: str) -> None:
+        print(f"sweep {self.spec.name}: {message}", file=sys.stderr)
+
     def update(self) -> None:
-        if self.quiet:
+        if self.progress is None:
             return
         rows = [row for row in self.store.runs(self.spec.name) if row["id"] in self.run_ids]
         counts = status_counts(rows)
@@ -297,11 +401,15 @@ class SweepProgress:
                 )
         self.progress.update(self.task, completed=done, latest=f"{counts['failed']} failed  {latest}")
 
-    def finish(self) -> None:
+    def _stop(self) -> None:
         if self.progress is not None:
             self.update()
             self.progress.stop()
-        counts = self.store.counts(self.spec.name, self.run_ids)
+            self.progress = None
+
+    def finish(self) -> None:
+        self._stop()
+        counts = self.store.counts(self.spec.name, self.spec.run_ids)
         print(
             f"sweep {self.spec.name}: {counts['finished']} finished, {counts['failed']} failed, "
             f"{counts['pending'] + counts['running']} left",
