@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check scaling search tests benchmarks
 	$(BIN)/python -m pytest -q tests
+
+# everything that needs no training, no notebook and no server start (under 3 minutes on 2 cores)
+test-fast: $(STAMP)
+	$(BIN)/ruff check scaling search tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check scaling search tests benchmarks

@@ -1,4 +1,4 @@
-"""Host check of the cost model: calibrate on search.host's shapes, then predict 14 others.
+"""Host check of the cost model: calibrate on search.app.host's shapes, then predict 14 others.
 
 Usage: python benchmarks/cost_model_accuracy.py [--rounds N] [--save DIR] [--load DIR]
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.arch import ArchSpec
-from search.calibrate import CALIBRATED, calibrate, evaluate
-from search.host import CALIBRATION_SHAPES, PROMPT_TOKENS, host_profile, measure
+from scaling.shape.arch import ArchSpec
+from search.app.host import CALIBRATION_SHAPES, PROMPT_TOKENS, host_profile, measure
+from search.device.calibrate import CALIBRATED, calibrate, evaluate
 
 HELD_OUT = [
     ArchSpec(name="dense-d384-l4", vocab_size=2000, d_model=384, n_layers=4, n_heads=6, d_ff=1536),

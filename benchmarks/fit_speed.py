@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.fit import fit_law
-from scaling.laws import get_law
+from scaling.laws.fit import fit_law
+from scaling.laws.registry import get_law
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "external" / "chinchilla_fig4_points.csv"
 

@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from scaling.arch import ArchSpec
-from scaling.bench import bench_train, matmul_peak_flops
-from scaling.bench_infer import bench_infer
-from scaling.data import prepare_corpus
-from scaling.model import ProxyConfig, ProxyModel
-from scaling.presets import get_preset
-from scaling.train import TrainConfig, train
+from scaling.proxy.model import ProxyConfig, ProxyModel
+from scaling.shape.arch import ArchSpec
+from scaling.shape.presets import get_preset
+from scaling.train.bench import bench_train, matmul_peak_flops
+from scaling.train.bench_infer import bench_infer
+from scaling.train.corpus import prepare_corpus
+from scaling.train.trainer import TrainConfig, train
 
 TRAIN_KEYS = ("arch", "dtype", "step_ms", "tokens_per_s", "mfu", "peak_device_memory_bytes", "peak_rss_bytes")
 INFER_KEYS = ("arch", "precision", "prefill_ms", "decode_tokens_per_s", "peak_memory_bytes")

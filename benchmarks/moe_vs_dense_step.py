@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from scaling import accounting
-from scaling.allocator import retain_freed_memory
-from scaling.model import ProxyConfig, ProxyModel
-from scaling.presets import get_preset
-from scaling.train import TrainConfig, build_optimizer
-from scaling.train_config import DISPATCH_MODES
+from scaling.proxy.dispatch import DISPATCH_MODES
+from scaling.proxy.model import ProxyConfig, ProxyModel
+from scaling.shape import accounting
+from scaling.shape.presets import get_preset
+from scaling.train.allocator import retain_freed_memory
+from scaling.train.trainer import TrainConfig, build_optimizer
 
 
 def make_step(name: str, dispatch: str, batch_size: int, seq_len: int, dtype: str):
@@ -62,7 +62,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.glibc_default:
-        retain_freed_memory()  # as scaling.train.Trainer does, so the steps are the ones users get
+        retain_freed_memory()  # as scaling.train.trainer.Trainer does, so the steps are the ones users get
     dense_spec, dense = make_step("proxy-dense-d128", "sorted", args.batch_size, args.seq_len, args.dtype)
     moe_spec, moe = make_step("proxy-moe-d128", args.dispatch, args.batch_size, args.seq_len, args.dtype)
     assert accounting.active_params(moe_spec) - accounting.active_params(dense_spec) == 4 * 128 * 8  # router

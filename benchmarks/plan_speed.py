@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import time
 
-from search.devices import get_device
-from search.plan import PlanRequest, plan
-from search.space import SearchSpace
+from search.device.profiles import get_device
+from search.plan.planner import plan
+from search.plan.request import PlanRequest
+from search.plan.space import SearchSpace
 
 BIG = SearchSpace(
     n_layers=(6, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36),

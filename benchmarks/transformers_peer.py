@@ -60,10 +60,10 @@ def use_this_checkout() -> None:
 def moeplan_step(config_path: str, x: torch.Tensor, y: torch.Tensor):
     """moeplan's proxy built from the same config.json, with its AdamW, as the bench builds them."""
     use_this_checkout()
-    from scaling.allocator import retain_freed_memory
-    from scaling.hf_config import load_hf_config
-    from scaling.model import ProxyConfig, ProxyModel
-    from scaling.train import TrainConfig, build_optimizer
+    from scaling.proxy.model import ProxyConfig, ProxyModel
+    from scaling.shape.hf_config import load_hf_config
+    from scaling.train.allocator import retain_freed_memory
+    from scaling.train.trainer import TrainConfig, build_optimizer
 
     retain_freed_memory()
     torch.manual_seed(0)
@@ -89,8 +89,8 @@ def transformers_generation(model, prompt: torch.Tensor, decode_tokens: int) -> 
 def moeplan_generation(config_path: str, prompt_tokens: int, decode_tokens: int):
     """moeplan's inference session from the same config.json, as ``moeplan bench --mode infer`` builds it."""
     use_this_checkout()
-    from scaling.bench_infer import InferenceSession
-    from scaling.hf_config import load_hf_config
+    from scaling.shape.hf_config import load_hf_config
+    from scaling.train.bench_infer import InferenceSession
 
     session = InferenceSession(load_hf_config(config_path), "fp32", prompt_tokens, decode_tokens, "cpu")
     return session.prompt, session.measure_once

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from scaling.store import RunStore
+from scaling.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+HF_CONFIGS = REPO / "tests" / "shape" / "hf_configs"  # transcribed from each model's public config.json
 MOEPLAN = Path(sys.executable).parent / "moeplan"
 
 
@@ -173,7 +173,7 @@ def postgres_server():
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])  # slow: starts a server
 def new_store(request, tmp_path):
     """A factory of fresh, empty stores: a SQLite file, or a database on the real PostgreSQL server."""
     if request.param == "sqlite":
@@ -185,7 +185,7 @@ def new_store(request, tmp_path):
 @pytest.fixture
 def native_switch(monkeypatch):
     """Turns the native MLP operators on or off for one test, whatever ``MOEPLAN_NATIVE_MLP`` says outside it."""
-    from scaling import native_mlp  # here, so that tests without torch do not import it
+    from scaling.proxy import native_mlp  # here, so that tests without torch do not import it
 
     def switch(on: bool) -> None:
         if on:
@@ -196,3 +196,18 @@ def native_switch(monkeypatch):
 
     yield switch
     native_mlp.load.cache_clear()  # so the next test loads under its own environment
+
+
+def requires_dataset(*names: str):
+    """Skip a test whose published dataset is not here (the files whose licence forbids shipping them).
+
+    CI points ``MOEPLAN_DATA`` at them; a clone with nothing beside it skips, naming the file.
+    """
+    from scaling.laws.datasets import available, get_dataset
+
+    missing = [get_dataset(name).filename for name in names if not available(name)]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"published dataset {', '.join(missing)} is not shipped (no licence to redistribute it); "
+        "set MOEPLAN_DATA to a folder that holds it",
+    )

@@ -1,0 +1,500 @@
+"""The fitting engine: Huber on log residuals, a vectorised initialisation grid, L-BFGS-B.
+
+* The objective is ``sum_i w_i Huber_delta(log Lhat_i - log L_i) / delta``: a *sum* (the
+  replication of Chinchilla traced its discrepancy to an averaged objective stopping early)
+  scaled by 1/delta so that L-BFGS-B's default tolerances mean something.
+* Every start of the grid is scored in one vectorised pass; only the best few are refined
+  with L-BFGS-B using the law's analytic Jacobian, within the law's bounds.
+* Bootstrap resamples *runs* (not checkpoints) when the data has a ``run`` column. The grid's
+  Huber matrix is computed once; a resample is a weight vector, so re-scoring the grid for
+  it is a single matrix-vector product. Replicates run in parallel processes.
+* Honest extrapolation: fit without the largest models, predict them, report the error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from scaling.errors import UserError
+from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
+
+CANONICAL_COLUMNS = ("N", "N_total", "E", "G", "S", "D", "C", "loss")
+DEFAULT_DELTA = 1e-3
+
+
+# --- validation ---------------------------------------------------------------------------------
+def validate_frame(frame: pd.DataFrame, law: Law) -> pd.DataFrame:
+    """Check the columns a law needs: present, numeric, finite and positive."""
+    if not isinstance(frame, pd.DataFrame):
+        raise UserError("fit data must be a pandas DataFrame with canonical columns")
+    needed = (*law.columns, "loss")
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"law {law.name!r} needs column(s) {missing}, absent from the data "
+            f"(present: {list(frame.columns)}); canonical columns: {', '.join(CANONICAL_COLUMNS)}"
+        )
+    for column in needed + tuple(c for c in law.optional_columns if c in frame.columns):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            rows = list(frame.index[values.isna()][:5])
+            raise UserError(f"column {column!r} has missing or non-numeric values (rows {rows})")
+        if not np.isfinite(values).all():
+            raise UserError(f"column {column!r} has infinite values")
+        minimum = 0 if column == "S" else np.nextafter(0, 1)
+        if (values < minimum).any():
+            rows = list(frame.index[values < minimum][:5])
+            kind = "negative" if column == "S" else "non-positive"
+            raise UserError(f"column {column!r} has {kind} values (rows {rows}); they must be > 0")
+    if len(frame) <= len(law.params):
+        raise UserError(
+            f"law {law.name!r} has {len(law.params)} parameters but the data has only "
+            f"{len(frame)} points; give more points than parameters"
+        )
+    return frame
+
+
+def select_checkpoints(frame: pd.DataFrame, mode: str = "final", min_fraction: float = 0.25) -> pd.DataFrame:
+    """With a ``run`` column: keep each run's final point, or all points past ``min_fraction``
+    of the run's tokens (early checkpoints mislead, Choshen et al. 2024)."""
+    if mode not in ("final", "all"):
+        raise UserError(f"checkpoints must be 'final' or 'all', got {mode!r}")
+    if "run" not in frame.columns or "D" not in frame.columns:
+        return frame
+    final_tokens = frame.groupby("run")["D"].transform("max")
+    if mode == "final":
+        return frame[frame["D"] == final_tokens].drop_duplicates("run", keep="last")
+    return frame[frame["D"] >= min_fraction * final_tokens]
+
+
+# --- objective ----------------------------------------------------------------------------------
+def huber_value(residual: np.ndarray, delta: float) -> np.ndarray:
+    """Huber loss divided by delta: r^2/(2 delta) inside [-delta, delta], |r| - delta/2 outside."""
+    magnitude = np.abs(residual)
+    return np.where(magnitude <= delta, 0.5 * residual**2 / delta, magnitude - 0.5 * delta)
+
+
+def objective(theta, law: Law, data: Data, log_loss, weights, delta) -> tuple[float, np.ndarray]:
+    """Weighted Huber/delta of the log residuals and its gradient (the hot loop of a fit)."""
+    prediction, jacobian = law.value_and_jacobian(theta, data)
+    residual = prediction - log_loss
+    clipped = np.clip(residual, -delta, delta)
+    magnitude = np.abs(clipped)
+    # |c| (2|r| - |c|) / (2 delta) is r^2/(2 delta) inside the threshold, |r| - delta/2 outside.
+    total = float(weights @ (magnitude * (2 * np.abs(residual) - magnitude))) / (2 * delta)
+    gradient = (weights * clipped / delta) @ jacobian
+    if not math.isfinite(total):
+        return 1e300, np.zeros_like(theta)
+    return total, gradient
+
+
+REFINE_OPTIONS = {"maxiter": 3000, "ftol": 1e-14, "gtol": 1e-9}
+BOOTSTRAP_OPTIONS = {"maxiter": 1000, "ftol": 1e-11, "gtol": 1e-7}
+
+
+def _refine(law: Law, data: Data, log_loss, weights, delta, starts, options=REFINE_OPTIONS):
+    """L-BFGS-B from each start; the best result."""
+    best = None
+    for start in starts:
+        result = minimize(
+            objective,
+            np.clip(start, *np.array(law.bounds).T),
+            args=(law, data, log_loss, weights, delta),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=law.bounds,
+            options=options,
+        )
+        if best is None or result.fun < best.fun:
+            best = result
+    return best
+
+
+def _grid_huber(law: Law, data: Data, log_loss, delta) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, p) grid and its (starts, points) Huber matrix, in chunks to bound memory."""
+    grid = law.init_grid()
+    rows = []
+    for chunk in np.array_split(grid, max(1, len(grid) // 5000)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = huber_value(law.log_prediction(chunk, data) - log_loss[None, :], delta)
+        rows.append(np.nan_to_num(values, nan=1e300, posinf=1e300))
+    return grid, np.concatenate(rows)
+
+
+# --- results ------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """A fitted law, in the style of a statsmodels results object."""
+
+    law: str
+    theta: np.ndarray
+    objective: float
+    n_points: int
+    delta: float
+    converged: bool
+    at_bounds: list[str]
+    message: str
+    unidentified: list[str] = field(default_factory=list)
+    bootstrap_params: pd.DataFrame | None = None
+    extrapolation: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def law_object(self) -> Law:
+        return get_law(self.law)
+
+    @property
+    def params(self) -> pd.Series:
+        """The law's parameters in their published form (e.g. E, A, B, alpha, beta)."""
+        law = self.law_object
+        reported = law.reported(self.theta)
+        return pd.Series({name: float(reported[name]) for name in law.reported_names}, name="params")
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Percentile bootstrap intervals; needs ``bootstrap > 0`` at fit time."""
+        if self.bootstrap_params is None or self.bootstrap_params.empty:
+            raise UserError("no bootstrap: refit with bootstrap > 0 (--bootstrap B) for intervals")
+        lower = self.bootstrap_params.quantile(alpha / 2)
+        upper = self.bootstrap_params.quantile(1 - alpha / 2)
+        return pd.DataFrame({"lower": lower, "upper": upper})
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted loss for rows with the law's columns."""
+        law = self.law_object
+        missing = [c for c in law.columns if c not in frame.columns]
+        if missing:
+            raise UserError(f"prediction data lacks column(s) {missing} needed by law {law.name!r}")
+        data = prepare_data(frame, law.columns, law.optional_columns)
+        return law.predict_loss(self.theta, data)
+
+    def summary(self) -> str:
+        law = self.law_object
+        lines = [
+            f"Law: {law.name}   {law.formula}",
+            f"Source: {law.citation}",
+            f"Points: {self.n_points}   Huber delta: {self.delta:g}   Objective: {self.objective:.6g}",
+            f"Converged: {'yes' if self.converged else 'NO'} ({self.message})",
+        ]
+        if self.at_bounds:
+            lines.append(f"WARNING: parameters at a bound: {', '.join(self.at_bounds)} (widen it or add data)")
+        if self.unidentified:
+            lines.append(f"NOTE: not identified by this data (held at their start): {', '.join(self.unidentified)}")
+        intervals = self.conf_int() if self.bootstrap_params is not None else None
+        lines.append(f"{'param':>10} {'value':>14} {'2.5%':>14} {'97.5%':>14}")
+        for name, value in self.params.items():
+            if intervals is not None:
+                lo, hi = intervals.loc[name]
+                lines.append(f"{name:>10} {value:>14.6g} {lo:>14.6g} {hi:>14.6g}")
+            else:
+                lines.append(f"{name:>10} {value:>14.6g}")
+        if self.extrapolation and "error" in self.extrapolation:
+            lines.append(f"Leave-largest-out: not possible ({self.extrapolation['error']})")
+        elif self.extrapolation:
+            e = self.extrapolation
+            lines.append(
+                f"Leave-largest-out: fit below {e['held_out_column']}={e['held_out_value']:.4g}, "
+                f"mean |rel err| {e['mean_abs_rel_error']:.4f}, max {e['max_abs_rel_error']:.4f} "
+                f"on {e['n_held_out']} points"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        document = {
+            "law": self.law,
+            "params": {k: float(v) for k, v in self.params.items()},
+            "theta": [float(x) for x in self.theta],
+            "objective": self.objective,
+            "n_points": self.n_points,
+            "delta": self.delta,
+            "converged": self.converged,
+            "at_bounds": self.at_bounds,
+            "unidentified": self.unidentified,
+            "message": self.message,
+            "extrapolation": self.extrapolation,
+            **self.extra,
+        }
+        if self.bootstrap_params is not None:
+            intervals = self.conf_int()
+            document["ci95"] = {
+                k: [float(intervals.loc[k, "lower"]), float(intervals.loc[k, "upper"])] for k in intervals.index
+            }
+            document["bootstrap"] = {
+                "n": len(self.bootstrap_params),
+                "samples": self.bootstrap_params.to_dict(orient="list"),
+            }
+        return document
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FitResult:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserError(f"fit file is not valid JSON: {error}") from None
+        if not isinstance(document, dict) or document.get("law") not in LAWS or "theta" not in document:
+            raise UserError("fit file is not a moeplan fit (needs 'law' and 'theta'); make one with moeplan fit --out")
+        samples = document.get("bootstrap", {}).get("samples")
+        known = {
+            "law",
+            "theta",
+            "objective",
+            "n_points",
+            "delta",
+            "converged",
+            "at_bounds",
+            "message",
+            "unidentified",
+            "extrapolation",
+            "params",
+            "ci95",
+            "bootstrap",
+        }
+        return cls(
+            law=document["law"],
+            theta=np.array(document["theta"], dtype=float),
+            objective=document.get("objective", float("nan")),
+            n_points=document.get("n_points", 0),
+            delta=document.get("delta", DEFAULT_DELTA),
+            converged=document.get("converged", True),
+            at_bounds=document.get("at_bounds", []),
+            message=document.get("message", ""),
+            unidentified=document.get("unidentified", []),
+            bootstrap_params=pd.DataFrame(samples) if samples else None,
+            extrapolation=document.get("extrapolation"),
+            extra={k: v for k, v in document.items() if k not in known},
+        )
+
+
+# --- fitting ------------------------------------------------------------------------------------
+def fit_law(
+    frame: pd.DataFrame,
+    law: str | Law = "chinchilla",
+    *,
+    delta: float = DEFAULT_DELTA,
+    bootstrap: int = 0,
+    refine: int = 20,
+    seed: int = 0,
+    workers: int | None = None,
+    extrapolate: bool = True,
+) -> FitResult:
+    """Fit a law to canonical-column data.
+
+    Args:
+        frame: Rows with the law's columns and ``loss`` (and optionally ``run``).
+        law: A law name from :data:`scaling.laws.registry.LAWS`, or ``"auto"``.
+        delta: Huber threshold on log residuals.
+        bootstrap: Number of bootstrap replicates for confidence intervals (0: none).
+        refine: How many of the best grid starts L-BFGS-B refines.
+        seed: Seeds the bootstrap.
+        workers: Processes for the bootstrap (default: all cores).
+        extrapolate: Also run the leave-largest-out check.
+    """
+    if isinstance(law, str) and law == "auto":
+        law = choose_law(frame, delta=delta)
+    law = get_law(law) if isinstance(law, str) else law
+    if not (isinstance(delta, (int, float)) and delta > 0):
+        raise UserError(f"delta must be positive, got {delta!r}")
+    if bootstrap < 0:
+        raise UserError(f"bootstrap must be >= 0, got {bootstrap}")
+    validate_frame(frame, law)
+    data = prepare_data(frame, law.columns, law.optional_columns)
+    log_loss = np.log(np.asarray(frame["loss"], dtype=float))
+    weights = np.ones(len(frame))
+    grid, grid_huber = _grid_huber(law, data, log_loss, delta)
+    best_starts = grid[np.argsort(grid_huber.sum(axis=1))[:refine]]
+    best = _refine(law, data, log_loss, weights, delta, best_starts)
+    result = FitResult(
+        law=law.name,
+        theta=best.x,
+        objective=float(best.fun),
+        n_points=len(frame),
+        delta=delta,
+        converged=bool(best.success),
+        at_bounds=_at_bounds(law, best.x),
+        message=str(best.message),
+        unidentified=_unidentified(law, data, best.x),
+    )
+    if bootstrap:
+        groups = _groups(frame)
+        result.bootstrap_params = _bootstrap(
+            law, data, log_loss, delta, grid, grid_huber, best.x, groups, bootstrap, seed, workers
+        )
+    if extrapolate:
+        result.extrapolation = _safe_extrapolation(frame, law, delta)
+    return result
+
+
+def _at_bounds(law: Law, theta: np.ndarray) -> list[str]:
+    names = []
+    for name, value, (low, high) in zip(law.params, theta, law.bounds, strict=True):
+        if min(abs(value - low), abs(value - high)) < 1e-6 * (1 + abs(value)):
+            names.append(name)
+    return names
+
+
+def _unidentified(law: Law, data: Data, theta: np.ndarray) -> list[str]:
+    """Parameters the data cannot move (a zero Jacobian column, e.g. G constant at 1)."""
+    jacobian = law.jacobian(theta, data)
+    return [name for name, column in zip(law.params, jacobian.T, strict=True) if np.abs(column).max() < 1e-12]
+
+
+def _groups(frame: pd.DataFrame) -> np.ndarray:
+    """Resampling units: runs when a ``run`` column exists, else single rows."""
+    if "run" in frame.columns:
+        return pd.factorize(frame["run"])[0]
+    return np.arange(len(frame))
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _bootstrap_init(state: dict[str, Any]) -> None:
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread per worker: the matrices are small and processes already fill the cores.
+    threadpool_limits(1)
+    _WORKER_STATE.update(state)
+
+
+def _bootstrap_replicates(seeds: list[int]) -> list[np.ndarray]:
+    state = _WORKER_STATE
+    law: Law = get_law(state["law"])
+    groups, n_groups = state["groups"], state["groups"].max() + 1
+    results = []
+    for replicate_seed in seeds:
+        rng = np.random.default_rng(replicate_seed)
+        counts = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+        weights = counts[groups].astype(float)
+        scores = state["grid_huber"] @ weights
+        # Warm start from the full-data optimum, plus the replicate's best grid start.
+        starts = np.vstack([state["theta"], state["grid"][np.argmin(scores)]])
+        best = _refine(law, state["data"], state["log_loss"], weights, state["delta"], starts, BOOTSTRAP_OPTIONS)
+        results.append(best.x)
+    return results
+
+
+def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, seed, workers):
+    state = {
+        "law": law.name,
+        "data": data,
+        "log_loss": log_loss,
+        "delta": delta,
+        "grid": grid,
+        "grid_huber": grid_huber,
+        "theta": theta,
+        "groups": groups,
+    }
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
+    workers = workers or os.cpu_count() or 1
+    chunks = [c.tolist() for c in np.array_split(seeds, max(1, workers * 4)) if len(c)]
+    if workers == 1:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            _WORKER_STATE.update(state)
+            thetas = [t for chunk in chunks for t in _bootstrap_replicates(chunk)]
+    else:
+        # fork is fastest, but forking a process that runs other threads (a Jupyter kernel, a web
+        # server) can deadlock; spawn is always safe.
+        single_threaded = threading.active_count() == 1
+        method = "fork" if single_threaded and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context(method), initializer=_bootstrap_init, initargs=(state,)
+        ) as pool:
+            thetas = [t for part in pool.map(_bootstrap_replicates, chunks) for t in part]
+    rows = [law.reported(t) for t in thetas]
+    return pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
+
+
+# --- extrapolation ------------------------------------------------------------------------------
+def leave_largest_out(
+    frame: pd.DataFrame,
+    law: str | Law,
+    delta: float = DEFAULT_DELTA,
+    column: str | None = None,
+    held_out_share: float = 0.1,
+):
+    """Split off the largest models and fit the law on the rest.
+
+    The largest distinct sizes are held out until they cover at least ``held_out_share`` of
+    the points: one size when sizes are few (a sweep), the top decile when N is continuous.
+
+    Returns:
+        ``(column, threshold, fit_on_smaller, held_out_rows)``.
+    """
+    law = get_law(law) if isinstance(law, str) else law
+    column = column or ("N" if "N" in frame.columns else "C")
+    if column not in frame.columns:
+        raise UserError("leave-largest-out needs an N or C column")
+    counts = frame[column].value_counts().sort_index(ascending=False)
+    needed = max(1, int(np.ceil(held_out_share * len(frame))))
+    threshold = counts.index[int(np.searchsorted(counts.cumsum().to_numpy(), needed))]
+    held_out, kept = frame[frame[column] >= threshold], frame[frame[column] < threshold]
+    if kept[column].nunique() < 2 or len(kept) <= len(law.params):
+        raise UserError(
+            f"leave-largest-out needs at least 2 smaller values of {column} and more points than "
+            f"parameters once the largest are held out ({len(kept)} points remain)"
+        )
+    return column, float(threshold), fit_law(kept, law, delta=delta, extrapolate=False), held_out
+
+
+def extrapolation_check(
+    frame: pd.DataFrame, law: str | Law, delta: float = DEFAULT_DELTA, column: str | None = None
+) -> dict[str, Any]:
+    """Fit without the largest models (by ``N``, else ``C``), predict them, report the error."""
+    column, threshold, fit, held_out = leave_largest_out(frame, law, delta, column)
+    actual = held_out["loss"].to_numpy(dtype=float)
+    errors = np.abs(fit.predict(held_out) - actual) / actual
+    return {
+        "held_out_column": column,
+        "held_out_value": threshold,
+        "n_held_out": len(held_out),
+        "n_fit": fit.n_points,
+        "mean_abs_rel_error": float(errors.mean()),
+        "max_abs_rel_error": float(errors.max()),
+    }
+
+
+def _safe_extrapolation(frame, law, delta):
+    try:
+        return extrapolation_check(frame, law, delta)
+    except UserError as error:
+        return {"error": str(error)}
+
+
+def applicable_laws(frame: pd.DataFrame) -> list[str]:
+    """Laws whose columns are all in the data."""
+    return [name for name, law in LAWS.items() if all(c in frame.columns for c in law.columns)]
+
+
+def choose_law(frame: pd.DataFrame, delta: float = DEFAULT_DELTA) -> Law:
+    """``--law auto``: the applicable law with the lowest leave-largest-out error."""
+    candidates = applicable_laws(frame)
+    if "loss" not in frame.columns:
+        raise UserError("data has no 'loss' column")
+    scores = {}
+    for name in candidates:
+        try:
+            scores[name] = extrapolation_check(frame, name, delta)["mean_abs_rel_error"]
+        except UserError:
+            continue
+    if not scores:
+        raise UserError(
+            f"no law can be chosen: none of {list(LAWS)} has its columns and enough points "
+            f"(columns present: {list(frame.columns)})"
+        )
+    return get_law(min(scores, key=scores.get))

@@ -1,0 +1,93 @@
+"""Pandas views of a run store, for notebooks, exports and fits.
+
+:func:`runs_frame` (one row per run with every config field), :func:`metrics_frame` (the loss
+curves) and :func:`fit_frame` (the canonical fit columns: N, N_total, E, G, S, D, C, loss).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from scaling.runs.store import RunStore
+
+PROXY_LOSS_UNIT = "nats/byte"  # byte-level proxies: a loss per UTF-8 byte
+
+
+def runs_frame(store: RunStore | str | None = None) -> pd.DataFrame:
+    """One row per run: the store's columns plus every architecture and training field."""
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    rows = []
+    for run in store.runs():
+        config = json.loads(run["config"])
+        rows.append(
+            {
+                **{k: v for k, v in run.items() if k not in ("config",)},
+                **{f"arch.{k}": v for k, v in config["arch"].items()},
+                **{f"train.{k}": v for k, v in config["train"].items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def metrics_frame(store: RunStore | str | None = None) -> pd.DataFrame:
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    return pd.DataFrame(store.metrics())
+
+
+def fit_frame(store: RunStore | str | None = None, finished_only: bool = True) -> pd.DataFrame:
+    """The canonical fit columns per run, then every store column and config field.
+
+    Canonical columns: ``N`` (active parameters), ``N_total``, ``E`` (expansion), ``G``,
+    ``k`` (top-k at G = 1), ``S`` (shared experts), ``D`` (tokens), ``C`` (training FLOPs),
+    ``loss`` (final validation loss) and ``loss_unit``: the proxies read UTF-8 bytes, so their
+    losses are in nats per byte.
+    """
+    frame = runs_frame(store)
+    if frame.empty:
+        return frame
+    if finished_only:
+        frame = frame[frame["status"] == "finished"]
+    canonical = pd.DataFrame(
+        {
+            "N": frame["active_params"],
+            "N_total": frame["total_params"],
+            "E": frame["n_experts"],
+            "G": frame["granularity"],
+            "k": frame["top_k"],
+            "S": frame["n_shared_experts"],
+            "D": frame["tokens"],
+            "C": frame["flops"],
+            "loss": frame["final_val_loss"],
+            "loss_unit": PROXY_LOSS_UNIT,
+            "run": frame["id"],
+        }
+    )
+    return pd.concat([canonical, frame.drop(columns=["id"])], axis=1).reset_index(drop=True)
+
+
+SHAPE_COLUMNS = ("N", "N_total", "E", "G", "k", "S", "D", "C", "loss_unit")
+
+
+def aggregate_seeds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean, SD and count of the final loss over seeds, per sweep, stage, shape and budget.
+
+    Args:
+        frame: A :func:`fit_frame` (finished runs).
+    """
+    if frame.empty:
+        return frame
+    arch_columns = sorted(c for c in frame.columns if c.startswith("arch.") and c != "arch.name")
+    keyed = frame.assign(shape_key=frame[arch_columns].astype(str).agg("|".join, axis=1))
+    groups = keyed.groupby(["sweep", "stage", "shape_key", "D"], sort=False, dropna=False)
+    summary = groups.agg(
+        **{column: (column, "first") for column in SHAPE_COLUMNS if column != "D"},
+        arch_name=("arch_name", "first"),
+        lr=("lr", "first"),
+        loss_mean=("loss", "mean"),
+        loss_sd=("loss", "std"),
+        n_seeds=("loss", "count"),
+        collapsed_runs=("collapsed", lambda values: int((values.fillna(0) > 0).sum())),
+    )
+    return summary.reset_index().drop(columns=["shape_key"])

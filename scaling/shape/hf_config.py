@@ -1,0 +1,203 @@
+"""Hugging Face ``config.json`` import and export for decoder-only models.
+
+Hugging Face configs describe physical experts, so an imported MoE has ``granularity=1``
+with ``n_experts`` and ``top_k`` equal to the config's expert counts. Export writes the
+physical counts (E*G experts, top_k*G selected, width moe_d_ff/G).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scaling.shape.arch import ArchError, ArchSpec
+
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "granitemoe",
+)
+
+
+def load_hf_config(path: str | Path) -> ArchSpec:
+    """Read a Hugging Face ``config.json`` file into an :class:`ArchSpec`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchError(f"Hugging Face config {str(path)!r} does not exist")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ArchError(f"cannot parse {str(path)!r} as JSON: {error}") from None
+    return from_hf_config(config, name=path.parent.name if path.name == "config.json" else path.stem)
+
+
+def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
+    """Translate a Hugging Face config mapping, handling each model type's quirks."""
+    if not isinstance(config, dict):
+        raise ArchError("a Hugging Face config must be a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ArchError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+    def need(key: str) -> Any:
+        if key not in config or config[key] is None:
+            raise ArchError(f"{model_type} config is missing the field {key!r}")
+        return config[key]
+
+    n_heads = need("num_attention_heads")
+    fields: dict[str, Any] = {
+        "name": name or config.get("_name_or_path", "") or model_type,
+        "vocab_size": need("vocab_size"),
+        "d_model": need("hidden_size"),
+        "n_layers": need("num_hidden_layers"),
+        "n_heads": n_heads,
+        "n_kv_heads": config.get("num_key_value_heads") or n_heads,
+        "head_dim": config.get("head_dim") or need("hidden_size") // n_heads,
+        "tie_embeddings": bool(config.get("tie_word_embeddings", model_type == "granitemoe")),
+        "rope_theta": float(config.get("rope_theta", 10000.0)),
+        "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+    }
+    if config.get("mlp_bias"):
+        raise ArchError(f"{model_type} config sets mlp_bias=true, which moeplan does not model")
+    if model_type in ("llama", "mistral", "mixtral", "granitemoe", "olmoe") and config.get("attention_bias"):
+        raise ArchError(
+            f"{model_type} config sets attention_bias=true (biases on q, k, v and o), "
+            "which moeplan does not model; only qkv biases (qwen2) are supported"
+        )
+    # Qwen2 always has qkv biases; an explicit "qkv_bias" key (written by our export) wins.
+    fields["qkv_bias"] = (model_type in ("qwen2", "qwen2_moe") and bool(config.get("qkv_bias", True))) or (
+        model_type in ("qwen3", "qwen3_moe") and bool(config.get("attention_bias"))
+    )
+    fields["qk_norm"] = model_type in ("qwen3", "qwen3_moe", "olmoe")
+
+    if model_type in ("llama", "mistral", "qwen2", "qwen3"):
+        fields["d_ff"] = need("intermediate_size")
+        return ArchSpec.from_dict(fields)
+
+    # --- MoE types -----------------------------------------------------------------------
+    if model_type in ("mixtral", "granitemoe"):
+        n_experts = need("num_local_experts")
+        expert_width = need("intermediate_size")
+        fields["d_ff"] = expert_width
+        # softmax over the top-k logits; over one logit it is 1 (no router gradient), which
+        # ArchSpec refuses to call renormalisation
+        fields["router_renorm"] = need("num_experts_per_tok") > 1
+    elif model_type == "olmoe":
+        n_experts = need("num_experts")
+        expert_width = need("intermediate_size")
+        fields["d_ff"] = expert_width
+        fields["router_renorm"] = bool(config.get("norm_topk_prob", False)) and need("num_experts_per_tok") > 1
+    else:  # qwen2_moe, qwen3_moe
+        n_experts = need("num_experts")
+        expert_width = need("moe_intermediate_size")
+        fields["d_ff"] = config.get("intermediate_size") or expert_width
+        fields["router_renorm"] = bool(config.get("norm_topk_prob", False)) and need("num_experts_per_tok") > 1
+        fields["moe_layer_step"] = int(config.get("decoder_sparse_step", 1) or 1)
+        fields["first_dense_layers"] = _dense_prefix(config.get("mlp_only_layers") or [], model_type)
+        if model_type == "qwen2_moe" and config.get("shared_expert_intermediate_size"):
+            fields["n_shared_experts"] = 1
+            fields["shared_expert_d_ff"] = config["shared_expert_intermediate_size"]
+            fields["shared_expert_gate"] = bool(config.get("shared_expert_gate", True))
+    if "first_k_dense_replace" in config:
+        fields["first_dense_layers"] = int(config["first_k_dense_replace"])
+    fields.update(
+        n_experts=n_experts,
+        top_k=need("num_experts_per_tok"),
+        moe_d_ff=expert_width,
+        granularity=1,
+    )
+    return ArchSpec.from_dict(fields)
+
+
+def _dense_prefix(layers: list[int], model_type: str) -> int:
+    """``mlp_only_layers`` as a count of leading dense layers (the only layout modelled)."""
+    ordered = sorted(layers)
+    if ordered != list(range(len(ordered))):
+        raise ArchError(
+            f"{model_type} mlp_only_layers={layers} is not a prefix 0..n-1; "
+            "moeplan models dense layers only at the start (first_dense_layers)"
+        )
+    return len(ordered)
+
+
+def to_hf_config(spec: ArchSpec) -> dict[str, Any]:
+    """Write a shape as a Hugging Face-style config of the closest supported model type.
+
+    Dense shapes become llama (qwen2 with qkv biases, qwen3 with qk-norm). MoE shapes with
+    shared experts become qwen2_moe (n shared experts of width w are exactly one of width
+    n*w); with qk-norm, qwen3_moe; otherwise mixtral.
+    """
+    common: dict[str, Any] = {
+        "architectures": None,
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.n_heads,
+        "num_key_value_heads": spec.n_kv_heads,
+        "head_dim": spec.head_dim,
+        "tie_word_embeddings": spec.tie_embeddings,
+        "rope_theta": spec.rope_theta,
+        "rms_norm_eps": spec.norm_eps,
+        "hidden_act": "silu",
+        "torch_dtype": "bfloat16",
+    }
+    if not spec.is_moe:
+        model_type = "qwen3" if spec.qk_norm else "qwen2" if spec.qkv_bias else "llama"
+        config = {"model_type": model_type, "intermediate_size": spec.d_ff, **common}
+    elif spec.n_shared_experts or spec.qkv_bias:
+        model_type = "qwen2_moe"
+        config = {
+            "model_type": model_type,
+            "intermediate_size": spec.d_ff or spec.expert_d_ff,
+            "moe_intermediate_size": spec.expert_d_ff,
+            "shared_expert_intermediate_size": spec.n_shared_experts * spec.shared_expert_d_ff,
+            "num_experts": spec.n_routed_experts,
+            "num_experts_per_tok": spec.routed_top_k,
+            "norm_topk_prob": spec.router_renorm,
+            "decoder_sparse_step": spec.moe_layer_step,
+            "mlp_only_layers": list(range(spec.first_dense_layers)),
+            "qkv_bias": spec.qkv_bias,
+            "shared_expert_gate": spec.shared_expert_gate,
+            **common,
+        }
+    elif spec.qk_norm or spec.moe_layer_step > 1 or spec.first_dense_layers:
+        model_type = "qwen3_moe"
+        config = {
+            "model_type": model_type,
+            "intermediate_size": spec.d_ff or spec.expert_d_ff,
+            "moe_intermediate_size": spec.expert_d_ff,
+            "num_experts": spec.n_routed_experts,
+            "num_experts_per_tok": spec.routed_top_k,
+            "norm_topk_prob": spec.router_renorm,
+            "decoder_sparse_step": spec.moe_layer_step,
+            "mlp_only_layers": list(range(spec.first_dense_layers)),
+            **common,
+        }
+    else:
+        model_type = "mixtral"
+        config = {
+            "model_type": model_type,
+            "intermediate_size": spec.expert_d_ff,
+            "num_local_experts": spec.n_routed_experts,
+            "num_experts_per_tok": spec.routed_top_k,
+            **common,
+        }
+    config["architectures"] = [_ARCHITECTURE_CLASS[model_type]]
+    return config
+
+
+_ARCHITECTURE_CLASS = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+}

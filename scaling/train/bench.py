@@ -1,0 +1,243 @@
+"""Measurement on this machine: matmul peak, training-step throughput, and memory.
+
+Numbers are medians over repeated timed steps after warm-up. MFU is measured against this
+machine's own matmul peak (measured once and cached), not against a datasheet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from scaling.cache import cache_dir
+from scaling.errors import UserError
+from scaling.proxy.model import ProxyConfig, ProxyModel
+from scaling.shape import accounting
+from scaling.shape.arch import ArchSpec
+from scaling.train.allocator import retain_freed_memory
+from scaling.train.trainer import TrainConfig, build_optimizer, resolve_device
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def processor_kind(device: torch.device) -> str:
+    """``cpu`` or ``gpu``: which matmul sizes measure the device's peak."""
+    return "cpu" if device.type == "cpu" else "gpu"
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        scale = 1 if platform.system() == "Darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def machine_key(device: torch.device, dtype: str) -> str:
+    """The matmul-peak cache key: processor, device, threads, torch version and dtype."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as handle:
+                name = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+        except (OSError, StopIteration):
+            pass
+    return f"{name}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype}"
+
+
+PEAK_SIZES = {"cpu": (256, 512, 1024, 2048, 4096), "gpu": (2048, 4096, 8192)}
+# The host-load probe: one square matmul, timed between training steps. It is the largest
+# measured size that takes at most this long at the cached rate (2048 for fp32 on the 2-core
+# CPU), so it stays cheap beside a step even where a dtype is slow (bf16 emulated on AVX2).
+PROBE_SECONDS = 0.15
+MAX_PROBES = 10
+
+
+def probe_size(peak_by_size: dict[int, float]) -> int:
+    """The largest square size whose matmul takes at most :data:`PROBE_SECONDS` at its cached rate."""
+    quick = [size for size, flops in peak_by_size.items() if 2 * size**3 / flops <= PROBE_SECONDS]
+    return max(quick) if quick else min(peak_by_size)
+
+
+def square_matrices(size: int, device: torch.device, dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two random ``size x size`` operands and the buffer their product is written into."""
+    operands = tuple(torch.randn(size, size, device=device, dtype=TORCH_DTYPES[dtype]) for _ in range(2))
+    return (*operands, torch.empty(size, size, device=device, dtype=TORCH_DTYPES[dtype]))
+
+
+def matmul_flops_per_s(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> float:
+    """FLOP/s of one timed ``a @ b`` into ``out``.
+
+    Into a buffer allocated once, so that probes between training steps allocate nothing: a
+    fresh 16 MiB product each time could land on new pages and show up as the steps' memory.
+    """
+    synchronize(a.device)
+    start = time.perf_counter()
+    torch.mm(a, b, out=out)
+    synchronize(a.device)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - start)
+
+
+# Measuring the peak: about 20 GFLOP of work per size, but at most SECONDS_PER_SIZE of it, and no
+# larger size once one matmul would take over MAX_MATMUL_SECONDS. Where a dtype is emulated (bf16
+# on an AVX2 CPU runs at ~1 GFLOP/s) the full sweep to 4096 would take over 40 minutes; so
+# bounded, it takes about 20 s. fp32's 4096 matmul takes ~1 s on the 2-core CPU, so it is kept.
+WORK_PER_SIZE = 2e10
+SECONDS_PER_SIZE = 3.0
+MAX_MATMUL_SECONDS = 2.5
+
+
+def square_matmul_flops(size: int, device: torch.device, dtype: str) -> float:
+    """FLOP/s of a ``size`` x ``size`` matmul: the median of at least three timings after two warm-ups."""
+    a, b, out = square_matrices(size, device, dtype)
+    flops = 2 * size**3
+    matmul_flops_per_s(a, b, out)  # the first call may pay for lazy initialisation (cuBLAS, thread pools)
+    warm_rate = matmul_flops_per_s(a, b, out)  # the second sizes the number of repeats
+    repeats = max(3, int(min(WORK_PER_SIZE / flops, SECONDS_PER_SIZE * warm_rate / flops)))
+    return statistics.median([matmul_flops_per_s(a, b, out) for _ in range(repeats)])
+
+
+def matmul_peak_by_size(
+    device: torch.device | str = "cpu",
+    dtype: str = "fp32",
+    refresh: bool = False,
+    max_matmul_seconds: float = MAX_MATMUL_SECONDS,
+) -> dict[int, float]:
+    """This machine's sustained FLOP/s for each square matmul size, measured once and cached.
+
+    Square matmuls from 256 to 4096 (2048 to 8192 on a GPU), growing while the next size's
+    single matmul, at the rate just measured, would take at most ``max_matmul_seconds``.
+    """
+    device = torch.device(device)
+    cache = cache_dir() / "matmul_peak.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    key = machine_key(device, dtype)
+    entry = known.get(key)
+    if isinstance(entry, dict) and not refresh:  # entries of older versions were bare floats
+        return {int(size): float(flops) for size, flops in entry["by_size"].items()}
+    by_size: dict[int, float] = {}
+    for size in PEAK_SIZES[processor_kind(device)]:
+        if by_size and 2 * size**3 / by_size[max(by_size)] > max_matmul_seconds:
+            break  # larger sizes only take longer
+        by_size[size] = square_matmul_flops(size, device, dtype)
+    known[key] = {"flops_per_s": max(by_size.values()), "by_size": by_size}
+    cache.write_text(json.dumps(known, indent=2))
+    return by_size
+
+
+def matmul_peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32", refresh: bool = False) -> float:
+    """This machine's best sustained matmul FLOP/s over :func:`matmul_peak_by_size`'s sizes."""
+    return max(matmul_peak_by_size(device, dtype, refresh).values())
+
+
+def bench_train(
+    arch: ArchSpec,
+    steps: int = 10,
+    batch_size: int = 16,
+    seq_len: int = 256,
+    dtype: str = "fp32",
+    device: str = "auto",
+    dispatch: str = "auto",
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Time full training steps (forward, backward, clip, AdamW) on random tokens.
+
+    MFU is against the cached matmul peak. On a shared machine, neighbours' load lowers it
+    without any change in the code, so up to ten untimed probes between steps time one square
+    matmul (see :func:`probe_size`); ``host_delivered_fraction`` is their median against the
+    cached rate for that size (1 means the host delivered its full peak during the run).
+
+    Returns:
+        ``tokens_per_s``, ``step_ms`` (median), ``mfu``, ``host_delivered_fraction``,
+        ``peak_rss_bytes`` and more.
+    """
+    if steps < 1 or batch_size < 1 or seq_len < 2:
+        raise UserError("steps and batch-size must be >= 1 and seq-len >= 2")
+    if dtype not in ("fp32", "bf16"):
+        raise UserError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, seq_len=seq_len, dtype=dtype, dispatch=dispatch, device=device
+    )
+    torch_device = resolve_device(device)
+    retain_freed_memory()
+    torch.manual_seed(0)
+    model = ProxyModel(ProxyConfig(arch, dispatch=dispatch, max_seq_len=seq_len)).to(torch_device)
+    optimizer = build_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, arch.vocab_size, (batch_size, seq_len + 1), generator=generator)
+    x, y = tokens[:, :-1].to(torch_device), tokens[:, 1:].to(torch_device)
+    autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    peak_by_size = matmul_peak_by_size(torch_device, dtype)  # dtype is fp32 or bf16 (checked above)
+    probe_side = probe_size(peak_by_size)
+    before_probe = current_rss_bytes()
+    probe_matrices = square_matrices(probe_side, torch_device, dtype)
+    probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
+    probe_every = max(1, math.ceil(steps / MAX_PROBES))
+    timings, rss, probes = [], [], []
+    for index in range(warmup + steps):
+        synchronize(torch_device)
+        start = time.perf_counter()
+        with autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(torch_device)
+        if index >= warmup:
+            timings.append(time.perf_counter() - start)
+            if (index - warmup) % probe_every == 0:  # outside the timed step
+                probes.append(matmul_flops_per_s(*probe_matrices))
+        rss.append(current_rss_bytes() - probe_rss)
+    step_s = statistics.median(timings)
+    flops_per_step = accounting.training_flops_per_token(arch, seq_len) * batch_size * seq_len
+    peak = max(peak_by_size.values())
+    probe_flops = statistics.median(probes)
+    result = {
+        "mode": "train",
+        "arch": arch.name,
+        "device": torch_device.type,
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "steps": steps,
+        "step_ms": step_s * 1e3,
+        "step_ms_all": [t * 1e3 for t in timings],
+        "tokens_per_s": batch_size * seq_len / step_s,
+        "model_flops_per_s": flops_per_step / step_s,
+        "matmul_peak_flops_per_s": peak,
+        "mfu": flops_per_step / step_s / peak,
+        "matmul_probe_size": probe_side,
+        "matmul_probe_flops_per_s": probe_flops,
+        "host_delivered_fraction": probe_flops / peak_by_size[probe_side],
+        "peak_rss_bytes": max(rss),
+        "rss_growth_bytes": rss[-1] - rss[min(len(rss) - 1, warmup)],
+        "total_params": int(accounting.total_params(arch)),
+        "active_params": int(accounting.active_params(arch)),
+    }
+    if torch_device.type == "cuda":
+        probe_bytes = sum(matrix.numel() * matrix.element_size() for matrix in probe_matrices)
+        result["peak_device_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device) - probe_bytes
+    return result

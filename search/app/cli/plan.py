@@ -1,0 +1,92 @@
+"""``moeplan plan``: Pareto-optimal shapes for a device memory budget."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from scaling.errors import UserError
+from search.app.cli.common import PRECISION_CHOICES, positive_float, positive_int, print_json
+
+
+# --- command: plan -------------------------------------------------------------------------------
+def _command_plan(args: argparse.Namespace) -> None:
+    from scaling.laws.fit import FitResult
+    from search.app.measure import measured_latency
+    from search.device.profiles import get_device
+    from search.plan.outputs import write_outputs
+    from search.plan.planner import plan
+    from search.plan.request import PlanRequest
+    from search.plan.space import SearchSpace
+
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        raise UserError(f"--memory-gb must be positive, got {args.memory_gb}")
+    space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
+    space.precision = (args.precision,)
+    space = space.validated()
+    fit = None
+    if args.fit:
+        if not os.path.isfile(args.fit):
+            raise UserError(f"fit file {args.fit!r} does not exist")
+        with open(args.fit) as handle:
+            fit = FitResult.from_json(handle.read())
+    request = PlanRequest(
+        device=get_device(args.device),
+        memory_budget_bytes=None if args.memory_gb is None else args.memory_gb * 1e9,
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        fit=fit,
+        trials=args.trials,
+        train_tokens=args.train_tokens,
+        prompt_tokens=args.prompt_tokens,
+        context_tokens=args.context_tokens,
+        space=space,
+        storage=args.storage,
+        study=args.study,
+        seed=args.seed,
+        exhaustive=args.exhaustive,
+        max_decode_ms=args.max_decode_ms,
+        max_active_params=args.max_active_params,
+        max_weight_bytes=None if args.max_weight_gb is None else args.max_weight_gb * 1e9,
+        latency_oracle=measured_latency(args.store) if args.measure else None,
+    )
+    document = plan(request)
+    if args.out:
+        for path in write_outputs(document, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print_json(document)
+        return
+    from search.app.report import pareto_table, print_table
+
+    print_table(*pareto_table(document))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    planner = commands.add_parser("plan", help="Pareto-optimal shapes for a device memory budget")
+    planner.add_argument("--device", required=True)
+    planner.add_argument("--memory-gb", type=float, default=None, help="budget in 10^9 bytes (default: usable DRAM)")
+    planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
+    planner.add_argument(
+        "--fit", metavar="FIT.json", help="a fit from moeplan fit --out (default: search/default_fit.json)"
+    )
+    planner.add_argument("--trials", type=positive_int, default=500)
+    planner.add_argument(
+        "--objectives", default="loss,decode_ms", help="2 or 3 of loss,decode_ms,prefill_ms,active_flops"
+    )
+    planner.add_argument("--storage", default=None, help="Optuna storage: RDB URL or a journal file (*.log)")
+    planner.add_argument("--study", default=None, help="study name (resumes it when it exists)")
+    planner.add_argument("--exhaustive", action="store_true", help="enumerate the whole space (exact front)")
+    planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space")
+    planner.add_argument("--measure", action="store_true", help="measure latency on this machine (cached per shape)")
+    planner.add_argument("--store", default=None, help="run store caching measured shapes (with --measure)")
+    planner.add_argument("--train-tokens", type=positive_float, default=1e12, help="planned training tokens")
+    planner.add_argument("--prompt-tokens", type=positive_int, default=512)
+    planner.add_argument("--context-tokens", type=positive_int, default=2048)
+    planner.add_argument("--max-decode-ms", type=positive_float, default=None)
+    planner.add_argument("--max-active-params", type=positive_float, default=None)
+    planner.add_argument("--max-weight-gb", type=positive_float, default=None, help="bound on weight bytes alone")
+    planner.add_argument("--seed", type=int, default=0)
+    planner.add_argument("--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot")
+    planner.add_argument("--json", action="store_true")
+    planner.set_defaults(handler=_command_plan)

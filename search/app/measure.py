@@ -1,0 +1,40 @@
+"""Measured mode for the planner: a latency oracle that benchmarks shapes on this machine.
+
+Each shape is run once (torch, fp32, on the CPU) and its prefill and decode latencies are
+cached in the run store under ``shape:<hash of the shape>``, so a resumed or repeated plan
+measures nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from scaling.runs.store import RunStore
+from scaling.shape.arch import ArchSpec
+
+MEASURE_PROMPT_TOKENS = 64
+MEASURE_DECODE_TOKENS = 8
+
+
+def measured_latency(store_url: str | None) -> Callable[[ArchSpec], dict[str, float]]:
+    """A :data:`search.plan.request.LatencyOracle` caching into the store at ``store_url``."""
+    store = RunStore(store_url)
+
+    def measure(spec: ArchSpec) -> dict[str, float]:
+        canonical = json.dumps(spec.canonical(), sort_keys=True)
+        key = "shape:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        cached = store.measurements(key)
+        if {"decode_ms", "prefill_ms"} <= set(cached):
+            return cached
+        from scaling.train.bench_infer import bench_infer
+
+        result = bench_infer(
+            spec, "torch", "fp32", MEASURE_PROMPT_TOKENS, MEASURE_DECODE_TOKENS, device="cpu", repeats=2
+        )
+        measured = {"decode_ms": 1e3 / result["decode_tokens_per_s"], "prefill_ms": result["prefill_ms"]}
+        store.record_measurements(key, measured)
+        return measured
+
+    return measure

@@ -1,0 +1,92 @@
+"""The sampling engine: an Optuna multi-objective study over the space's choices.
+
+NSGA-II for the cheap analytic objectives; in measured mode (each trial a benchmark) a
+multivariate TPE, which uses few trials well. Constraints go through ``trial.set_constraint``:
+a trial is feasible when every constraint is at most zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from scaling.errors import UserError
+from search.plan.evaluate import bound_excess
+from search.plan.pareto import pareto_mask
+from search.plan.request import PlanRequest
+from search.plan.space import SearchSpace
+
+
+def optuna_front(
+    request: PlanRequest, space: SearchSpace, choices: list[dict[str, Any]], frame: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
+    """Run the study; returns its feasible Pareto front (rows of ``frame``) and the trial count.
+
+    In measured mode the measured latencies replace the predicted ones in ``frame``.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lookup = {tuple(c.values()): i for i, c in enumerate(choices)}
+    keys = list(choices[0].keys())
+    storage = open_storage(request.storage)
+    if request.latency_oracle is not None:
+        sampler = optuna.samplers.TPESampler(
+            seed=request.seed, multivariate=True, n_startup_trials=min(10, request.trials)
+        )
+    else:
+        # Measured on this space: a small population (16, so 30 generations in 500 trials) with a 0.25
+        # mutation rate reaches 98.2-98.5% of the exact hypervolume over seeds; the defaults 97-98%.
+        sampler = optuna.samplers.NSGAIISampler(seed=request.seed, population_size=16, mutation_prob=0.25)
+    study = optuna.create_study(
+        directions=["minimize"] * len(request.objectives),
+        sampler=sampler,
+        storage=storage,
+        study_name=request.study,
+        load_if_exists=request.study is not None,
+    )
+    worst = frame[list(request.objectives)].max().to_numpy(float) * 10
+
+    def objective(trial: optuna.Trial):
+        choice = {key: trial.suggest_categorical(key, list(getattr(space, key))) for key in keys}
+        if choice["n_experts"] == 1:
+            choice.update(top_k=1, granularity=1, n_shared_experts=0)
+        index = lookup.get(tuple(choice[k] for k in keys))
+        if index is None:  # an impossible combination (top-k above E): infeasible by construction
+            trial.set_constraint("valid_shape", 1.0)
+            return tuple(worst)
+        if request.latency_oracle is not None:
+            measured = request.latency_oracle(space.spec(choices[index]))
+            frame.loc[index, "decode_ms"] = measured["decode_ms"]
+            frame.loc[index, "prefill_ms"] = measured["prefill_ms"]
+            frame.loc[index, "decode_tokens_per_s"] = 1e3 / measured["decode_ms"]
+        row = frame.iloc[index]
+        trial.set_user_attr("index", int(index))
+        trial.set_constraint("memory_gb_over_budget", float(row["peak_memory_bytes"] - request.budget) / 1e9)
+        for name, value in bound_excess(request, row).items():
+            trial.set_constraint(name, value)
+        return tuple(float(row[o]) for o in request.objectives)
+
+    study.optimize(objective, n_trials=request.trials)
+    indices = sorted({t.user_attrs["index"] for t in study.best_trials if "index" in t.user_attrs})
+    front = frame.iloc[indices]
+    front = front[front["feasible"]]
+    values = front[list(request.objectives)].to_numpy(float)
+    return front[pareto_mask(values)] if len(front) else front, len(study.trials)
+
+
+def open_storage(url: str | None):
+    """Optuna storage: an RDB URL, a JournalStorage file (``*.log``/``*.jsonl``), or in memory."""
+    import optuna
+
+    if url is None:
+        return None
+    if url.endswith((".log", ".jsonl")) and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    try:
+        return optuna.storages.RDBStorage(url if "://" in url else f"sqlite:///{url}")
+    except Exception as error:  # optuna and SQLAlchemy raise many types for a bad URL
+        raise UserError(f"cannot open Optuna storage {url!r}: {' '.join(str(error).split())[:200]}") from None

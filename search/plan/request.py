@@ -1,0 +1,93 @@
+"""What a planner is asked: :class:`PlanRequest`, checked before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaling.errors import UserError
+from scaling.laws.fit import FitResult
+from search.device.profiles import DeviceProfile
+from search.plan.space import SearchSpace
+
+OBJECTIVES = ("loss", "decode_ms", "prefill_ms", "active_flops")
+DEFAULT_FIT = Path(__file__).resolve().parent / "default_fit.json"
+LOSS_COLUMNS = {"N", "N_total", "D", "G", "S", "E"}
+
+LatencyOracle = Callable[[Any], dict[str, float]]
+"""Measured mode: an ArchSpec in, ``{"decode_ms": ..., "prefill_ms": ...}`` out."""
+
+
+@dataclass
+class PlanRequest:
+    """A planning problem.
+
+    Args:
+        device: The device profile whose cost model prices each shape.
+        memory_budget_bytes: Bound on peak memory (default: the device's usable DRAM).
+        objectives: 2 or 3 of :data:`OBJECTIVES`.
+        fit: The loss law (default: ``default_fit.json``).
+        trials: Optuna trials (ignored by ``exhaustive``).
+        train_tokens: Planned training tokens (the law's D).
+        prompt_tokens: Prefill length.
+        context_tokens: KV cache length at decode.
+        space: The shapes a planner may choose.
+        storage: Optuna storage URL (or a journal file).
+        study: Optuna study name (resumed when it exists).
+        seed: Sampler seed.
+        exhaustive: Enumerate the whole space instead of sampling it.
+        latency_oracle: Measured mode: measures a shape's latency (see :data:`LatencyOracle`).
+        max_decode_ms: Bound on decode latency per token.
+        max_active_params: Bound on active parameters.
+        max_weight_bytes: Bound on weight bytes alone.
+    """
+
+    device: DeviceProfile
+    memory_budget_bytes: float | None = None
+    objectives: tuple[str, ...] = ("loss", "decode_ms")
+    fit: FitResult | None = None
+    trials: int = 500
+    train_tokens: float = 1e12
+    prompt_tokens: int = 512
+    context_tokens: int = 2048
+    space: SearchSpace = field(default_factory=SearchSpace)
+    storage: str | None = None
+    study: str | None = None
+    seed: int = 0
+    exhaustive: bool = False
+    latency_oracle: LatencyOracle | None = None
+    max_decode_ms: float | None = None
+    max_active_params: float | None = None
+    max_weight_bytes: float | None = None
+
+    def validated(self) -> PlanRequest:
+        """A checked copy, with the default fit filled in (the request itself is left as given)."""
+        if self.memory_budget_bytes is not None and not self.memory_budget_bytes > 0:
+            raise UserError(f"the memory budget must be positive, got {self.memory_budget_bytes / 1e9:g} GB")
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown:
+            raise UserError(f"unknown objective(s) {unknown}; choose 2 or 3 of {', '.join(OBJECTIVES)}")
+        if not 2 <= len(self.objectives) <= 3 or len(set(self.objectives)) != len(self.objectives):
+            raise UserError(f"choose 2 or 3 distinct objectives of {', '.join(OBJECTIVES)}")
+        if self.trials < 1:
+            raise UserError("trials must be >= 1")
+        if self.latency_oracle is not None and self.exhaustive:
+            raise UserError(
+                "--measure and --exhaustive do not combine: measuring every shape is what the sampler avoids"
+            )
+        fit = self.fit if self.fit is not None else FitResult.from_json(DEFAULT_FIT.read_text())
+        if "loss" in self.objectives:
+            missing = set(fit.law_object.columns) - LOSS_COLUMNS
+            if missing:
+                raise UserError(
+                    f"fit law {fit.law!r} needs column(s) {sorted(missing)} that a planned shape does not "
+                    f"have; use a fit of chinchilla, kaplan_n, clark2022, krajewski2024, joint_moe or ondevice"
+                )
+        return dataclasses.replace(self, fit=fit)
+
+    @property
+    def budget(self) -> float:
+        return self.memory_budget_bytes if self.memory_budget_bytes is not None else self.device.usable_bytes

@@ -1,0 +1,197 @@
+"""The HTTP API, driven over real HTTP against a real uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import MOEPLAN, REPO, free_port, run_cli
+
+pytestmark = pytest.mark.slow  # starts HTTP servers
+
+
+class Server:
+    def __init__(self, store: str, token: str | None = None) -> None:
+        self.port, self.store, self.token = free_port(), store, token
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        env = dict(os.environ)
+        env.pop("MOEPLAN_API_TOKEN", None)
+        if self.token:
+            env["MOEPLAN_API_TOKEN"] = self.token
+        self.process = subprocess.Popen(
+            [str(MOEPLAN), "serve", "--port", str(self.port), "--store", self.store],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    running = Server(f"sqlite:///{tmp_path / 'service.sqlite'}").start()
+    yield running
+    running.kill()
+
+
+def wait_for(url: str, job: str, timeout: float = 120, headers=None) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        document = httpx.get(f"{url}/v1/plans/{job}", headers=headers, timeout=10).json()
+        if document["status"] in ("finished", "failed"):
+            return document
+        time.sleep(0.5)
+    raise AssertionError("job did not finish")
+
+
+def test_every_route(server):
+    url = server.url
+    assert httpx.get(f"{url}/v1/health").json()["status"] == "ok"
+    assert "iphone-16-pro" in {d["name"] for d in httpx.get(f"{url}/v1/devices").json()}
+    arch = httpx.post(f"{url}/v1/arch", json={"preset": "mixtral-8x7b", "precision": "int4"})
+    assert arch.status_code == 200 and arch.json()["total_params"] == 46_702_792_704
+    hf = httpx.post(
+        f"{url}/v1/arch",
+        json={
+            "hf_config": {
+                "model_type": "llama",
+                "vocab_size": 256,
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "intermediate_size": 128,
+            }
+        },
+    )
+    assert hf.status_code == 200 and hf.json()["n_layers"] == 2
+    predicted = httpx.post(f"{url}/v1/predict", json={"preset": "phone-moe-a0.3b", "device": "iphone-16-pro"}).json()
+    assert predicted["fits_in_memory"] is True and predicted["decode_tokens_per_s"] > 0
+    rows = [
+        {"N": n, "D": d, "loss": 1.7 + 400 / n**0.34 + 410 / d**0.28}
+        for n in (1e7, 3e7, 1e8, 3e8, 1e9)
+        for d in (1e9, 1e10, 1e11)
+    ]
+    fit = httpx.post(f"{url}/v1/fits", json={"data": rows, "law": "chinchilla", "bootstrap": 20}, timeout=120).json()
+    assert fit["params"]["alpha"] == pytest.approx(0.34, rel=0.01) and "ci95" in fit
+    submitted = httpx.post(f"{url}/v1/plans", json={"device": "galaxy-s25", "memory_gb": 2, "trials": 60})
+    assert submitted.status_code == 202
+    done = wait_for(url, submitted.json()["id"])
+    assert done["status"] == "finished" and done["result"]["pareto"]
+    assert httpx.get(f"{url}/v1/plans/nope").status_code == 404
+    assert httpx.get(f"{url}/v1/runs").json() == []
+    assert "/v1/plans" in httpx.get(f"{url}/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/v1/arch", {"preset": "nope"}, "unknown preset"),
+        ("/v1/arch", {"preset": "mixtral-8x7b", "arch": {}}, "exactly one"),
+        ("/v1/arch", {"arch": {"vocab_size": 8, "d_model": 8, "n_layers": 1, "n_heads": 3, "d_ff": 8}}, "n_heads"),
+        ("/v1/arch", {"preset": "mixtral-8x7b", "precision": "int3"}, "precision"),
+        ("/v1/predict", {"preset": "phone-moe-a0.3b", "device": "nokia"}, "known devices"),
+        ("/v1/predict", {"preset": "phone-moe-a0.3b"}, "device"),
+        ("/v1/fits", {"data": [{"N": 1, "loss": 2}], "law": "chinchilla"}, "needs column"),
+        ("/v1/fits", {"data": [{"N": 1.0, "D": 1.0, "loss": 1.0}] * 3, "bootstrap": 99999}, "bootstrap"),
+        ("/v1/plans", {"device": "iphone-16-pro", "trials": 10**9}, "trials"),
+        ("/v1/plans", {"device": "iphone-16-pro", "memory_gb": -1}, "memory_gb"),
+        ("/v1/plans", {"device": "iphone-16-pro", "objectives": ["loss", "speed"]}, "objectives"),
+    ],
+)
+def test_bad_bodies_are_422_with_the_field(server, route, body, field):
+    response = httpx.post(f"{server.url}{route}", json=body, timeout=30)
+    assert response.status_code == 422, response.text
+    assert field in response.text
+
+
+def test_oversized_and_malformed_bodies(server):
+    response = httpx.post(
+        f"{server.url}/v1/fits", content=b"x" * 3_000_000, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    response = httpx.post(f"{server.url}/v1/arch", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_auth(tmp_path):
+    secured = Server(f"sqlite:///{tmp_path / 'auth.sqlite'}", token="s3cret").start()
+    try:
+        assert httpx.get(f"{secured.url}/v1/health").status_code == 200  # reads stay open
+        body = {"preset": "mixtral-8x7b"}
+        assert httpx.post(f"{secured.url}/v1/arch", json=body).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.post(f"{secured.url}/v1/arch", json=body, headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{secured.url}/v1/arch", json=body, headers=right).status_code == 200
+    finally:
+        secured.kill()
+
+
+def test_restart_mid_job_keeps_the_result(tmp_path):
+    store = f"sqlite:///{tmp_path / 'restart.sqlite'}"
+    first = Server(store).start()
+    job = httpx.post(f"{first.url}/v1/plans", json={"device": "iphone-16-pro", "trials": 1500}).json()["id"]
+    deadline = time.time() + 30
+    while httpx.get(f"{first.url}/v1/plans/{job}").json()["status"] != "running" and time.time() < deadline:
+        time.sleep(0.2)
+    first.kill()  # mid-job
+    second = Server(store).start()
+    try:
+        done = wait_for(second.url, job, timeout=180)
+        assert done["status"] == "finished" and done["result"]["n_trials"] == 1500
+    finally:
+        second.kill()
+
+
+def _serve_and_plan(store_url: str) -> list[dict]:
+    server = Server(store_url).start()
+    try:
+        runs = httpx.get(f"{server.url}/v1/runs", timeout=30).json()
+        job = httpx.post(
+            f"{server.url}/v1/plans",
+            json={"device": "iphone-16-pro", "memory_gb": 1.5, "trials": 30},
+            timeout=30,
+        ).json()
+        assert wait_for(server.url, job["id"])["status"] == "finished"
+        return runs
+    finally:
+        server.kill()
+
+
+def test_a_store_made_by_a_sweep_can_be_served(tmp_path, tiny_spec):
+    store = f"sqlite:///{tmp_path / 'swept.sqlite'}"
+    swept = run_cli("sweep", "run", str(tiny_spec), "--store", store, "--quiet")
+    assert swept.returncode == 0, swept.stderr
+    runs = _serve_and_plan(store)
+    assert len(runs) == 4 and all(run["status"] == "finished" for run in runs)
+
+
+def test_a_copy_of_the_committed_reference_store_can_be_served(tmp_path):
+    copy = tmp_path / "reference.sqlite"
+    shutil.copy(REPO / "runs" / "reference" / "reference.sqlite", copy)
+    runs = _serve_and_plan(f"sqlite:///{copy}")
+    assert len(runs) > 50 and {"n_experts", "n_routed_experts", "collapsed", "seed", "lr"} <= set(runs[0])

@@ -1,0 +1,222 @@
+"""``moeplan plan``: Optuna against the exact front, constraints, outputs and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling.shape.arch import ArchSpec
+from search.device.cost import predict
+from search.device.profiles import get_device
+from search.plan.pareto import pareto_mask
+from search.plan.planner import plan
+from search.plan.request import PlanRequest
+from search.plan.space import SearchSpace
+from tests.conftest import assert_user_error, run_cli
+
+
+def test_optuna_reaches_the_exact_front():
+    document = plan(PlanRequest(device=get_device("iphone-16-pro"), memory_budget_bytes=1.5e9, seed=0))
+    assert document["n_trials"] == 500 and document["engine"] == "optuna-nsga2"
+    assert document["hypervolume"] >= 0.98 * document["exact_hypervolume"]
+
+
+def test_front_is_feasible_and_non_dominated(tmp_path):
+    result = run_cli(
+        "plan",
+        "--device",
+        "galaxy-s25",
+        "--memory-gb",
+        "1.0",
+        "--exhaustive",
+        "--json",
+        "--objectives",
+        "loss,decode_ms,prefill_ms",
+        "--out",
+        str(tmp_path / "plan"),
+    )
+    assert result.returncode == 0, result.stderr
+    document = result.json()
+    for key in ("device", "memory_budget_bytes", "n_trials", "hypervolume", "exact_hypervolume", "pareto"):
+        assert key in document, key
+    device = get_device("galaxy-s25")
+    values = []
+    for entry in document["pareto"]:
+        for key in (
+            "arch",
+            "predicted_loss",
+            "decode_tokens_per_s",
+            "prefill_ms",
+            "weight_bytes",
+            "peak_memory_bytes",
+            "total_params",
+            "active_params",
+        ):
+            assert key in entry, key
+        spec = ArchSpec.from_dict(entry["arch"])  # an object that --arch accepts
+        independent = predict(spec, device, "int4", 512, 2048)
+        assert independent["peak_memory_bytes"] <= 1.0e9
+        assert independent["peak_memory_bytes"] == pytest.approx(entry["peak_memory_bytes"], rel=1e-9)
+        values.append([entry["predicted_loss"], entry["decode_ms"], entry["prefill_ms"]])
+    assert pareto_mask(np.array(values)).all()  # nobody on the front dominates another
+    first = document["pareto"][0]
+    arch_file = tmp_path / "plan" / "arch" / f"{first['arch']['name']}.json"
+    checked = run_cli("arch", "--arch", str(arch_file), "--json", "--precision", "int4").json()
+    assert checked["total_params"] == first["total_params"] and checked["weight_bytes"] == first["weight_bytes"]
+    assert (tmp_path / "plan" / "pareto.png").exists() and len(pd.read_csv(tmp_path / "plan" / "pareto.csv")) == len(
+        values
+    )
+
+
+def test_moe_wins_at_a_phone_budget():
+    document = plan(PlanRequest(device=get_device("iphone-16-pro"), memory_budget_bytes=1.5e9, exhaustive=True))
+    moe = [e for e in document["pareto"] if e["n_experts"] > 1]
+    assert len(moe) >= len(document["pareto"]) // 2  # most of the front is sparse
+
+
+def test_study_storage_resumes(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    args = [
+        "plan",
+        "--device",
+        "pixel-9-pro",
+        "--memory-gb",
+        "2",
+        "--trials",
+        "30",
+        "--storage",
+        storage,
+        "--study",
+        "phone",
+        "--json",
+    ]
+    assert run_cli(*args).json()["n_trials"] == 30
+    assert run_cli(*args).json()["n_trials"] == 60  # the same study, resumed
+    journal = str(tmp_path / "journal.log")
+    assert run_cli("plan", "--device", "pixel-9-pro", "--trials", "20", "--storage", journal, "--json").returncode == 0
+
+
+def test_impossible_budget_and_bad_inputs(tmp_path):
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--memory-gb", "0.01"), "smallest needs")
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--memory-gb", "-1"), "must be positive")
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--objectives", "loss,speed"), "unknown objective")
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--objectives", "loss"), "2 or 3")
+    assert_user_error(run_cli("plan", "--device", "nokia"), "known devices")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"law": "not-a-law", "theta": [1.0]}))
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--fit", str(other)), "not a moeplan fit")
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\nd_model = [100]\n")
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--space", str(space)), "multiples")
+
+
+def test_space_enumeration_is_valid():
+    space = SearchSpace(
+        n_layers=(4, 8),
+        d_model=(256, 512),
+        n_experts=(1, 8),
+        top_k=(1, 2),
+        granularity=(1, 2),
+        n_shared_experts=(0, 1),
+        ffn_ratio=(2.0,),
+    )
+    choices = space.choices()
+    arrays = space.arrays(choices)
+    from scaling.shape import accounting
+
+    specs = [space.spec(c) for c in choices]
+    np.testing.assert_array_equal(accounting.total_params(arrays), [accounting.total_params(s) for s in specs])
+    assert sum(1 for c in choices if c["n_experts"] == 1) == 4  # dense shapes are not repeated
+
+
+def test_pareto_mask_matches_brute_force():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 6, size=(300, 3)).astype(float)
+    mask = pareto_mask(values)
+    for index, row in enumerate(values):
+        dominated = np.any(np.all(values <= row, axis=1) & np.any(values < row, axis=1))
+        if dominated:
+            assert not mask[index]
+    kept = values[mask]
+    assert len({tuple(r) for r in kept}) == len(kept)  # one of each duplicate
+    assert {tuple(r) for r in kept} == {
+        tuple(r)
+        for r, d in zip(
+            values, [np.any(np.all(values <= r, axis=1) & np.any(values < r, axis=1)) for r in values], strict=True
+        )
+        if not d
+    }
+
+
+def test_measured_mode_caches_shapes(tmp_path):
+    import sqlite3
+
+    space = tmp_path / "space.toml"
+    space.write_text(
+        "[space]\nvocab_size = 256\nn_layers = [2, 4]\nd_model = [64, 128]\nn_experts = [1, 4]\n"
+        "top_k = [1, 2]\ngranularity = [1]\nn_shared_experts = [0, 1]\nffn_ratio = [2.0]\n"
+    )
+    store = tmp_path / "measure.sqlite"
+    args = [
+        "plan",
+        "--device",
+        "iphone-16-pro",
+        "--space",
+        str(space),
+        "--measure",
+        "--trials",
+        "6",
+        "--store",
+        str(store),
+        "--objectives",
+        "active_flops,decode_ms",
+        "--json",
+    ]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.json()["pareto"] and all(e["decode_ms"] > 0 for e in first.json()["pareto"])
+    with sqlite3.connect(store) as connection:
+        measured = connection.execute("SELECT run_id, key, value FROM measurements ORDER BY run_id, key").fetchall()
+    assert measured and all(row[0].startswith("shape:") for row in measured)
+    assert run_cli(*args).returncode == 0
+    with sqlite3.connect(store) as connection:  # the same shapes again: nothing measured twice
+        assert (
+            connection.execute("SELECT run_id, key, value FROM measurements ORDER BY run_id, key").fetchall()
+            == measured
+        )
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--measure", "--exhaustive"), "do not combine")
+
+
+def test_plan_output_fed_back_through_arch_gives_the_same_numbers(tmp_path):
+    """One meaning per name: n_experts, top_k, granularity (and their physical counts) agree."""
+    space = tmp_path / "space.toml"
+    space.write_text(
+        "[space]\nn_layers = [8]\nd_model = [512, 768]\nn_experts = [1, 8]\ntop_k = [1, 2]\n"
+        "granularity = [1, 4]\nn_shared_experts = [0, 1]\nffn_ratio = [2.0]\n"
+    )
+    document = run_cli(
+        "plan", "--device", "iphone-16-pro", "--memory-gb", "4", "--space", str(space), "--exhaustive", "--json"
+    ).json()
+    moe = [entry for entry in document["pareto"] if entry["n_experts"] > 1]
+    assert moe, "the front holds no MoE shape to check"
+    for entry in document["pareto"]:
+        arch_file = tmp_path / "shape.json"
+        arch_file.write_text(json.dumps(entry["arch"]))
+        summary = run_cli("arch", "--arch", str(arch_file), "--precision", "int4", "--json").json()
+        for key in (
+            "n_experts",
+            "top_k",
+            "granularity",
+            "n_routed_experts",
+            "routed_top_k",
+            "n_shared_experts",
+            "total_params",
+            "active_params",
+            "weight_bytes",
+        ):
+            assert summary[key] == entry[key], (key, summary[key], entry[key])
+        assert summary["n_experts"] == entry["arch"]["n_experts"] and summary["top_k"] == entry["arch"]["top_k"]
+        assert summary["n_routed_experts"] == max(1, entry["n_experts"] * entry["granularity"])
