@@ -14,7 +14,8 @@ A spec is validated in full before anything runs; an error names the TOML key pa
     [[vary]]
     list = [{n_experts = 1}, {n_experts = 4, top_k = 1, n_shared_experts = 1}]
     #   (or zip = {a = [...], b = [...]}: parallel lists); a list entry may also give its own
-    #   token budget (e.g. tokens_per_param = [20, 50]), which replaces [tokens] for its runs
+    #   token budget (e.g. tokens_per_param = [20, 50]) and seeds, replacing [tokens] and
+    #   [run] seeds for its runs
     [tokens]                     # exactly one of: absolute, tokens_per_param, compute
     tokens_per_param = [10, 20]  #   D = m x N_active;  compute: D = C / (6 N_active)
     [train]                      # TrainConfig fields (steps come from the token budget)
@@ -62,6 +63,7 @@ LR_SEARCH_KEYS = ("grid", "tokens_per_param", "absolute", "seeds")
 FAMILY_FIELDS = ("n_experts", "granularity", "top_k", "n_shared_experts")
 STAGES = ("main", "lr_search")
 TOKEN_MODES = ("absolute", "tokens_per_param", "compute")
+ENTRY_OVERRIDES = (*TOKEN_MODES, "seeds")  # what a [[vary]] list entry may set besides ArchSpec fields
 LR_SCALING = ("none", "inverse_width")
 RUN_KEYS = ("seeds", "corpus", "infer_bench", "skip_invalid", "warmup_fraction")
 TRAIN_KEYS = (*tuple(k for k in TrainConfig.__dataclass_fields__ if k not in ("steps", "warmup_steps")), "lr_scaling")
@@ -167,13 +169,15 @@ def _expand_group(group: Any, path: str) -> list[dict[str, Any]]:
             raise _fail(f"{path}.list", "must be a non-empty list of tables of ArchSpec fields")
         for index, item in enumerate(body):
             for key in item:
-                if key not in allowed | set(TOKEN_MODES):
+                if key not in allowed | set(ENTRY_OVERRIDES):
                     raise _fail(f"{path}.list[{index}].{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
             overrides = [key for key in item if key in TOKEN_MODES]
             if len(overrides) > 1:
                 raise _fail(f"{path}.list[{index}]", f"give at most one token budget, got {overrides}")
             for key in overrides:
                 _check_budgets(item[key], f"{path}.list[{index}].{key}")
+            if "seeds" in item:
+                _check_seeds(item["seeds"], f"{path}.list[{index}].seeds")
         return [dict(item) for item in body]
     if not isinstance(body, dict) or not body:
         raise _fail(f"{path}.{kind}", "must be a table of field = [values]")
@@ -200,6 +204,15 @@ def _check_budgets(budgets: Any, path: str) -> None:
         )
     ):
         raise _fail(path, "must be a non-empty list of positive numbers")
+
+
+def _check_seeds(seeds: Any, path: str) -> None:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+    ):
+        raise _fail(path, "must be a non-empty list of non-negative integers")
 
 
 def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
@@ -238,8 +251,7 @@ def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
         if key not in RUN_KEYS:
             raise _fail(f"run.{key}", f"unknown key; allowed: {', '.join(RUN_KEYS)}")
     seeds = run_table.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise _fail("run.seeds", "must be a non-empty list of non-negative integers")
+    _check_seeds(seeds, "run.seeds")
     warmup_fraction = run_table.get("warmup_fraction", 0.1)
     if not isinstance(warmup_fraction, (int, float)) or not 0 <= warmup_fraction < 1:
         raise _fail("run.warmup_fraction", "must be in [0, 1)")
@@ -257,11 +269,13 @@ def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
         changes: dict[str, Any] = {}
         for part in combination:
             changes.update(part)
-        # a list entry may carry its own token budget (tokens_per_param = [...]), overriding [tokens]
+        # a list entry may carry its own token budget (tokens_per_param = [...]) and seeds,
+        # overriding [tokens] and [run] seeds for its runs
         mode, budgets = default_mode, default_budgets
         for key in TOKEN_MODES:
             if key in changes:
                 mode, budgets = key, changes.pop(key)
+        entry_seeds = changes.pop("seeds", seeds)
         label = ",".join(f"{k}={v}" for k, v in changes.items()) or "base"
         try:
             spec = base_spec.replace(**changes, name=f"{name}[{label}]")
@@ -281,7 +295,7 @@ def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
             tokens_per_step = template.batch_size * template.seq_len
             steps = max(1, round(tokens_total / tokens_per_step))
             lr = template.lr * (base_spec.d_model / spec.d_model if lr_scaling == "inverse_width" else 1.0)
-            for seed in seeds:
+            for seed in entry_seeds:
                 train = TrainConfig(
                     **{
                         **template.to_dict(),
@@ -335,8 +349,7 @@ def _plan_lr_search(spec: SweepSpec, table: Any, lr_scaling: str, warmup_fractio
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
         raise _fail(f"lr_search.{budgets[0]}", "must be a positive number")
     seeds = table.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and x >= 0 for x in seeds):
-        raise _fail("lr_search.seeds", "must be a non-empty list of non-negative integers")
+    _check_seeds(seeds, "lr_search.seeds")
     smallest: dict[tuple[int, ...], RunConfig] = {}
     for run in spec.runs:
         current = smallest.get(run.family)

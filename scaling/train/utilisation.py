@@ -40,7 +40,7 @@ def layer_summary(layer: int, counts: Sequence[float], z_loss_sum: float, tokens
     total = counts.sum()
     shares = counts / total if total > 0 else np.full(n_experts, 1.0 / n_experts)
     nonzero = shares[shares > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum() / math.log(n_experts)) if n_experts > 1 else 1.0
+    entropy = abs(float(-(nonzero * np.log(nonzero)).sum() / math.log(n_experts))) if n_experts > 1 else 1.0
     return {
         "layer": int(layer),
         "shares": [float(s) for s in shares],

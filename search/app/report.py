@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def human_count(value: float) -> str:
-    """12_345_678 -> '12.35M'."""
+def human_count(value: float | None) -> str:
+    """12_345_678 -> '12.35M' (None, for a value not known yet -> '-')."""
+    if value is None:
+        return "-"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"

@@ -122,11 +122,20 @@ def test_idempotent_export_and_listing(tmp_path, tiny_spec, new_store):
     assert RunStore(store).runs() == [] and RunStore(store).metrics() == []
 
 
+TUNED = TINY.replace("seeds = [0]", "seeds = [0, 1]") + "[lr_search]\ngrid = [1e-3, 1e-2]\nabsolute = 4096\n"
+
+
 @pytest.mark.slow  # trains
-def test_sigkill_at_random_moments(tmp_path, tiny_spec, new_store):
+@pytest.mark.parametrize("spec_text", [TINY, TUNED], ids=["plain", "seeds-and-lr-search"])
+def test_sigkill_at_random_moments(tmp_path, spec_text, new_store):
+    tiny_spec = tmp_path / "spec.toml"
+    tiny_spec.write_text(spec_text)
     reference = new_store("reference")
-    assert sweep(tiny_spec, reference).returncode == 0
+    first = sweep(tiny_spec, reference, "--json")
+    assert first.returncode == 0, first.stderr
     expected = curves(reference)
+    runs = len(expected)
+    assert runs == (4 if spec_text == TINY else 4 + 8)  # 4 tuning runs, then 2 shapes x 2 budgets x 2 seeds
     store = new_store("killed")
     rng = random.Random(7)
     for _ in range(3):
@@ -141,8 +150,11 @@ def test_sigkill_at_random_moments(tmp_path, tiny_spec, new_store):
         process.wait()
     final = sweep(tiny_spec, store, "--json")
     assert final.returncode == 0, final.stderr
-    assert final.json()["finished"] == 4
+    assert final.json()["finished"] == runs
+    assert final.json().get("learning_rates") == first.json().get("learning_rates")
     assert curves(store) == expected  # nothing lost, duplicated or corrupted
+    again = sweep(tiny_spec, store, "--json").json()  # idempotent: nothing left to train
+    assert again["finished"] == runs and curves(store) == expected
     if store.endswith(".sqlite"):
         with sqlite3.connect(store) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
