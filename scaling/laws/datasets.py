@@ -60,7 +60,7 @@ DATASETS = {
             "epoch-research/analyzing-chinchilla, commit 9225883, data/svg_extracted_data.csv "
             "(Epoch AI's extraction of Hoffmann et al. 2022, Figure 4); no licence stated",
             url="https://raw.githubusercontent.com/epoch-research/analyzing-chinchilla/9225883/data/svg_extracted_data.csv",
-            loss_unit="nats/token (Chinchilla's SentencePiece tokenizer, MassiveText)",
+            loss_unit="nats/token (Chinchilla SentencePiece 32k, MassiveText train)",
         ),
         PublishedDataset(
             "routed_moe",
@@ -68,7 +68,7 @@ DATASETS = {
             "6d43d745d6b16a4fdbfc09a019b0b1e4788d7b01e338becad7535c55cc7eb032",
             "linhaowei1/SLD, commit bf7e8e3, data/moe_scaling_law/data.csv, without its largest size "
             "(Clark et al. 2022's routed runs); no licence stated",
-            loss_unit="nats/token (Clark et al.'s 32k SentencePiece tokenizer, MassiveText)",
+            loss_unit="nats/token (Clark et al. SentencePiece 32k, MassiveText validation)",
         ),
         PublishedDataset(
             "overtraining",
@@ -77,7 +77,7 @@ DATASETS = {
             "mlfoundations/scaling, commit a003c49, exp_data/models/*.json, one row per file "
             "(Gadre et al. 2024); MIT licence",
             licence="MIT",
-            loss_unit="nats/token (GPT-NeoX tokenizer)",
+            loss_unit="nats/token (GPT-NeoX-20B, C4 validation)",
         ),
         PublishedDataset(
             "phone_measurements",

@@ -28,6 +28,7 @@ from scipy.optimize import minimize
 
 from scaling.errors import UserError
 from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
+from scaling.laws.units import common_unit
 
 CANONICAL_COLUMNS = ("N", "N_total", "E", "G", "S", "D", "C", "loss")
 DEFAULT_DELTA = 1e-3
@@ -183,7 +184,8 @@ class FitResult:
         lines = [
             f"Law: {law.name}   {law.formula}",
             f"Source: {law.citation}",
-            f"Points: {self.n_points}   Huber delta: {self.delta:g}   Objective: {self.objective:.6g}",
+            f"Points: {self.n_points}   Huber delta: {self.delta:g}   Objective: {self.objective:.6g}   "
+            f"Loss unit: {self.extra.get('loss_unit') or 'not given'}",
             f"Converged: {'yes' if self.converged else 'NO'} ({self.message})",
         ]
         if self.at_bounds:
@@ -310,6 +312,7 @@ def fit_law(
     if bootstrap < 0:
         raise UserError(f"bootstrap must be >= 0, got {bootstrap}")
     validate_frame(frame, law)
+    unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the data to fit")
     data = prepare_data(frame, law.columns, law.optional_columns)
     log_loss = np.log(np.asarray(frame["loss"], dtype=float))
     weights = np.ones(len(frame))
@@ -326,6 +329,7 @@ def fit_law(
         at_bounds=_at_bounds(law, best.x),
         message=str(best.message),
         unidentified=_unidentified(law, data, best.x),
+        extra={"loss_unit": None if unit is None else str(unit)},
     )
     if bootstrap:
         groups = _groups(frame)

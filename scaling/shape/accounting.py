@@ -256,6 +256,20 @@ def kv_cache_bytes_per_token(shape: Shape, precision: str = "fp16") -> Any:
 
 
 # --- one-shot summary -----------------------------------------------------------------------
+def law_columns(shape: Shape) -> dict[str, Any]:
+    """The canonical columns a loss law reads: ``N`` (active parameters), ``N_total``, ``E``
+    (expansion), ``k`` (top-k at G = 1), ``G`` and ``S`` (shared experts); dense is E = k = G = 1."""
+    moe = np.asarray(shape.n_routed_experts > 1)
+    return {
+        "N": active_params(shape),
+        "N_total": total_params(shape),
+        "E": np.where(moe, shape.n_experts, 1),
+        "k": np.where(moe, shape.top_k, 1),
+        "G": np.where(moe, shape.granularity, 1),
+        "S": np.where(moe, shape.n_shared_experts, 0),
+    }
+
+
 def summary(spec: ArchSpec, precision: str = "bf16") -> dict[str, Any]:
     """The ``moeplan arch --json`` document for one shape."""
     return {

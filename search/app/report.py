@@ -72,21 +72,24 @@ def print_arch_table(specs: Sequence[Any], precision: str) -> None:
     )
 
 
-PARETO_COLUMNS = ["shape", "total", "active", "pred. loss", "decode tok/s", "prefill ms", "weights", "peak memory"]
-
-
 def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     """Title, columns and rows of a plan document's Pareto front."""
+    unit = document.get("loss_unit", "")
     title = (
         f"Pareto front on {document['device']} within {human_bytes(document['memory_budget_bytes'])} "
-        f"(hypervolume {document['hypervolume']:.3f} of exact {document['exact_hypervolume']:.3f})"
+        f"(hypervolume {document['hypervolume']:.3f} of exact {document['exact_hypervolume']:.3f}); "
+        f"loss in {unit} at {document['train_tokens']:.2g} {document.get('tokens_unit', 'tokens')}"
     )
+    columns = ["shape", "total", "active", "pred. loss", "90% interval", "p_front", "decode tok/s", "prefill ms"]
+    columns += ["weights", "peak memory"]
     rows = [
         [
             entry["arch"]["name"],
             human_count(entry["total_params"]),
             human_count(entry["active_params"]),
             f"{entry['predicted_loss']:.4f}",
+            "{:.3f}-{:.3f}".format(*entry["predicted_loss_ci90"]) if "predicted_loss_ci90" in entry else "-",
+            f"{entry['p_front']:.2f}" if "p_front" in entry else "-",
             f"{entry['decode_tokens_per_s']:.1f}",
             f"{entry['prefill_ms']:.0f}",
             human_bytes(entry["weight_bytes"]),
@@ -94,7 +97,7 @@ def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[st
         ]
         for entry in document["pareto"]
     ]
-    return title, PARETO_COLUMNS, rows
+    return title, columns, rows
 
 
 def shape_label(run: dict[str, Any]) -> str:

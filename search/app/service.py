@@ -86,13 +86,15 @@ class PlanBody(BaseModel):
     objectives: list[str] = Field(default_factory=lambda: ["loss", "decode_ms"], min_length=2, max_length=3)
     exhaustive: bool = False
     fit: dict[str, Any] | None = None
+    law_card: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a built-in card's name")
+    samples: int = Field(200, ge=1, le=1000)
+    min_p_front: float | None = Field(None, ge=0, le=1)
     seed: int = 0
     max_weight_gb: float | None = Field(None, gt=0)
 
 
 def run_plan(body: dict[str, Any]) -> dict[str, Any]:
     """Execute a stored plan request (used by the job runner)."""
-    from scaling.laws.fit import FitResult
     from search.device.profiles import get_device
     from search.plan.planner import plan
     from search.plan.request import PlanRequest
@@ -108,12 +110,26 @@ def run_plan(body: dict[str, Any]) -> dict[str, Any]:
             objectives=tuple(request.objectives),
             trials=request.trials,
             exhaustive=request.exhaustive,
-            fit=None if request.fit is None else FitResult.from_json(json.dumps(request.fit)),
+            loss_model=_loss_model(request),
+            samples=request.samples,
+            min_p_front=request.min_p_front,
             seed=request.seed,
             space=space,
             max_weight_bytes=None if request.max_weight_gb is None else request.max_weight_gb * 1e9,
         )
     )
+
+
+def _loss_model(request: PlanBody):
+    from scaling.laws.card import DEFAULT_CARD, load_builtin_card
+    from scaling.laws.fit import FitResult
+    from search.plan.loss_model import FitLossModel
+
+    if request.fit is not None and request.law_card is not None:
+        raise UserError("give one of fit or law_card, not both")
+    if request.fit is not None:
+        return FitLossModel(FitResult.from_json(json.dumps(request.fit)))
+    return load_builtin_card(request.law_card or DEFAULT_CARD)  # names only: no server paths
 
 
 def create_app(store_url: str | None = None, token: str | None = None) -> FastAPI:

@@ -36,19 +36,28 @@ def evaluate(request: PlanRequest, arrays, precisions: np.ndarray) -> pd.DataFra
         )
         rows.append(frame)
     frame = pd.concat(rows).sort_values("index").reset_index(drop=True)
-    law_input = pd.DataFrame(
-        {
-            "N": frame["active_params"],
-            "N_total": frame["total_params"],
-            "D": request.train_tokens,
-            "G": frame["G"],
-            "S": frame["S"],
-            "E": frame["E"],
-        }
-    )
-    frame["loss"] = request.fit.predict(law_input)
     frame["feasible"] = feasibility(request, frame)
     return frame
+
+
+LOSS_CHUNK = 20_000  # shapes per block: bounds the (shapes x samples) temporaries
+
+
+def loss_samples(request: PlanRequest, arrays, frame: pd.DataFrame) -> np.ndarray:
+    """The loss model's samples for every shape of ``frame``, (shapes, samples), float32; also sets
+    the frame's ``loss`` (median), ``loss_lower``/``loss_upper`` (90%) and dense-equivalent size."""
+    columns = accounting.law_columns(arrays)
+    shapes = pd.DataFrame({**{k: np.asarray(v, dtype=float) for k, v in columns.items()}, "D": request.train_tokens})
+    blocks, equivalents = [], []
+    for start in range(0, len(shapes), LOSS_CHUNK):
+        block = shapes.iloc[start : start + LOSS_CHUNK]
+        loss, n_eq = request.loss_model.predict_samples(block, request.samples, request.seed)
+        blocks.append(loss.astype(np.float32))
+        equivalents.append(np.median(n_eq, axis=1))
+    samples = np.vstack(blocks)
+    frame["loss_lower"], frame["loss"], frame["loss_upper"] = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
+    frame["dense_equivalent_params"] = np.concatenate(equivalents)
+    return samples
 
 
 def feasibility(request: PlanRequest, frame: pd.DataFrame) -> pd.Series:

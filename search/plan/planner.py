@@ -18,14 +18,18 @@ import numpy as np
 import pandas as pd
 
 from scaling.errors import UserError
+from scaling.shape import accounting
 from search.plan.engine import optuna_front
-from search.plan.evaluate import evaluate
+from search.plan.evaluate import evaluate, loss_samples
+from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
 from search.plan.request import PlanRequest
+from search.plan.robust import front_share
 from search.plan.space import SearchSpace
 
 
 def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    unit = str(request.loss_model.unit) if request.loss_model.unit is not None else None
     entries = []
     for row in frame.itertuples():
         spec = space.spec(choices[row.index])
@@ -34,6 +38,10 @@ def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd
                 "arch": spec.to_dict(),
                 "precision": row.precision,
                 "predicted_loss": float(row.loss),
+                "predicted_loss_ci90": [float(row.loss_lower), float(row.loss_upper)],
+                "loss_unit": unit,
+                "p_front": float(row.p_front),
+                "dense_equivalent_params": float(row.dense_equivalent_params),
                 "decode_tokens_per_s": float(row.decode_tokens_per_s),
                 "decode_ms": float(row.decode_ms),
                 "prefill_ms": float(row.prefill_ms),
@@ -63,26 +71,36 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     arrays = space.arrays(choices)
     precisions = np.array([c["precision"] for c in choices])
     frame = evaluate(request, arrays, precisions)
-    feasible = frame[frame["feasible"]]
-    if feasible.empty:
-        smallest = frame["peak_memory_bytes"].min()
-        raise UserError(
-            f"no shape in the space fits {request.budget / 1e9:.3g} GB on {request.device.name}; the smallest "
-            f"needs {smallest / 1e9:.3g} GB at {request.context_tokens} tokens of context "
-            "(raise --memory-gb or narrow the space)"
-        )
+    feasible_mask = frame["feasible"].to_numpy()
+    if not feasible_mask.any():
+        raise UserError(_no_fit_message(request, frame))
+    samples = loss_samples(request, arrays, frame)
     objective_columns = list(request.objectives)
+    feasible = frame[feasible_mask]
+    frame["p_front"] = 0.0
+    frame.loc[feasible_mask, "p_front"] = front_share(
+        [samples[feasible_mask] if o == "loss" else feasible[o].to_numpy(float) for o in objective_columns]
+    )
+    feasible = frame[feasible_mask]
     values = feasible[objective_columns].to_numpy(float)
     low, high = values.min(axis=0), values.max(axis=0)
     exact_front = feasible[pareto_mask(values)]
+    model = describe(request.loss_model)
+    shapes = pd.DataFrame({**accounting.law_columns(arrays), "D": request.train_tokens})
+    shapes["N_eq"] = frame["dense_equivalent_params"]
+    extrapolation = request.loss_model.extrapolation(shapes[feasible_mask])
     document: dict[str, Any] = {
         "device": request.device.name,
         "memory_budget_bytes": int(request.budget),
         "objectives": objective_columns,
         "space_size": len(choices),
         "feasible_shapes": len(feasible),
-        "fit_law": request.fit.law,
+        **model,
+        "fit_law": model["law_card"],
+        "loss_samples": int(samples.shape[1]),
         "train_tokens": request.train_tokens,
+        "extrapolation": extrapolation,
+        "warnings": _extrapolation_warnings(extrapolation, request.max_extrapolation),
         "exact_hypervolume": hypervolume(exact_front[objective_columns].to_numpy(float), low, high),
     }
     if request.exhaustive:
@@ -95,5 +113,26 @@ def plan(request: PlanRequest) -> dict[str, Any]:
             engine="optuna-nsga2",
             hypervolume=hypervolume(front[objective_columns].to_numpy(float), low, high),
         )
+    if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
+        front = feasible[feasible["p_front"] >= request.min_p_front]
+        document["min_p_front"] = request.min_p_front
     document["pareto"] = _pareto_entries(request, space, choices, front)
     return document
+
+
+def _no_fit_message(request: PlanRequest, frame: pd.DataFrame) -> str:
+    smallest = frame["peak_memory_bytes"].min()
+    return (
+        f"no shape in the space fits {request.budget / 1e9:.3g} GB on {request.device.name}; the smallest "
+        f"needs {smallest / 1e9:.3g} GB at {request.context_tokens} tokens of context "
+        "(raise --memory-gb or narrow the space)"
+    )
+
+
+def _extrapolation_warnings(report: dict[str, dict[str, float]], limit: float) -> list[str]:
+    return [
+        f"term {term!r} extrapolates {variable} {ratio:.3g}x beyond its data (warning past {limit:g}x)"
+        for term, ratios in report.items()
+        for variable, ratio in ratios.items()
+        if ratio > limit
+    ]

@@ -5,17 +5,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
-from scaling.laws.fit import FitResult
+from scaling.laws.card import load_card
 from search.device.profiles import DeviceProfile
+from search.plan.loss_model import FitLossModel, LossModel
 from search.plan.space import SearchSpace
 
 OBJECTIVES = ("loss", "decode_ms", "prefill_ms", "active_flops")
-DEFAULT_FIT = Path(__file__).resolve().parent / "default_fit.json"
-LOSS_COLUMNS = {"N", "N_total", "D", "G", "S", "E"}
+LOSS_COLUMNS = {"N", "N_total", "D", "G", "S", "E", "k"}
 
 LatencyOracle = Callable[[Any], dict[str, float]]
 """Measured mode: an ArchSpec in, ``{"decode_ms": ..., "prefill_ms": ...}`` out."""
@@ -29,7 +28,11 @@ class PlanRequest:
         device: The device profile whose cost model prices each shape.
         memory_budget_bytes: Bound on peak memory (default: the device's usable DRAM).
         objectives: 2 or 3 of :data:`OBJECTIVES`.
-        fit: The loss law (default: ``default_fit.json``).
+        loss_model: The loss law: a law card (default: the built-in ``default`` card) or a
+            single fit (:class:`search.plan.loss_model.FitLossModel`).
+        samples: Parameter samples of the loss model, for intervals and ``p_front``.
+        min_p_front: Keep only shapes non-dominated in at least this share of samples.
+        max_extrapolation: Warn when a term of the loss model reaches this far past its data.
         trials: Optuna trials (ignored by ``exhaustive``).
         train_tokens: Planned training tokens (the law's D).
         prompt_tokens: Prefill length.
@@ -48,7 +51,10 @@ class PlanRequest:
     device: DeviceProfile
     memory_budget_bytes: float | None = None
     objectives: tuple[str, ...] = ("loss", "decode_ms")
-    fit: FitResult | None = None
+    loss_model: LossModel | None = None
+    samples: int = 200
+    min_p_front: float | None = None
+    max_extrapolation: float = 100.0
     trials: int = 500
     train_tokens: float = 1e12
     prompt_tokens: int = 512
@@ -78,15 +84,21 @@ class PlanRequest:
             raise UserError(
                 "--measure and --exhaustive do not combine: measuring every shape is what the sampler avoids"
             )
-        fit = self.fit if self.fit is not None else FitResult.from_json(DEFAULT_FIT.read_text())
-        if "loss" in self.objectives:
-            missing = set(fit.law_object.columns) - LOSS_COLUMNS
+        if self.samples < 1:
+            raise UserError(f"samples must be >= 1, got {self.samples}")
+        if self.min_p_front is not None and not 0 <= self.min_p_front <= 1:
+            raise UserError(f"--min-p-front must be within [0, 1], got {self.min_p_front}")
+        if not self.max_extrapolation >= 1:
+            raise UserError(f"--max-extrapolation must be >= 1, got {self.max_extrapolation}")
+        model = self.loss_model if self.loss_model is not None else load_card()
+        if isinstance(model, FitLossModel) and "loss" in self.objectives:
+            missing = set(model.fit.law_object.columns) - LOSS_COLUMNS
             if missing:
                 raise UserError(
-                    f"fit law {fit.law!r} needs column(s) {sorted(missing)} that a planned shape does not "
+                    f"fit law {model.fit.law!r} needs column(s) {sorted(missing)} that a planned shape does not "
                     f"have; use a fit of chinchilla, kaplan_n, clark2022, krajewski2024, joint_moe or ondevice"
                 )
-        return dataclasses.replace(self, fit=fit)
+        return dataclasses.replace(self, loss_model=model)
 
     @property
     def budget(self) -> float:

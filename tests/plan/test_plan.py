@@ -220,3 +220,21 @@ def test_plan_output_fed_back_through_arch_gives_the_same_numbers(tmp_path):
             assert summary[key] == entry[key], (key, summary[key], entry[key])
         assert summary["n_experts"] == entry["arch"]["n_experts"] and summary["top_k"] == entry["arch"]["top_k"]
         assert summary["n_routed_experts"] == max(1, entry["n_experts"] * entry["granularity"])
+
+
+def test_front_carries_unit_interval_and_p_front_and_min_p_front_keeps_robust_shapes():
+    request = dict(device=get_device("iphone-16-pro"), memory_budget_bytes=1.5e9, exhaustive=True, samples=100)
+    document = plan(PlanRequest(**request))
+    assert document["loss_unit"].startswith("nats/token (") and document["loss_samples"] == 100
+    assert "tokens" in document["tokens_unit"] and document["extrapolation"]["granularity"]["N"] > 1
+    assert any("extrapolates" in warning for warning in document["warnings"])
+    for entry in document["pareto"]:
+        low, high = entry["predicted_loss_ci90"]
+        assert low <= entry["predicted_loss"] <= high and entry["loss_unit"] == document["loss_unit"]
+        assert 0 < entry["p_front"] <= 1  # on the median front, so on some samples' fronts
+    robust = plan(PlanRequest(**request, min_p_front=0.5))
+    assert robust["pareto"] and all(entry["p_front"] >= 0.5 for entry in robust["pareto"])
+    assert robust["min_p_front"] == 0.5
+    assert_user_error(
+        run_cli("plan", "--device", "iphone-16-pro", "--min-p-front", "1.5", "--exhaustive"), "--min-p-front"
+    )

@@ -12,9 +12,11 @@ from search.app.cli.common import PRECISION_CHOICES, positive_float, positive_in
 
 # --- command: plan -------------------------------------------------------------------------------
 def _command_plan(args: argparse.Namespace) -> None:
+    from scaling.laws.card import load_card
     from scaling.laws.fit import FitResult
     from search.app.measure import measured_latency
     from search.device.profiles import get_device
+    from search.plan.loss_model import FitLossModel
     from search.plan.outputs import write_outputs
     from search.plan.planner import plan
     from search.plan.request import PlanRequest
@@ -25,17 +27,22 @@ def _command_plan(args: argparse.Namespace) -> None:
     space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
     space.precision = (args.precision,)
     space = space.validated()
-    fit = None
+    if args.fit and args.law_card:
+        raise UserError("give one of --fit FIT.json or --law-card CARD, not both")
+    loss_model = load_card(args.law_card) if args.law_card else None
     if args.fit:
         if not os.path.isfile(args.fit):
             raise UserError(f"fit file {args.fit!r} does not exist")
         with open(args.fit) as handle:
-            fit = FitResult.from_json(handle.read())
+            loss_model = FitLossModel(FitResult.from_json(handle.read()), args.fit)
     request = PlanRequest(
         device=get_device(args.device),
         memory_budget_bytes=None if args.memory_gb is None else args.memory_gb * 1e9,
         objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
-        fit=fit,
+        loss_model=loss_model,
+        samples=args.samples,
+        min_p_front=args.min_p_front,
+        max_extrapolation=args.max_extrapolation,
         trials=args.trials,
         train_tokens=args.train_tokens,
         prompt_tokens=args.prompt_tokens,
@@ -51,6 +58,8 @@ def _command_plan(args: argparse.Namespace) -> None:
         latency_oracle=measured_latency(args.store) if args.measure else None,
     )
     document = plan(request)
+    for warning in document["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.out:
         for path in write_outputs(document, args.out):
             print(f"wrote {path}", file=sys.stderr)
@@ -68,7 +77,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--memory-gb", type=float, default=None, help="budget in 10^9 bytes (default: usable DRAM)")
     planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
     planner.add_argument(
-        "--fit", metavar="FIT.json", help="a fit from moeplan fit --out (default: search/default_fit.json)"
+        "--law-card", metavar="CARD", help="the loss law: a card file or built-in name (default: the default card)"
+    )
+    planner.add_argument("--fit", metavar="FIT.json", help="a single law from moeplan fit --out, instead of a card")
+    planner.add_argument("--samples", type=positive_int, default=200, help="loss-law samples for intervals and p_front")
+    planner.add_argument(
+        "--min-p-front",
+        type=float,
+        default=None,
+        metavar="P",
+        help="keep only shapes non-dominated in at least this share of samples",
+    )
+    planner.add_argument(
+        "--max-extrapolation", type=float, default=100.0, help="warn when a law term reaches this far past its data"
     )
     planner.add_argument("--trials", type=positive_int, default=500)
     planner.add_argument(
@@ -80,7 +101,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space")
     planner.add_argument("--measure", action="store_true", help="measure latency on this machine (cached per shape)")
     planner.add_argument("--store", default=None, help="run store caching measured shapes (with --measure)")
-    planner.add_argument("--train-tokens", type=positive_float, default=1e12, help="planned training tokens")
+    planner.add_argument(
+        "--train-tokens", type=positive_float, default=1e12, help="planned training tokens, in the law card's tokens"
+    )
     planner.add_argument("--prompt-tokens", type=positive_int, default=512)
     planner.add_argument("--context-tokens", type=positive_int, default=2048)
     planner.add_argument("--max-decode-ms", type=positive_float, default=None)

@@ -1,0 +1,356 @@
+"""The planner's law card: a dense base law and the MoE terms that make its dense-equivalent size.
+
+``loss = L_base(N_eq, D)`` with ``N_eq = N_active * M`` and ``ln M`` the sum of the MoE terms
+(:mod:`scaling.laws.effective`). Each term records its form(s), parameters with bootstrap
+replicates, the data it was fitted on and its range, and its backtest errors. A card predicts by
+sampling: each sample draws one bootstrap replicate of every term, and one of a term's
+alternative forms where the evidence did not single one out; the prediction is the median over
+samples, with a 90% interval.
+
+Shapes are given in canonical columns: ``N`` (active parameters), ``D`` (training tokens, in the
+base law's tokens), ``E`` (expansion), ``k`` (top-k at G = 1), ``G``, ``S`` (shared experts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scaling.errors import UserError
+from scaling.laws import effective
+from scaling.laws.units import LossUnit
+
+FORMAT = "moeplan-law-card/1"
+SHAPE_COLUMNS = ("N", "D", "E", "k", "G", "S")
+TERM_FORMS = {  # kind -> form -> parameter names
+    "base": {"chinchilla": ("E", "A", "B", "alpha", "beta")},
+    "expansion": {"clark": ("m0", "m1", "E_max")},
+    "granularity": {"loglinear": ("g",), "saturating": ("g",)},
+    "top_k": {"loglinear": ("t",)},
+    "shared": {"linear": ("s",)},
+}
+MOE_TERMS = ("expansion", "granularity", "top_k", "shared")
+DEFAULT_SAMPLES = 200
+
+
+@dataclass
+class TermForm:
+    """One form of a term: its weight among the term's forms, point parameters and replicates."""
+
+    params: dict[str, float]
+    replicates: dict[str, list[float]] = field(default_factory=dict)
+    weight: float = 1.0
+
+    def n_replicates(self) -> int:
+        return len(next(iter(self.replicates.values()))) if self.replicates else 0
+
+
+@dataclass
+class Term:
+    """One term of the card, with where it comes from and how far it can be trusted."""
+
+    kind: str
+    forms: dict[str, TermForm]
+    source: str
+    data_range: dict[str, list[float]] = field(default_factory=dict)
+    backtest: dict[str, Any] | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    def conf_int(self, level: float = 0.9) -> pd.DataFrame:
+        """Per form and parameter: the value and the percentile interval of its replicates."""
+        rows = []
+        for name, form in self.forms.items():
+            for param, value in form.params.items():
+                values = np.asarray(form.replicates.get(param, []), dtype=float)
+                lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2]) if len(values) else (np.nan,) * 2
+                rows.append({"form": name, "param": param, "value": value, "lower": lo, "upper": hi})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        intervals = self.conf_int()
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "range": self.data_range,
+            "backtest": self.backtest,
+            "evidence": self.evidence,
+            "notes": self.notes,
+            "forms": {
+                name: {
+                    "weight": form.weight,
+                    "params": form.params,
+                    "ci90": {
+                        row.param: [_plain(row.lower), _plain(row.upper)]
+                        for row in intervals[intervals["form"] == name].itertuples()
+                    },
+                    "replicates": form.replicates,
+                }
+                for name, form in self.forms.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, kind: str, document: dict[str, Any]) -> Term:
+        if kind not in TERM_FORMS:
+            raise UserError(f"law card: unknown term {kind!r}; known terms: {', '.join(TERM_FORMS)}")
+        forms = {}
+        for name, body in (document.get("forms") or {}).items():
+            expected = TERM_FORMS[kind].get(name)
+            if expected is None:
+                known = ", ".join(TERM_FORMS[kind])
+                raise UserError(f"law card: term {kind!r} has unknown form {name!r}; known: {known}")
+            params = {p: float(v) for p, v in (body.get("params") or {}).items()}
+            missing = [p for p in expected if p not in params]
+            if missing:
+                raise UserError(f"law card: term {kind!r} form {name!r} lacks parameter(s) {missing}")
+            replicates = {p: [float(x) for x in v] for p, v in (body.get("replicates") or {}).items()}
+            for value in [*params.values(), *(x for v in replicates.values() for x in v)]:
+                if not math.isfinite(value):
+                    raise UserError(f"law card: term {kind!r} form {name!r} has a non-finite parameter")
+            forms[name] = TermForm(params, replicates, float(body.get("weight", 1.0)))
+        if not forms:
+            raise UserError(f"law card: term {kind!r} has no forms")
+        return cls(
+            kind=kind,
+            forms=forms,
+            source=str(document.get("source", "")),
+            data_range=document.get("range") or {},
+            backtest=document.get("backtest"),
+            evidence=document.get("evidence") or {},
+            notes=str(document.get("notes", "")),
+        )
+
+
+@dataclass
+class LawCard:
+    """A law card: terms by kind, the loss unit of its predictions, and its provenance."""
+
+    name: str
+    unit: LossUnit
+    terms: dict[str, Term]
+    notes: str = ""
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if "base" not in self.terms:
+            raise UserError("law card: a card needs a 'base' term (the dense law that gives the absolute loss)")
+
+    # --- prediction ---------------------------------------------------------------------------
+    def sample_params(self, n_samples: int = DEFAULT_SAMPLES, seed: int = 0) -> dict[str, Any]:
+        """For each term: the form each sample uses, and each parameter's value per sample."""
+        rng = np.random.default_rng(seed)
+        draws = {}
+        for kind, term in self.terms.items():
+            names = list(term.forms)
+            weights = np.array([term.forms[n].weight for n in names], dtype=float)
+            chosen = rng.choice(len(names), size=n_samples, p=weights / weights.sum())
+            params: dict[str, np.ndarray] = {}
+            for index, name in enumerate(names):
+                form, mask = term.forms[name], chosen == index
+                count = form.n_replicates()
+                picks = rng.integers(0, count, size=n_samples) if count else None
+                for param, value in form.params.items():
+                    values = np.asarray(form.replicates[param])[picks] if count else np.full(n_samples, value)
+                    params.setdefault(param, np.zeros(n_samples))[mask] = values[mask]
+            draws[kind] = {"forms": np.array(names)[chosen], "params": params}
+        return draws
+
+    def log_multiplier(self, shapes: dict[str, np.ndarray], draws: dict[str, Any]) -> np.ndarray:
+        """ln M, (shapes, samples): the sum of the MoE terms the card has."""
+        n = len(shapes["N"])
+        samples = len(next(iter(draws.values()))["forms"])
+        total = np.zeros((n, samples))
+        moe = (shapes["E"] * shapes["G"] > 1).reshape(-1, 1)
+        for kind in MOE_TERMS:
+            if kind not in draws:
+                continue
+            params, forms = draws[kind]["params"], draws[kind]["forms"]
+            if kind == "expansion":
+                part = effective.log_expansion(shapes["E"] / shapes["k"], shapes["N"], **params)
+            elif kind == "granularity":
+                part = np.zeros((n, samples))
+                for form in np.unique(forms):
+                    part += effective.log_granularity(shapes["G"], params["g"], form) * (forms == form)
+            elif kind == "top_k":
+                part = effective.log_top_k(shapes["k"], params["t"])
+            else:
+                part = effective.log_shared(shapes["S"], params["s"])
+            total += np.where(moe, part, 0.0)
+        return total
+
+    def predict_samples(
+        self, shapes: pd.DataFrame | dict[str, Any], n_samples: int = DEFAULT_SAMPLES, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and dense-equivalent parameters for every shape under every sample: two (n, S) arrays."""
+        columns = shape_columns(shapes)
+        draws = self.sample_params(n_samples, seed)
+        n_eq = columns["N"].reshape(-1, 1) * np.exp(self.log_multiplier(columns, draws))
+        return effective.chinchilla_loss(n_eq, columns["D"], **draws["base"]["params"]), n_eq
+
+    def predict(
+        self, shapes: pd.DataFrame | dict[str, Any], n_samples: int = DEFAULT_SAMPLES, seed: int = 0
+    ) -> pd.DataFrame:
+        """Median loss, its 90% interval and the median dense-equivalent size, one row per shape."""
+        loss, n_eq = self.predict_samples(shapes, n_samples, seed)
+        lower, median, upper = np.quantile(loss, [0.05, 0.5, 0.95], axis=1)
+        return pd.DataFrame(
+            {
+                "loss": median,
+                "loss_lower": lower,
+                "loss_upper": upper,
+                "dense_equivalent_params": np.median(n_eq, axis=1),
+                "loss_unit": str(self.unit),
+            }
+        )
+
+    def extrapolation(self, shapes: pd.DataFrame | dict[str, Any]) -> dict[str, dict[str, float]]:
+        """How far each term reaches past its data: the largest ratio of a shape's value to the
+        term's fitted range, per variable (1 = inside the range). The base law is checked at the
+        dense-equivalent size ``N_eq`` where the shapes give it."""
+        columns = shape_columns(shapes)
+        columns = {**columns, "R": columns["E"] / columns["k"], "D/N": columns["D"] / columns["N"]}
+        moe = columns["E"] * columns["G"] > 1
+        report = {}
+        for kind, term in self.terms.items():
+            ratios = {}
+            for variable, (low, high) in term.data_range.items():
+                values = columns.get(variable)
+                if kind == "base" and variable == "N" and "N_eq" in shapes:  # the base law sees N_eq
+                    values = np.asarray(shapes["N_eq"], dtype=float)
+                if values is None:
+                    continue
+                values = values if kind == "base" else values[moe]
+                if not len(values):
+                    continue
+                above = values.max() / high if high > 0 else 1.0
+                below = low / values.min() if low > 0 and values.min() > 0 else 1.0
+                ratios[variable] = float(max(above, below, 1.0))
+            report[kind] = ratios
+        return report
+
+    # --- reading and writing ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "loss_unit": self.unit.to_dict(),
+            "notes": self.notes,
+            "terms": {kind: term.to_dict() for kind, term in self.terms.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, document: Any, path: str | None = None) -> LawCard:
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise UserError(f"{path or 'the document'} is not a moeplan law card (format {FORMAT!r})")
+        terms = document.get("terms")
+        if not isinstance(terms, dict):
+            raise UserError("law card: 'terms' must be a table of terms")
+        return cls(
+            name=str(document.get("name", "")),
+            unit=LossUnit.from_dict(document["loss_unit"]),
+            terms={kind: Term.from_dict(kind, body) for kind, body in terms.items()},
+            notes=str(document.get("notes", "")),
+            path=path,
+        )
+
+    def summary(self) -> str:
+        """The card as text: each term, its source and range, parameters with 90% intervals, backtests."""
+        lines = [f"Law card {self.name!r}   loss unit: {self.unit}   tokens: {self.unit.token_name}"]
+        for kind, term in self.terms.items():
+            lines.append(f"\n[{kind}] {term.source}")
+            if term.data_range:
+                spans = ", ".join(f"{k} {_span(v)}" for k, v in term.data_range.items())
+                lines.append(f"  fitted on: {spans}")
+            table = term.conf_int()
+            for row in table.itertuples():
+                weight = term.forms[row.form].weight
+                label = f"{row.form} (weight {weight:.2f})" if len(term.forms) > 1 else row.form
+                interval = f"90% [{row.lower:.5g}, {row.upper:.5g}]"
+                lines.append(f"  {label:>28} {row.param:>7} = {row.value:<11.5g} {interval}")
+            if term.backtest:
+                lines.append(f"  backtest: {_backtest_line(term.backtest)}")
+            if term.notes:
+                lines.append(f"  note: {term.notes}")
+        return "\n".join(lines)
+
+
+def shape_columns(shapes: pd.DataFrame | dict[str, Any]) -> dict[str, np.ndarray]:
+    """The canonical shape columns as float arrays, checked: present, finite and positive."""
+    columns = {}
+    for name in SHAPE_COLUMNS:
+        if name not in shapes:
+            raise UserError(f"shapes lack column {name!r}; the columns are {', '.join(SHAPE_COLUMNS)}")
+        values = np.asarray(shapes[name], dtype=float).reshape(-1)
+        if not np.all(np.isfinite(values)):
+            raise UserError(f"column {name!r} has missing or non-finite values")
+        if np.any(values < 0) or (name != "S" and np.any(values == 0)):
+            raise UserError(f"column {name!r} must be positive{' or zero' if name == 'S' else ''}")
+        columns[name] = values
+    if np.any(columns["k"] > columns["E"]) and np.any(columns["E"] > 1):
+        raise UserError("column 'k' exceeds 'E' for some shape: top-k must be at most the number of experts")
+    return columns
+
+
+DEFAULT_CARD = "default"
+
+
+def card_path(name: str = DEFAULT_CARD) -> Path:
+    """A built-in card's file (``default``: the planner's default)."""
+    return Path(str(resources.files("scaling.laws") / "cards" / f"{name}.json"))
+
+
+def builtin_cards() -> list[str]:
+    return sorted(path.stem for path in card_path().parent.glob("*.json"))
+
+
+def load_builtin_card(name: str) -> LawCard:
+    """A built-in card by name only (for the HTTP service: clients never name server paths)."""
+    if name not in builtin_cards():
+        raise UserError(f"unknown law card {name!r}; built-in cards: {', '.join(builtin_cards())}")
+    return load_card(card_path(name))
+
+
+def load_card(reference: str | Path | None = None) -> LawCard:
+    """A card by path, or a built-in card by name (default: ``default``)."""
+    reference = DEFAULT_CARD if reference is None else reference
+    path = Path(reference)
+    if not path.exists() and path.suffix == "":
+        path = card_path(str(reference))
+    if path.is_dir() or not path.is_file():
+        raise UserError(f"law card {str(reference)!r} does not exist; give a card file or a built-in card name")
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"law card {str(path)!r} is not valid JSON: {error}") from None
+    return LawCard.from_dict(document, str(path))
+
+
+def _plain(value: float) -> float | None:
+    return None if not math.isfinite(value) else float(value)
+
+
+def _span(values: list[float]) -> str:
+    low, high = values
+    return f"{low:.3g}-{high:.3g}"
+
+
+def _backtest_line(backtest: dict[str, Any]) -> str:
+    if "error" in backtest:
+        return f"not possible ({backtest['error']})"
+    origins = backtest.get("origins", [])
+    parts = [
+        f"fit <= {o['fit_up_to']:.3g} -> {o['predict']:.3g} (x{o['ratio']:.2g}): {o['mean_abs_rel_error']:.2%}"
+        for o in origins
+    ]
+    return "; ".join(parts) or "none"
