@@ -200,6 +200,14 @@ class FitResult:
                 lines.append(f"{name:>10} {value:>14.6g} {lo:>14.6g} {hi:>14.6g}")
             else:
                 lines.append(f"{name:>10} {value:>14.6g}")
+        if self.extra.get("law_selection"):
+            lines.append("Chosen by rolling-origin backtests (mean |rel err| over origins):")
+            for name, result in sorted(
+                self.extra["law_selection"].items(), key=lambda item: item[1].get("mean_abs_rel_error", np.inf)
+            ):
+                score = result.get("mean_abs_rel_error")
+                scored = f"{score:.4f} over {len(result.get('origins', []))} origins" if score is not None else ""
+                lines.append(f"{name:>14}  {scored or 'not scored: ' + result['error']}")
         if self.extrapolation and "error" in self.extrapolation:
             lines.append(f"Leave-largest-out: not possible ({self.extrapolation['error']})")
         elif self.extrapolation:
@@ -304,8 +312,9 @@ def fit_law(
         workers: Processes for the bootstrap (default: all cores).
         extrapolate: Also run the leave-largest-out check.
     """
+    comparison = None
     if isinstance(law, str) and law == "auto":
-        law = choose_law(frame, delta=delta)
+        law, comparison = choose_law(frame, delta=delta)
     law = get_law(law) if isinstance(law, str) else law
     if not (isinstance(delta, (int, float)) and delta > 0):
         raise UserError(f"delta must be positive, got {delta!r}")
@@ -331,6 +340,8 @@ def fit_law(
         unidentified=_unidentified(law, data, best.x),
         extra={"loss_unit": None if unit is None else str(unit)},
     )
+    if comparison is not None:
+        result.extra["law_selection"] = comparison
     if bootstrap:
         groups = _groups(frame)
         result.bootstrap_params = _bootstrap(
@@ -485,20 +496,34 @@ def applicable_laws(frame: pd.DataFrame) -> list[str]:
     return [name for name, law in LAWS.items() if all(c in frame.columns for c in law.columns)]
 
 
-def choose_law(frame: pd.DataFrame, delta: float = DEFAULT_DELTA) -> Law:
-    """``--law auto``: the applicable law with the lowest leave-largest-out error."""
+def choose_law(frame: pd.DataFrame, delta: float = DEFAULT_DELTA) -> tuple[Law, dict[str, Any]]:
+    """``--law auto``: the applicable law with the lowest rolling-origin backtest error.
+
+    Each law is fitted on the sizes up to each origin and predicts the next size, for every
+    origin (:func:`scaling.laws.backtest.rolling_origin`); the mean error over the origins
+    decides, so the choice does not rest on one held-out size. Returns the law and the
+    comparison (each law's mean error and origins, or why it could not be scored).
+    """
+    from scaling.laws.backtest import rolling_origin
+
     candidates = applicable_laws(frame)
     if "loss" not in frame.columns:
         raise UserError("data has no 'loss' column")
-    scores = {}
+    column = "N" if "N" in frame.columns else "C"
+    comparison: dict[str, Any] = {}
     for name in candidates:
+
+        def fit_predict(train: pd.DataFrame, test: pd.DataFrame, law: str = name) -> np.ndarray:
+            return fit_law(train, law, delta=delta, extrapolate=False).predict(test)
+
         try:
-            scores[name] = extrapolation_check(frame, name, delta)["mean_abs_rel_error"]
-        except UserError:
-            continue
-    if not scores:
+            comparison[name] = rolling_origin(frame, fit_predict, column)
+        except UserError as error:
+            comparison[name] = {"error": str(error)}
+    scored = {name: result["mean_abs_rel_error"] for name, result in comparison.items() if "error" not in result}
+    if not scored:
         raise UserError(
-            f"no law can be chosen: none of {list(LAWS)} has its columns and enough points "
+            f"no law can be chosen: none of {list(LAWS)} has its columns and enough sizes to backtest "
             f"(columns present: {list(frame.columns)})"
         )
-    return get_law(min(scores, key=scores.get))
+    return get_law(min(scored, key=scored.get)), comparison

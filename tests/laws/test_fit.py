@@ -136,9 +136,17 @@ def test_plot_data():
     assert curves["fitted"]["D_group"].nunique() == 6
 
 
-def test_auto_chooses_an_applicable_law():
-    chosen = choose_law(synthetic(3))
-    assert chosen.name in ("chinchilla", "kaplan_n")
+def test_auto_chooses_by_rolling_origin_backtests_and_shows_the_comparison():
+    frame = synthetic(3)
+    chosen, comparison = choose_law(frame)
+    assert chosen.name == "chinchilla"  # the data are Chinchilla's law with noise
+    scored = {name: result for name, result in comparison.items() if "error" not in result}
+    assert set(scored) >= {"chinchilla", "kaplan_n"}
+    assert len(scored["chinchilla"]["origins"]) == frame["N"].nunique() - 2  # every origin from 2 sizes on
+    assert scored["chinchilla"]["mean_abs_rel_error"] <= min(r["mean_abs_rel_error"] for r in scored.values())
+    fit = fit_law(frame, "auto")
+    assert fit.law == "chinchilla" and "Chosen by rolling-origin backtests" in fit.summary()
+    assert set(fit.to_dict()["law_selection"]) == set(comparison)
 
 
 # --- bad data -----------------------------------------------------------------------------------
