@@ -16,7 +16,14 @@ def evaluate(request: PlanRequest, arrays, precisions: np.ndarray) -> pd.DataFra
     for precision in np.unique(precisions):
         mask = precisions == precision
         subset = type(arrays)(**{k: v[mask] for k, v in vars(arrays).items()})
-        prediction = predict(subset, request.device, str(precision), request.prompt_tokens, request.context_tokens)
+        prediction = predict(
+            subset,
+            request.device,
+            str(precision),
+            request.prompt_tokens,
+            request.context_tokens,
+            backend=request.backend,
+        )
         frame = pd.DataFrame(
             {
                 "index": np.flatnonzero(mask),
