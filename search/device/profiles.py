@@ -325,7 +325,7 @@ def _check_keys(origin: str, prefix: str, facts: dict[str, Any], required: tuple
     for key in required:
         if key not in facts:
             raise UserError(
-                f"device profile {origin} is missing the field {prefix}{key!r} (a table with value, state, basis, "
+                f"device profile {origin} is missing the field {prefix + key!r} (a table with value, state, basis, "
                 "source)"
             )
     known = set(SHARED) | set(REQUIRED) | set(OPTIONAL)
