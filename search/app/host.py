@@ -145,15 +145,24 @@ def host_profile(name: str = "host") -> DeviceProfile:
     peak = matmul_peak_flops("cpu", "fp32")
     bandwidth = memory_bandwidth_bytes_per_s()
     source = f"measured by moeplan on this machine ({torch.get_num_threads()} threads, torch {torch.__version__})"
-    base = DeviceProfile(name, "This machine, torch backend (fp32, CPU)", "torch-cpu", {}, {})
-    return base.with_values(
+    base = DeviceProfile.single(name, "This machine, torch backend (fp32, CPU)", "cpu", f"torch {torch.__version__}")
+    measured = base.with_values(
         name,
         {
             "dram_bytes": total_memory_bytes(),
-            "usable_fraction": 0.8,
             "bandwidth_bytes_per_s": bandwidth,
             "compute_flops.fp32": peak,
             "compute_flops.fp16": peak,
+        },
+        "measured",
+        "measured",
+        source,
+    )
+    # Starting points of the fit, and constants it does not fit: assumptions, not measurements.
+    return measured.with_values(
+        name,
+        {
+            "usable_fraction": 0.8,
             "efficiency.compute": 0.7,
             "efficiency.bandwidth": 0.7,
             "overheads.per_layer_s": 1e-4,
@@ -163,9 +172,9 @@ def host_profile(name: str = "host") -> DeviceProfile:
             "efficiency.half_tokens": 16.0,
             "overheads.per_expert_s": 5e-5,
         },
-        "measured",
-        "measured",
-        source,
+        "prior",
+        "assumption",
+        "moeplan prior for a desktop CPU running torch eagerly (the fit replaces the efficiencies and overheads)",
     )
 
 

@@ -62,8 +62,12 @@ class ArchRequest(ArchSource):
     precision: Precision = "bf16"
 
 
+Backend = Literal["cpu", "gpu", "npu"]
+
+
 class PredictRequest(ArchSource):
     device: str
+    backend: Backend | None = None
     precision: Precision = "int4"
     prompt_tokens: int = Field(512, ge=1, le=1_000_000)
     context_tokens: int | None = Field(None, ge=1, le=10_000_000)
@@ -80,6 +84,7 @@ class FitRequest(BaseModel):
 class PlanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device: str
+    backend: Backend | None = None
     memory_gb: float | None = Field(None, gt=0)
     precision: Precision = "int4"
     trials: int = Field(500, ge=1, le=MAX_TRIALS)
@@ -106,6 +111,7 @@ def run_plan(body: dict[str, Any]) -> dict[str, Any]:
     return plan(
         PlanRequest(
             device=get_device(request.device),
+            backend=request.backend,
             memory_budget_bytes=None if request.memory_gb is None else request.memory_gb * 1e9,
             objectives=tuple(request.objectives),
             trials=request.trials,
@@ -184,7 +190,7 @@ def create_app(store_url: str | None = None, token: str | None = None) -> FastAP
         from search.device.cost import predict, to_json_ready
         from search.device.profiles import get_device
 
-        spec, device = body.spec(), get_device(body.device)
+        spec, device = body.spec(), get_device(body.device, body.backend)
         return to_json_ready(predict(spec, device, body.precision, body.prompt_tokens, body.context_tokens))
 
     @app.post("/v1/fits")

@@ -1,45 +1,138 @@
-"""The on-device cost model: a per-layer roofline for prefill and decode, and peak memory.
+"""The on-device cost model: a per-component roofline for prefill and decode, and peak memory.
 
 Every function takes one :class:`~scaling.shape.arch.ArchSpec` or many shapes at once as
 :class:`~scaling.shape.accounting.ArchArrays` (numpy arrays in, arrays out), so the search can
-evaluate hundreds of thousands of shapes a second with the same formulas.
+evaluate hundreds of thousands of shapes a second with the same formulas. A profile is
+resolved for one backend (cpu, gpu, npu) before it prices anything.
 
 For a forward pass of T new tokens after c cached ones, each component (attention
-projections, attention over the KV cache, dense MLPs, MoE layers, output head) costs its
-arithmetic time ``FLOPs / (peak x eff_compute)`` and its memory time ``bytes / (bandwidth x
-eff_bandwidth)`` combined as ``max(a, m) + (1 - overlap) min(a, m)``. ``efficiency.overlap``
-= 1 is the classic roofline (the two overlap fully), the prior for phones; 0 adds them. On the
-CPU host calibration finds 0.4-0.9 (benchmarks/cost_model_accuracy.py). The components
-add up, plus fixed costs per layer, per MoE layer, per touched expert and per forward pass.
+projections, attention over the KV cache, dense MLPs, router and shared experts, routed
+experts, output head) costs its arithmetic time ``FLOPs / rate`` and its memory time
+``bytes / (bandwidth x eff_bandwidth)``, combined as ``max(a, m) + (1 - overlap) min(a, m)``
+(overlap 1 is the classic roofline, 0 adds them). To these come the routing of each MoE layer
+and fixed costs per layer, per touched expert and per forward pass.
 
-* Prefill (T = P, c = 0) is mostly compute-bound. A routed expert is read if any of the P
-  tokens picks it: in expectation E (1 - (1 - k/E)^P) of E experts.
-* Decode (T = 1, c = context) is mostly bandwidth-bound: the active weights plus the KV cache.
-* Quantised weights (int8, int4) add dequantisation FLOPs per weight read.
-* A matrix product over T > 1 tokens runs at T / (T + T_half) of the compute rate: the fixed
-  cost of packing each weight matrix, which a one-token matrix-vector product does not pay.
-  Routed-expert matmuls run at a further ``efficiency.expert_compute`` of that rate (gathered
-  rows, small products).
+* A GEMM over r rows runs at ``r / (r + T_half)`` of the compute rate (``efficiency.half_tokens``:
+  packing and tile fill that a one-row matrix-vector product does not pay).
+* A routed expert's GEMM sees only the rows routed to it: ``r = T k / touched`` per touched expert
+  (about ``T k / E`` under balanced routing once every expert is touched), divided by an
+  optional imbalance factor ``u >= 1`` (the busiest expert gets u times the mean, so the others
+  get fewer). At ``u = 1`` the experts' time equals running each touched expert's GEMM in turn
+  with one packing cost each.
+* Prefill reads every touched expert once: in expectation ``E (1 - (1 - k/E)^T)`` of E, which
+  is all of them once the prompt is long. Decode (T = 1) reads only the k selected ones.
+* Each MoE layer routes: a fixed ``overheads.per_moe_layer_s`` (softmax, top-k, sort) plus the
+  permutation traffic, ``permute_passes x T k d`` activation bytes through memory (gather the
+  rows per expert, then scatter them back), and ``overheads.per_expert_s`` per touched expert.
+* Quantised weights (int8, int4) add ``overheads.dequant_flops_per_weight`` per weight read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
 from scaling.errors import UserError
 from scaling.shape import accounting
-from scaling.shape.accounting import QUANTISED, Shape
-from search.device.profiles import DeviceProfile
+from scaling.shape.accounting import QUANTISED, ArchArrays, Shape
+from scaling.shape.arch import ArchSpec
+from search.device.profiles import DeviceProfile, compute_efficiency, compute_flops
+from search.device.uncertainty import has_uncertainty, log_sds, parameter_draws
 
 ACTIVATION_BYTES = 2  # fp16 activations on device
+TERMS = (
+    "attention",
+    "attention_scores",
+    "dense_mlp",
+    "router_and_shared",
+    "routed_experts",
+    "routing",
+    "expert_dispatch",
+    "output_head",
+    "fixed",
+)
 
 
 def _roofline(flops, bytes_moved, compute_rate, bandwidth, overlap):
     """The longer of arithmetic and memory time, plus the un-overlapped share of the shorter."""
     arithmetic, memory = flops / compute_rate, bytes_moved / bandwidth
     return np.maximum(arithmetic, memory) + (1 - overlap) * np.minimum(arithmetic, memory)
+
+
+def _saturation(rows, half_tokens):
+    """Share of the compute rate a GEMM over ``rows`` rows reaches (1 for a matrix-vector product)."""
+    return np.where(rows > 1, rows / (rows + half_tokens), 1.0)
+
+
+def forward_terms(
+    shape: Shape,
+    values: Mapping[str, Any],
+    precision: str,
+    new_tokens: Any,
+    cached_tokens: Any,
+    kv_precision: str = "fp16",
+    embedding_precision: str | None = None,
+    group_size: int = accounting.DEFAULT_GROUP_SIZE,
+    imbalance: Any = 1.0,
+) -> dict[str, Any]:
+    """Seconds of one forward pass (batch 1), by component (:data:`TERMS`).
+
+    ``values`` are a resolved profile's numbers (``DeviceProfile.values``); any of them may be
+    an array that broadcasts against the shapes (the latency samples pass one column per draw).
+    """
+    parts = accounting.parameter_breakdown(shape)
+    weight = accounting.bytes_per_weight(precision, group_size)
+    embedding_precision = embedding_precision or precision
+    embedding_weight = accounting.bytes_per_weight(embedding_precision, group_size)
+    half_tokens = values.get("efficiency.half_tokens", 0.0)
+    peak = compute_flops(values, precision) * compute_efficiency(values, precision)
+    attention_peak = compute_flops(values, "fp16") * values["efficiency.compute"]
+    bandwidth = values["bandwidth_bytes_per_s"] * values["efficiency.bandwidth"]
+    dequant = values["overheads.dequant_flops_per_weight"]
+    overlap = values.get("efficiency.overlap", 1.0)
+    tokens = new_tokens
+    dense_rate = peak * _saturation(tokens, half_tokens)
+
+    def matmul(weights, rows, rate, read=None, bytes_per=weight, quantised=precision in QUANTISED):
+        """``rows`` tokens through ``weights`` (active); ``read`` weights come from memory."""
+        read = weights if read is None else read
+        flops = 2 * weights * rows + (dequant * read if quantised else 0.0)
+        return _roofline(flops, read * bytes_per, rate, bandwidth, overlap)
+
+    terms = {"attention": matmul(parts["attention"], tokens, dense_rate)}
+    # Attention over the cache: QK^T and AV of every new token against all earlier positions.
+    context_sum = tokens * cached_tokens + tokens * (tokens + 1) / 2
+    score_flops = 4 * shape.n_layers * shape.n_heads * shape.head_dim * context_sum
+    kv_bytes = accounting.kv_cache_bytes_per_token(shape, kv_precision) * (cached_tokens + tokens)
+    attention_rate = attention_peak * _saturation(tokens, half_tokens)
+    terms["attention_scores"] = _roofline(score_flops, kv_bytes, attention_rate, bandwidth, overlap)
+    terms["dense_mlp"] = matmul(parts["dense_mlp"], tokens, dense_rate)
+    terms["router_and_shared"] = matmul(parts["router"] + parts["shared_experts"], tokens, dense_rate)
+    # Routed experts: each touched expert's GEMM sees only its own rows.
+    experts = np.maximum(shape.n_routed_experts, 1)
+    top_k = shape.routed_top_k
+    touched = experts * (1 - (1 - top_k / experts) ** tokens)
+    rows = tokens * top_k / (touched * imbalance)
+    expert_rate = peak * values.get("efficiency.expert_compute", 1.0) * _saturation(rows, half_tokens)
+    moe_layers = accounting.moe_layer_count(shape)
+    expert_read = moe_layers * 3 * shape.d_model * shape.expert_d_ff * touched
+    terms["routed_experts"] = matmul(parts["routed_experts_active"], tokens, expert_rate, read=expert_read)
+    permute_bytes = values.get("overheads.permute_passes", 0.0) * tokens * top_k * shape.d_model * ACTIVATION_BYTES
+    terms["routing"] = moe_layers * (values.get("overheads.per_moe_layer_s", 0.0) + permute_bytes / bandwidth)
+    terms["expert_dispatch"] = moe_layers * touched * values.get("overheads.per_expert_s", 0.0)
+    # Output head: logits for the last position only.
+    terms["output_head"] = matmul(
+        parts["embedding_input"],
+        1,
+        peak,
+        bytes_per=embedding_weight,
+        quantised=embedding_precision in QUANTISED,
+    )
+    terms["fixed"] = shape.n_layers * values["overheads.per_layer_s"] + values["overheads.per_forward_s"]
+    return terms
 
 
 def forward_seconds(
@@ -50,47 +143,22 @@ def forward_seconds(
     cached_tokens: Any,
     kv_precision: str = "fp16",
     group_size: int = accounting.DEFAULT_GROUP_SIZE,
+    embedding_precision: str | None = None,
+    imbalance: Any = 1.0,
 ) -> Any:
     """Seconds for one forward pass of ``new_tokens`` after ``cached_tokens`` (batch 1)."""
-    parts = accounting.parameter_breakdown(shape)
-    weight = accounting.bytes_per_weight(precision, group_size)
-    # GEMMs over T > 1 rows pay a per-matrix packing cost worth T_half rows of compute.
-    half_tokens = device.get("efficiency.half_tokens", 0.0)
-    saturation = np.where(np.asarray(new_tokens) > 1, new_tokens / (new_tokens + half_tokens), 1.0)
-    compute = device.compute_flops(precision) * device["efficiency.compute"] * saturation
-    attention_compute = device.compute_flops("fp16") * device["efficiency.compute"] * saturation
-    bandwidth = device["bandwidth_bytes_per_s"] * device["efficiency.bandwidth"]
-    dequant = device["overheads.dequant_flops_per_weight"] if precision in QUANTISED else 0.0
-    overlap = device.get("efficiency.overlap", 1.0)
-    tokens = new_tokens
-
-    def matmul(weights, read=None, rate=compute, rows=tokens):
-        """``rows`` tokens through ``weights`` (active); ``read`` weights come from memory."""
-        read = weights if read is None else read
-        return _roofline(2 * weights * rows + dequant * read, read * weight, rate, bandwidth, overlap)
-
-    # Attention projections, and attention over the cache (QK^T and AV for every new token).
-    seconds = matmul(parts["attention"])
-    context_sum = tokens * cached_tokens + tokens * (tokens + 1) / 2
-    score_flops = 4 * shape.n_layers * shape.n_heads * shape.head_dim * context_sum
-    kv_bytes = accounting.kv_cache_bytes_per_token(shape, kv_precision) * (cached_tokens + tokens)
-    seconds = seconds + _roofline(score_flops, kv_bytes, attention_compute, bandwidth, overlap)
-    # Dense MLPs, then the MoE layers: router, the routed experts touched, shared experts.
-    seconds = seconds + matmul(parts["dense_mlp"])
-    experts = np.maximum(shape.n_routed_experts, 1)
-    touched = experts * (1 - (1 - shape.routed_top_k / experts) ** tokens)
-    moe_layers = accounting.moe_layer_count(shape)
-    expert_params = moe_layers * 3 * shape.d_model * shape.expert_d_ff
-    seconds = seconds + matmul(parts["router"] + parts["shared_experts"])
-    expert_compute = compute * device.get("efficiency.expert_compute", 1.0)
-    seconds = seconds + matmul(parts["routed_experts_active"], read=expert_params * touched, rate=expert_compute)
-    # Each touched expert is its own small kernel (or loop step): a fixed cost per expert; and
-    # each MoE layer routes (softmax, top-k, sort, scatter) at a fixed cost of its own.
-    seconds = seconds + moe_layers * touched * device.get("overheads.per_expert_s", 0.0)
-    seconds = seconds + moe_layers * device.get("overheads.per_moe_layer_s", 0.0)
-    # Output head: logits for the last position only.
-    seconds = seconds + matmul(parts["embedding_input"], rows=1)
-    return seconds + shape.n_layers * device["overheads.per_layer_s"] + device["overheads.per_forward_s"]
+    terms = forward_terms(
+        shape,
+        device.values,
+        precision,
+        new_tokens,
+        cached_tokens,
+        kv_precision,
+        embedding_precision,
+        group_size,
+        imbalance,
+    )
+    return sum(terms.values())
 
 
 def peak_memory_bytes(
@@ -100,15 +168,31 @@ def peak_memory_bytes(
     context_tokens: Any,
     prompt_tokens: Any,
     kv_precision: str = "fp16",
+    embedding_precision: str | None = None,
+    group_size: int = accounting.DEFAULT_GROUP_SIZE,
 ) -> dict[str, Any]:
-    """Weights + KV cache at the context + prefill activations + runtime overhead."""
-    weights = accounting.weight_bytes(shape, precision)
+    """Weights + KV cache at the context + prefill activations + the runtime's own bytes."""
+    weights = accounting.weight_bytes(shape, precision, embedding_precision=embedding_precision, group_size=group_size)
     kv = accounting.kv_cache_bytes_per_token(shape, kv_precision) * context_tokens
     widest = np.maximum(np.maximum(shape.d_ff, shape.expert_d_ff * shape.routed_top_k), shape.d_model)
     # The residual stream, q/k/v and one MLP hidden state per prompt token, plus the logits.
     activations = prompt_tokens * (4 * shape.d_model + 2 * widest) * ACTIVATION_BYTES + 4 * shape.vocab_size
     total = weights + kv + activations + device["overheads.runtime_bytes"]
     return {"weight_bytes": weights, "kv_cache_bytes": kv, "activation_bytes": activations, "peak_memory_bytes": total}
+
+
+def _check_tokens(prompt_tokens: Any, context_tokens: Any) -> Any:
+    if np.any(np.asarray(prompt_tokens) < 1):
+        raise UserError("prompt tokens must be >= 1")
+    context = prompt_tokens if context_tokens is None else context_tokens
+    if np.any(np.asarray(context) < 1):
+        raise UserError("context tokens must be >= 1")
+    return context
+
+
+def _check_imbalance(imbalance: Any) -> None:
+    if np.any(~(np.asarray(imbalance, dtype=float) >= 1)):
+        raise UserError("the expert imbalance factor (busiest expert's load over the mean) must be >= 1")
 
 
 def predict(
@@ -118,6 +202,12 @@ def predict(
     prompt_tokens: Any = 512,
     context_tokens: Any = None,
     kv_precision: str = "fp16",
+    backend: str | None = None,
+    *,
+    embedding_precision: str | None = None,
+    imbalance: Any = 1.0,
+    intervals: bool | None = None,
+    n_samples: int = 1000,
 ) -> dict[str, Any]:
     """Predicted prefill latency, decode speed and peak memory on ``device``.
 
@@ -128,20 +218,33 @@ def predict(
         prompt_tokens: Tokens prefilled in one pass.
         context_tokens: Tokens in the KV cache when a decode step runs (default: the prompt).
         kv_precision: KV-cache precision.
+        backend: cpu, gpu or npu; ``None`` keeps the profile's (the recommended one unless the
+            profile was resolved for another).
+        embedding_precision: Precision of the embedding and output head (default: ``precision``).
+        imbalance: Busiest expert's load over the mean (1: balanced routing).
+        intervals: Add 90% intervals (``prefill_ms_ci90``, ``decode_tokens_per_s_ci90``) from
+            the backend's calibration; default: for one ArchSpec on a calibrated backend.
+        n_samples: Draws behind those intervals.
     """
     accounting.check_precision(precision)
-    if np.any(np.asarray(prompt_tokens) < 1):
-        raise UserError("prompt tokens must be >= 1")
-    context = prompt_tokens if context_tokens is None else context_tokens
-    if np.any(np.asarray(context) < 1):
-        raise UserError("context tokens must be >= 1")
-    prefill_s = forward_seconds(shape, device, precision, prompt_tokens, 0, kv_precision)
-    decode_s = forward_seconds(shape, device, precision, 1, context, kv_precision)
+    device = device.for_backend(backend) if backend is not None else device
+    context = _check_tokens(prompt_tokens, context_tokens)
+    _check_imbalance(imbalance)
+    options = {"embedding_precision": embedding_precision, "imbalance": imbalance}
+    prefill_s = forward_seconds(shape, device, precision, prompt_tokens, 0, kv_precision, **options)
+    decode_s = forward_seconds(shape, device, precision, 1, context, kv_precision, **options)
     memory = peak_memory_bytes(
-        shape, device, precision, np.maximum(context, prompt_tokens), prompt_tokens, kv_precision
+        shape,
+        device,
+        precision,
+        np.maximum(context, prompt_tokens),
+        prompt_tokens,
+        kv_precision,
+        embedding_precision,
     )
-    return {
+    prediction = {
         "device": device.name,
+        "backend": device.backend,
         "precision": precision,
         "prompt_tokens": prompt_tokens,
         "context_tokens": context,
@@ -154,7 +257,108 @@ def predict(
         "active_flops_per_token": accounting.forward_flops_per_token(shape, context),
         "total_params": accounting.total_params(shape),
         "active_params": accounting.active_params(shape),
+        "calibrated": has_uncertainty(device),
     }
+    if intervals is None:
+        intervals = isinstance(shape, ArchSpec) and has_uncertainty(device)
+    if intervals:
+        samples = latency_samples(
+            shape,
+            device,
+            precision=precision,
+            prompt_tokens=prompt_tokens,
+            context_tokens=context,
+            n_samples=n_samples,
+            kv_precision=kv_precision,
+            **options,
+        )
+        prefill = np.quantile(samples["prefill_ms"], [0.05, 0.95], axis=-1)
+        decode = np.quantile(samples["decode_ms"], [0.05, 0.95], axis=-1)
+        single = isinstance(shape, ArchSpec)
+        prediction["prefill_ms_ci90"] = [float(v[0]) for v in prefill] if single else prefill.T
+        rates = 1e3 / decode[::-1]
+        prediction["decode_tokens_per_s_ci90"] = [float(v[0]) for v in rates] if single else rates.T
+    return prediction
+
+
+def _as_arrays(shapes: Shape) -> ArchArrays:
+    return ArchArrays.from_specs([shapes]) if isinstance(shapes, ArchSpec) else shapes
+
+
+def _column(value: Any, rows: slice | None = None) -> Any:
+    """A per-shape value as a column (n, 1); a scalar stays a scalar."""
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return value
+    array = array if rows is None else array[rows]
+    return array[:, None]
+
+
+def latency_samples(
+    shapes: Shape,
+    device: DeviceProfile,
+    backend: str | None = None,
+    precision: str = "int4",
+    prompt_tokens: Any = 512,
+    context_tokens: Any = None,
+    n_samples: int = 200,
+    seed: int = 0,
+    kv_precision: str = "fp16",
+    embedding_precision: str | None = None,
+    imbalance: Any = 1.0,
+    block_elements: int = 2_000_000,
+) -> dict[str, np.ndarray]:
+    """Draws of prefill and per-token decode latency for many shapes at once.
+
+    Returns ``prefill_ms`` and ``decode_ms``, each of shape (n_shapes, n_samples). Column j uses
+    the j-th draw of the backend's fitted terms for every shape, times a per-shape predictive
+    error (see :mod:`search.device.uncertainty`). On a backend without calibration every
+    column is the deterministic prediction (a read-only broadcast view).
+
+    Args:
+        shapes: One ArchSpec or ArchArrays.
+        device: The device profile; ``backend`` selects its backend (``None``: the profile's).
+        precision, prompt_tokens, context_tokens, kv_precision, embedding_precision, imbalance:
+            As in :func:`predict`; token counts may be per-shape arrays.
+        n_samples: Draws per shape.
+        seed: Seed of the draws (the same seed gives the same samples).
+        block_elements: Shapes are processed in blocks of about this many (shape, draw) cells.
+    """
+    accounting.check_precision(precision)
+    if n_samples < 1:
+        raise UserError("n_samples must be >= 1")
+    device = device.for_backend(backend) if backend is not None else device
+    context = _check_tokens(prompt_tokens, context_tokens)
+    _check_imbalance(imbalance)
+    arrays = _as_arrays(shapes)
+    options = {"embedding_precision": embedding_precision, "imbalance": imbalance}
+    if not has_uncertainty(device):
+        prefill = forward_seconds(arrays, device, precision, prompt_tokens, 0, kv_precision, **options) * 1e3
+        decode = forward_seconds(arrays, device, precision, 1, context, kv_precision, **options) * 1e3
+        shape = (len(arrays), n_samples)
+        return {
+            "prefill_ms": np.broadcast_to(np.broadcast_to(prefill, (len(arrays),))[:, None], shape),
+            "decode_ms": np.broadcast_to(np.broadcast_to(decode, (len(arrays),))[:, None], shape),
+        }
+    rng = np.random.default_rng(seed)
+    draws = parameter_draws(device, n_samples, rng)
+    values = {**device.values, **{key: draw[None, :] for key, draw in draws.items()}}
+    prefill_sd, decode_sd = log_sds(device)
+    count = len(arrays)
+    prefill, decode = np.empty((count, n_samples)), np.empty((count, n_samples))
+    step = max(1, block_elements // n_samples)
+    for start in range(0, count, step):
+        rows = slice(start, min(start + step, count))
+        block = ArchArrays(**{f.name: getattr(arrays, f.name)[rows][:, None] for f in fields(ArchArrays)})
+        prompt, cached = _column(prompt_tokens, rows), _column(context, rows)
+        skew = _column(imbalance, rows)
+        common = (kv_precision, embedding_precision, accounting.DEFAULT_GROUP_SIZE, skew)
+        prefill_s = sum(forward_terms(block, values, precision, prompt, 0, *common).values())
+        decode_s = sum(forward_terms(block, values, precision, 1, cached, *common).values())
+        size = (rows.stop - rows.start, n_samples)
+        prefill[rows] = np.broadcast_to(prefill_s, size) * 1e3 * np.exp(prefill_sd * rng.standard_normal(size))
+        decode[rows] = np.broadcast_to(decode_s, size) * 1e3 * np.exp(decode_sd * rng.standard_normal(size))
+    return {"prefill_ms": prefill, "decode_ms": decode}
 
 
 def to_json_ready(prediction: dict[str, Any]) -> dict[str, Any]:

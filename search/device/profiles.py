@@ -1,31 +1,45 @@
-"""Device profiles: the hardware facts the cost model needs, each with its source.
+"""Device profiles: the hardware facts the cost model needs, per device and per backend.
 
-Profiles are TOML files. The shipped ones live beside this module (``search/devices/``); a
-user's own (and ``host``, written by ``moeplan devices calibrate``) live in
-``$MOEPLAN_DEVICES`` or ``~/.cache/moeplan/devices``. ``--device`` takes a name or a path.
+Profiles are TOML files. The shipped ones live beside this module (``search/device/builtin/``);
+a user's own (``host``, written by ``moeplan devices calibrate``, and calibrated copies) live
+in ``$MOEPLAN_DEVICES`` or ``~/.cache/moeplan/devices``. ``--device`` takes a name or a path.
 
-Every number is a table ``{value, flag, basis, source}``: ``flag`` is ``spec`` (published,
-or derived from published data, before measurement) or ``measured`` (measured or calibrated
-on the device); ``basis`` says how (vendor, third-party, derived, assumption, calibrated).
+A profile has device-wide numbers (:data:`SHARED`: DRAM, the app's share of it, peak DRAM
+bandwidth) and one table per backend (``[backends.cpu]``, ``[backends.gpu]``,
+``[backends.npu]``) with that unit's compute peaks per precision, efficiencies, overlap and
+overheads. ``recommended_backend`` names the one used when none is asked for.
+
+Every number is a table ``{value, state, basis, source}``. ``state`` is ``spec`` (published,
+or derived from published figures), ``prior`` (moeplan's assumption, to be calibrated) or
+``measured`` (measured or calibrated on a device); ``basis`` says how (vendor, third-party,
+derived, assumption, calibrated). A backend fitted to measurements also keeps a
+``[backends.NAME.calibration]`` table: the fitted terms, replicates of them drawn from the
+fit's covariance (for intervals) and the rows the fit rests on.
+
+Older single-backend files (every number at the top level, ``flag`` instead of ``state``)
+still load: they become one backend named by their ``backend`` field, and ``flag = "spec"``
+with ``basis = "assumption"`` reads as ``prior``.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomllib
 
 from scaling.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parent / "builtin"
-FLAGS = ("spec", "measured")
+BACKENDS = ("cpu", "gpu", "npu")
+STATES = ("spec", "prior", "measured")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+SHARED = ("dram_bytes", "usable_fraction", "bandwidth_bytes_per_s")
 REQUIRED = (
-    "dram_bytes",
-    "usable_fraction",
-    "bandwidth_bytes_per_s",
     "compute_flops.fp16",
     "efficiency.compute",
     "efficiency.bandwidth",
@@ -35,14 +49,29 @@ REQUIRED = (
     "overheads.dequant_flops_per_weight",
 )
 OPTIONAL = (
-    *(f"compute_flops.{p}" for p in ("fp32", "bf16", "int8", "int4")),
-    "efficiency.half_tokens",  # default 0: matmuls at full efficiency whatever the token count
-    "overheads.per_expert_s",  # default 0: no fixed cost per touched expert
-    "overheads.per_moe_layer_s",  # default 0: routing (softmax, top-k, sort) costs nothing fixed
-    "efficiency.expert_compute",  # default 1: routed-expert matmuls as efficient as dense ones
+    *(f"compute_flops.{p}" for p in PRECISIONS if p != "fp16"),
+    *(f"efficiency.compute_{p}" for p in PRECISIONS),  # per precision; default efficiency.compute
+    "efficiency.half_tokens",  # default 0: a GEMM runs at full rate whatever its rows
+    "efficiency.expert_compute",  # default 1: routed-expert GEMMs as efficient as dense ones at equal rows
     "efficiency.overlap",  # default 1: arithmetic and memory traffic overlap fully (roofline)
+    "overheads.per_expert_s",  # default 0: no fixed cost per touched expert
+    "overheads.per_moe_layer_s",  # default 0: routing launches nothing fixed
+    "overheads.permute_passes",  # default 0: no permutation traffic
+    "uncertainty.prefill_log_sd",  # predictive spread of log prefill time (calibrated backends)
+    "uncertainty.decode_log_sd",
 )
-# Quantised weights are dequantised to 16-bit for the matmul; fp32 falls back to the fp16 rate.
+# Fractions of a peak (or of DRAM): above 1 is impossible, so a profile claiming it is refused.
+FRACTIONS = (
+    "usable_fraction",
+    "efficiency.compute",
+    *(f"efficiency.compute_{p}" for p in PRECISIONS),
+    "efficiency.bandwidth",
+    "efficiency.expert_compute",
+    "efficiency.overlap",
+)
+POSITIVE = ("dram_bytes", "bandwidth_bytes_per_s", *FRACTIONS)
+ZERO_ALLOWED = ("efficiency.overlap",)
+# Quantised weights are dequantised for the matmul unless the backend gives their own rate.
 COMPUTE_FALLBACK = {"bf16": "fp16", "int8": "fp16", "int4": "fp16", "fp32": "fp16"}
 
 
@@ -51,17 +80,69 @@ def user_devices_dir() -> Path:
     return Path(root)
 
 
-@dataclass
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """What a calibration kept: the fitted terms, replicates of them, and the rows cited."""
+
+    terms: tuple[str, ...]
+    replicates: np.ndarray  # (n_replicates, len(terms)); empty when the fit left no degrees of freedom
+    rows: tuple[str, ...]
+    note: str = ""
+
+    def to_toml_lines(self, prefix: str) -> list[str]:
+        lines = [f"[{prefix}.calibration]", f"terms = [{', '.join(_quote(t) for t in self.terms)}]"]
+        lines.append(f"note = {_quote(self.note)}")
+        lines.append("rows = [")
+        lines += [f"  {_quote(row)}," for row in self.rows]
+        lines.append("]")
+        lines.append("replicates = [")
+        lines += ["  [" + ", ".join(repr(float(v)) for v in replicate) + "]," for replicate in self.replicates]
+        lines.append("]")
+        return lines
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One compute unit of a device: its numbers (facts by dotted key) and how it is run."""
+
+    name: str
+    runtime: str
+    facts: dict[str, dict[str, Any]]
+    record: CalibrationRecord | None = None
+
+    def measured(self) -> list[str]:
+        return sorted(key for key, fact in self.facts.items() if fact["state"] == "measured")
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
-    """A device's numbers (``values``, by dotted key) and their provenance (``facts``)."""
+    """A device's numbers, resolved for one backend (``backend``), with every backend kept.
+
+    ``values`` and ``facts`` hold the device-wide numbers plus the selected backend's, by
+    dotted key; :meth:`for_backend` resolves another backend.
+    """
 
     name: str
     description: str
+    shared: dict[str, dict[str, Any]]
+    backends: dict[str, Backend]
     backend: str
-    values: dict[str, float]
-    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recommended_backend: str
+    soc: str = ""
+    socs: tuple[str, ...] = ()
     path: str = ""
+    values: dict[str, float] = field(init=False, repr=False, compare=False)
+    facts: dict[str, dict[str, Any]] = field(init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.backend not in self.backends:
+            known = ", ".join(self.backends)
+            raise UserError(f"device {self.name!r} has no backend {self.backend!r}; its backends: {known}")
+        facts = {**self.shared, **self.backends[self.backend].facts}
+        object.__setattr__(self, "facts", facts)
+        object.__setattr__(self, "values", {key: float(fact["value"]) for key, fact in facts.items()})
+
+    # --- reading numbers ---------------------------------------------------------------------
     def __getitem__(self, key: str) -> float:
         return self.values[key]
 
@@ -72,69 +153,211 @@ class DeviceProfile:
     def usable_bytes(self) -> float:
         return self.values["dram_bytes"] * self.values["usable_fraction"]
 
+    @property
+    def record(self) -> CalibrationRecord | None:
+        """The selected backend's calibration (``None`` when it rests on priors alone)."""
+        return self.backends[self.backend].record
+
+    @property
+    def runtime(self) -> str:
+        return self.backends[self.backend].runtime
+
     def compute_flops(self, precision: str) -> float:
         """Peak FLOP/s for matmuls whose weights are stored at ``precision``."""
-        key = f"compute_flops.{precision}"
-        if key in self.values:
-            return self.values[key]
-        return self.values[f"compute_flops.{COMPUTE_FALLBACK.get(precision, 'fp16')}"]
+        return compute_flops(self.values, precision)
 
-    def with_values(self, name: str, changes: dict[str, float], flag: str, basis: str, source: str) -> DeviceProfile:
-        """A copy with some numbers replaced (e.g. by calibration), provenance updated."""
-        values, facts = dict(self.values), {k: dict(v) for k, v in self.facts.items()}
+    # --- other views -------------------------------------------------------------------------
+    def for_backend(self, backend: str | None) -> DeviceProfile:
+        """The same device resolved for ``backend`` (``None``: the recommended one)."""
+        backend = backend or self.recommended_backend
+        if backend == self.backend:
+            return self
+        if backend not in self.backends:
+            known = ", ".join(self.backends)
+            raise UserError(f"device {self.name!r} has no backend {backend!r}; its backends: {known}")
+        return replace(self, backend=backend)
+
+    def with_values(
+        self,
+        name: str,
+        changes: dict[str, float],
+        state: str,
+        basis: str,
+        source: str,
+        record: CalibrationRecord | None = None,
+    ) -> DeviceProfile:
+        """A copy with some numbers of the selected backend (or device-wide ones) replaced.
+
+        A calibration record whose terms are changed by hand no longer describes the numbers,
+        so it is dropped unless a new one is given.
+        """
+        if state not in STATES:
+            raise UserError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        shared = dict(self.shared)
+        chosen = self.backends[self.backend]
+        facts = dict(chosen.facts)
         for key, value in changes.items():
-            values[key] = float(value)
-            facts[key] = {"value": float(value), "flag": flag, "basis": basis, "source": source}
-        return DeviceProfile(name, self.description, self.backend, values, facts)
-
-    def to_toml(self) -> str:
-        """Serialise in the shipped files' layout."""
-        lines = [
-            f"name = {_quote(self.name)}",
-            f"description = {_quote(self.description)}",
-            f"backend = {_quote(self.backend)}",
-            "",
-        ]
-        for key, fact in self.facts.items():
-            lines.append(f"[{key}]")
-            lines.append(f"value = {fact['value']!r}")
-            for item in ("flag", "basis", "source"):
-                lines.append(f"{item} = {_quote(str(fact.get(item, '')))}")
-            lines.append("")
-        return "\n".join(lines)
+            fact = {"value": float(value), "state": state, "basis": basis, "source": source}
+            (shared if key in SHARED else facts)[key] = fact
+        kept = chosen.record
+        if record is not None or (kept is not None and set(kept.terms) & set(changes)):
+            kept = record
+        backends = {**self.backends, self.backend: replace(chosen, facts=facts, record=kept)}
+        return replace(self, name=name, shared=shared, backends=backends, path="")
 
     def summary(self) -> dict[str, Any]:
+        """The ``devices list`` entry: device-wide numbers and, per backend, what is measured."""
+        backends = {}
+        for name, backend in self.backends.items():
+            values = {key: float(fact["value"]) for key, fact in {**self.shared, **backend.facts}.items()}
+            backends[name] = {
+                "runtime": backend.runtime,
+                "numbers": len(backend.facts),
+                "measured": backend.measured(),
+                "prior": sorted(k for k, f in backend.facts.items() if f["state"] == "prior"),
+                "calibrated": backend.record is not None,
+                "compute_flops_fp16": compute_flops(values, "fp16"),
+                "effective_bandwidth_bytes_per_s": values["bandwidth_bytes_per_s"] * values["efficiency.bandwidth"],
+            }
+        shared_measured = sorted(k for k, f in self.shared.items() if f["state"] == "measured")
         return {
             "name": self.name,
             "description": self.description,
+            "soc": self.soc,
             "backend": self.backend,
+            "recommended_backend": self.recommended_backend,
+            "backends": backends,
             "dram_bytes": self.values["dram_bytes"],
             "usable_bytes": self.usable_bytes,
             "bandwidth_bytes_per_s": self.values["bandwidth_bytes_per_s"],
             "compute_flops_fp16": self.compute_flops("fp16"),
-            "measured": sorted(k for k, f in self.facts.items() if f.get("flag") == "measured"),
+            "measured": sorted({*shared_measured, *self.backends[self.backend].measured()}),
             "path": self.path,
         }
+
+    def to_toml(self) -> str:
+        """Serialise in the shipped files' layout (device-wide numbers, then each backend)."""
+        lines = [
+            "# A moeplan device profile: every number is {value, state, basis, source}; state is spec",
+            "# (published or derived from published figures), prior (assumed, to be calibrated) or measured.",
+            f"name = {_quote(self.name)}",
+            f"description = {_quote(self.description)}",
+            f"soc = {_quote(self.soc)}",
+            f"socs = [{', '.join(_quote(s) for s in self.socs)}]",
+            f"recommended_backend = {_quote(self.recommended_backend)}",
+        ]
+        lines += [_fact_line(key, fact) for key, fact in self.shared.items()]
+        for name, backend in self.backends.items():
+            lines += ["", f"[backends.{name}]", f"runtime = {_quote(backend.runtime)}"]
+            lines += [_fact_line(key, fact) for key, fact in backend.facts.items()]
+            if backend.record is not None:
+                lines += ["", *backend.record.to_toml_lines(f"backends.{name}")]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def single(cls, name: str, description: str, backend: str, runtime: str) -> DeviceProfile:
+        """An empty one-backend profile, to be filled with :meth:`with_values`."""
+        return cls(name, description, {}, {backend: Backend(backend, runtime, {})}, backend, backend)
+
+
+def compute_flops(values: dict[str, Any], precision: str) -> Any:
+    """Peak FLOP/s for ``precision`` in resolved ``values`` (fallback: the fp16 peak)."""
+    key = f"compute_flops.{precision}"
+    if key in values:
+        return values[key]
+    return values[f"compute_flops.{COMPUTE_FALLBACK.get(precision, 'fp16')}"]
+
+
+def compute_efficiency(values: dict[str, Any], precision: str) -> Any:
+    """The share of the peak a GEMM at ``precision`` sustains (fallback: ``efficiency.compute``)."""
+    return values.get(f"efficiency.compute_{precision}", values["efficiency.compute"])
+
+
+def _fact_line(key: str, fact: dict[str, Any]) -> str:
+    items = ", ".join(f"{item} = {_quote(str(fact.get(item, '')))}" for item in ("state", "basis", "source"))
+    return f"{key} = {{ value = {float(fact['value'])!r}, {items} }}"
 
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# --- parsing -------------------------------------------------------------------------------------
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys for every ``{value: ...}`` leaf table."""
+    """Dotted keys for every ``{value: ...}`` leaf table (skipping a backend's calibration)."""
     found = {}
     for key, item in table.items():
         dotted = f"{prefix}{key}"
         if isinstance(item, dict) and "value" in item:
             found[dotted] = item
-        elif isinstance(item, dict):
+        elif isinstance(item, dict) and key != "calibration":
             found.update(_flatten(item, dotted + "."))
     return found
 
 
+def _check_fact(origin: str, key: str, fact: dict[str, Any]) -> dict[str, Any]:
+    """One number, validated; the error names the field."""
+    value = fact["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"device profile {origin}: field {key!r} must be a number, got {value!r}")
+    leaf = key.split(".", 2)[-1] if key.startswith("backends.") else key
+    if value < 0:
+        raise UserError(f"device profile {origin}: field {key!r} must not be negative, got {value!r}")
+    if (leaf in POSITIVE or leaf.startswith("compute_flops.")) and leaf not in ZERO_ALLOWED and value == 0:
+        raise UserError(f"device profile {origin}: field {key!r} must be positive, got {value!r}")
+    if leaf in FRACTIONS and value > 1:
+        raise UserError(
+            f"device profile {origin}: field {key!r} is {value!r}, above 1 (a share of a peak cannot exceed it); "
+            "lower it or raise the peak it divides"
+        )
+    state = fact.get("state")
+    if state is None and "flag" in fact:  # older files: flag spec|measured
+        flag = fact["flag"]
+        state = "prior" if flag == "spec" and fact.get("basis") == "assumption" else flag
+    if state not in STATES:
+        raise UserError(f"device profile {origin}: field {key!r} needs a state, one of {', '.join(STATES)}")
+    if not fact.get("source"):
+        raise UserError(f"device profile {origin}: field {key!r} needs a source")
+    return {"value": float(value), "state": state, "basis": str(fact.get("basis", "")), "source": str(fact["source"])}
+
+
+def _check_keys(origin: str, prefix: str, facts: dict[str, Any], required: tuple[str, ...]) -> None:
+    for key in required:
+        if key not in facts:
+            raise UserError(
+                f"device profile {origin} is missing the field {prefix + key!r} (a table with value, state, basis, "
+                "source)"
+            )
+    known = set(SHARED) | set(REQUIRED) | set(OPTIONAL)
+    for key in facts:
+        if key not in known:
+            raise UserError(f"device profile {origin}: unknown field {prefix + key!r}; known fields: {sorted(known)}")
+
+
+def _record(origin: str, backend: str, table: Any, facts: dict[str, Any]) -> CalibrationRecord | None:
+    if table is None:
+        return None
+    where = f"backends.{backend}.calibration"
+    if not isinstance(table, dict):
+        raise UserError(f"device profile {origin}: {where} must be a table")
+    terms, rows, replicates = table.get("terms"), table.get("rows"), table.get("replicates", [])
+    if not isinstance(terms, list) or not terms or not all(isinstance(t, str) and t in facts for t in terms):
+        raise UserError(f"device profile {origin}: {where}.terms must list fields of backend {backend!r}")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"device profile {origin}: {where}.rows must cite the measurements the fit rests on")
+    try:
+        array = np.array(replicates, dtype=float).reshape(-1, len(terms))
+    except (TypeError, ValueError):
+        raise UserError(
+            f"device profile {origin}: {where}.replicates must be lists of {len(terms)} numbers (one per term)"
+        ) from None
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise UserError(f"device profile {origin}: {where}.replicates must be finite and non-negative")
+    return CalibrationRecord(tuple(terms), array, tuple(str(r) for r in rows), str(table.get("note", "")))
+
+
 def parse_profile(text: str, origin: str) -> DeviceProfile:
-    """Parse and validate a profile; errors name the field."""
+    """Parse and validate a profile; every error names the field."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -142,31 +365,57 @@ def parse_profile(text: str, origin: str) -> DeviceProfile:
     name = document.get("name")
     if not isinstance(name, str) or not name:
         raise UserError(f"device profile {origin} needs a string field 'name'")
-    facts = _flatten(document)
-    for key in REQUIRED:
-        if key not in facts:
-            raise UserError(f"device profile {origin} is missing the field {key!r} (a table with value, flag, source)")
-    values = {}
-    for key, fact in facts.items():
-        value = fact["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise UserError(f"device profile {origin}: field {key!r} must be a non-negative number, got {value!r}")
-        positive = ("dram_bytes", "bandwidth_bytes_per_s", "efficiency.compute", "efficiency.bandwidth")
-        if (key in positive or key.startswith("compute_flops.")) and value <= 0:
-            raise UserError(f"device profile {origin}: field {key!r} must be positive, got {value!r}")
-        if key == "usable_fraction" and not 0 < value <= 1:
-            raise UserError(f"device profile {origin}: field 'usable_fraction' must be in (0, 1], got {value!r}")
-        if fact.get("flag") not in FLAGS:
-            raise UserError(f"device profile {origin}: field {key!r} needs flag 'spec' or 'measured'")
-        if not fact.get("source"):
-            raise UserError(f"device profile {origin}: field {key!r} needs a source")
-        values[key] = float(value)
+    tables = document.get("backends")
+    top = {k: v for k, v in document.items() if k != "backends"}
+    facts = {key: _check_fact(origin, key, fact) for key, fact in _flatten(top).items()}
+    if tables is None:  # an older single-backend file
+        backend = str(document.get("backend") or "cpu")
+        shared = {k: v for k, v in facts.items() if k in SHARED}
+        own = {k: v for k, v in facts.items() if k not in SHARED}
+        _check_keys(origin, "", facts, SHARED + REQUIRED)
+        backends = {backend: Backend(backend, str(document.get("runtime", backend)), own)}
+        recommended = backend
+    else:
+        _check_keys(origin, "", facts, SHARED)
+        extra = sorted(set(facts) - set(SHARED))
+        if extra:
+            raise UserError(
+                f"device profile {origin}: field {extra[0]!r} belongs under a backend ([backends.NAME]); "
+                f"device-wide fields are {', '.join(SHARED)}"
+            )
+        shared = facts
+        if not isinstance(tables, dict) or not tables:
+            raise UserError(f"device profile {origin}: 'backends' must hold at least one of {', '.join(BACKENDS)}")
+        backends = {}
+        for backend, table in tables.items():
+            if backend not in BACKENDS:
+                raise UserError(
+                    f"device profile {origin}: unknown backend {backend!r} under 'backends'; "
+                    f"allowed: {', '.join(BACKENDS)}"
+                )
+            prefix = f"backends.{backend}."
+            own = {k: _check_fact(origin, prefix + k, f) for k, f in _flatten(table).items()}
+            _check_keys(origin, prefix, own, REQUIRED)
+            record = _record(origin, backend, table.get("calibration"), own)
+            backends[backend] = Backend(backend, str(table.get("runtime", "")), own, record)
+        recommended = document.get("recommended_backend")
+        if recommended not in backends:
+            raise UserError(
+                f"device profile {origin}: 'recommended_backend' must name one of its backends "
+                f"({', '.join(backends)}), got {recommended!r}"
+            )
+    socs = document.get("socs", [])
+    if not isinstance(socs, list) or not all(isinstance(s, str) for s in socs):
+        raise UserError(f"device profile {origin}: 'socs' must be a list of SoC names")
     return DeviceProfile(
         name=name,
         description=str(document.get("description", "")),
-        backend=str(document.get("backend", "")),
-        values=values,
-        facts=facts,
+        shared=shared,
+        backends=backends,
+        backend=recommended,
+        recommended_backend=recommended,
+        soc=str(document.get("soc", "")),
+        socs=tuple(socs),
         path=origin,
     )
 
@@ -180,29 +429,37 @@ def profile_paths() -> dict[str, Path]:
     return paths
 
 
-def get_device(name_or_path: str) -> DeviceProfile:
-    """A profile by name (shipped or user) or by path to a TOML file."""
+def get_device(name_or_path: str, backend: str | None = None) -> DeviceProfile:
+    """A profile by name (shipped or user) or by path to a TOML file, resolved for ``backend``."""
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     if name_or_path.endswith(".toml"):
         path = Path(name_or_path)
         if not path.is_file():
             raise UserError(f"device profile file {name_or_path!r} does not exist")
-        return parse_profile(path.read_text(), str(path))
+        return parse_profile(path.read_text(), str(path)).for_backend(backend)
     paths = profile_paths()
     if name_or_path not in paths:
         hint = " (run 'moeplan devices calibrate' to create it)" if name_or_path == "host" else ""
         raise UserError(f"unknown device {name_or_path!r}{hint}; known devices: {', '.join(sorted(paths))}")
-    return parse_profile(paths[name_or_path].read_text(), str(paths[name_or_path]))
+    return parse_profile(paths[name_or_path].read_text(), str(paths[name_or_path])).for_backend(backend)
 
 
 def list_devices() -> list[DeviceProfile]:
     return [get_device(name) for name in sorted(profile_paths())]
 
 
+def save_profile(profile: DeviceProfile, path: Path) -> Path:
+    """Write ``profile`` atomically to ``path`` (checked by parsing it back first)."""
+    text = profile.to_toml()
+    parse_profile(text, str(path))
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path
+
+
 def save_user_profile(profile: DeviceProfile) -> Path:
     folder = user_devices_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{profile.name}.toml"
-    partial = path.with_suffix(".partial")
-    partial.write_text(profile.to_toml())
-    os.replace(partial, path)
-    return path
+    return save_profile(profile, folder / f"{profile.name}.toml")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from scaling.shape import accounting
-from search.device.cost import predict
+from search.device.cost import latency_samples, predict
+from search.device.uncertainty import has_uncertainty
 from search.plan.request import PlanRequest
 
 
@@ -16,7 +17,14 @@ def evaluate(request: PlanRequest, arrays, precisions: np.ndarray) -> pd.DataFra
     for precision in np.unique(precisions):
         mask = precisions == precision
         subset = type(arrays)(**{k: v[mask] for k, v in vars(arrays).items()})
-        prediction = predict(subset, request.device, str(precision), request.prompt_tokens, request.context_tokens)
+        prediction = predict(
+            subset,
+            request.device,
+            str(precision),
+            request.prompt_tokens,
+            request.context_tokens,
+            backend=request.backend,
+        )
         frame = pd.DataFrame(
             {
                 "index": np.flatnonzero(mask),
@@ -82,3 +90,37 @@ def bound_excess(request: PlanRequest, row) -> dict[str, float]:
     if request.max_weight_bytes is not None:
         extra["weight_gb_over_bound"] = float(row["weight_bytes"] - request.max_weight_bytes) / 1e9
     return extra
+
+
+LATENCY_OBJECTIVES = ("decode_ms", "prefill_ms")
+
+
+def objective_samples(
+    request: PlanRequest, arrays, precisions: np.ndarray, frame: pd.DataFrame, mask: np.ndarray, loss: np.ndarray
+) -> list[np.ndarray]:
+    """Each objective for the shapes in ``mask``: (shapes, samples) where it is uncertain — the loss
+    always, latency on a calibrated backend — else (shapes,)."""
+    device = request.device.for_backend(request.backend) if request.backend else request.device
+    uncertain_latency = has_uncertainty(device)
+    columns = []
+    for objective in request.objectives:
+        if objective == "loss":
+            columns.append(loss[mask])
+        elif objective in LATENCY_OBJECTIVES and uncertain_latency:
+            columns.append(_latency_draws(request, device, arrays, precisions, mask, objective, loss.shape[1]))
+        else:
+            columns.append(frame.loc[mask, objective].to_numpy(float))
+    return columns
+
+
+def _latency_draws(request, device, arrays, precisions, mask, objective, samples) -> np.ndarray:
+    draws = np.empty((int(mask.sum()), samples))
+    chosen = np.flatnonzero(mask)
+    for precision in np.unique(precisions[chosen]):
+        part = precisions[chosen] == precision
+        subset = type(arrays)(**{k: v[chosen[part]] for k, v in vars(arrays).items()})
+        latency = latency_samples(
+            subset, device, None, str(precision), request.prompt_tokens, request.context_tokens, samples, request.seed
+        )
+        draws[part] = latency[objective]
+    return draws

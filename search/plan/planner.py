@@ -20,7 +20,7 @@ import pandas as pd
 from scaling.errors import UserError
 from scaling.shape import accounting
 from search.plan.engine import optuna_front
-from search.plan.evaluate import evaluate, loss_samples
+from search.plan.evaluate import evaluate, loss_samples, objective_samples
 from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
 from search.plan.request import PlanRequest
@@ -79,7 +79,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     feasible = frame[feasible_mask]
     frame["p_front"] = 0.0
     frame.loc[feasible_mask, "p_front"] = front_share(
-        [samples[feasible_mask] if o == "loss" else feasible[o].to_numpy(float) for o in objective_columns]
+        objective_samples(request, arrays, precisions, frame, feasible_mask, samples)
     )
     feasible = frame[feasible_mask]
     values = feasible[objective_columns].to_numpy(float)

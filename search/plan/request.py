@@ -46,6 +46,8 @@ class PlanRequest:
         max_decode_ms: Bound on decode latency per token.
         max_active_params: Bound on active parameters.
         max_weight_bytes: Bound on weight bytes alone.
+        backend: The device's backend (cpu, gpu, npu) that prices the shapes; ``None``: the
+            profile's own (its recommended one unless it was resolved for another).
     """
 
     device: DeviceProfile
@@ -68,6 +70,7 @@ class PlanRequest:
     max_decode_ms: float | None = None
     max_active_params: float | None = None
     max_weight_bytes: float | None = None
+    backend: str | None = None
 
     def validated(self) -> PlanRequest:
         """A checked copy, with the default fit filled in (the request itself is left as given)."""
@@ -84,6 +87,8 @@ class PlanRequest:
             raise UserError(
                 "--measure and --exhaustive do not combine: measuring every shape is what the sampler avoids"
             )
+        if self.backend is not None:
+            self.device.for_backend(self.backend)  # an unknown backend is refused before any work
         if self.samples < 1:
             raise UserError(f"samples must be >= 1, got {self.samples}")
         if self.min_p_front is not None and not 0 <= self.min_p_front <= 1:

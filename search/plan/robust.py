@@ -27,9 +27,9 @@ def front_share(objectives: list[np.ndarray]) -> np.ndarray:
         return _share_ordered(objectives[0], matrices[1])
     if len(matrices) == 2 and objectives[1].ndim == 1:
         return _share_ordered(objectives[1], matrices[0])
-    if len(matrices) == 2:
+    if len(matrices) == 2:  # both uncertain: continuous draws, so ties have probability zero
         first, second = matrices
-        order = np.lexsort((second, first), axis=0)  # by the first objective, then the second
+        order = np.argsort(first, axis=0, kind="stable")
         ordered = np.take_along_axis(second, order, axis=0)
         best_before = np.vstack([np.full((1, samples), np.inf), np.minimum.accumulate(ordered, axis=0)[:-1]])
         on_front = np.zeros((n, samples), dtype=bool)

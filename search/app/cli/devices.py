@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
@@ -17,6 +18,8 @@ from search.app.cli.common import (
     resolve_arch,
 )
 
+BACKEND_CHOICES = ("cpu", "gpu", "npu")
+
 
 # --- commands: predict and devices --------------------------------------------------------------
 def _command_predict(args: argparse.Namespace) -> None:
@@ -24,20 +27,29 @@ def _command_predict(args: argparse.Namespace) -> None:
     from search.device.profiles import get_device
 
     spec = resolve_arch(args)
-    device = get_device(args.device)
-    prediction = to_json_ready(predict(spec, device, args.precision, args.prompt_tokens, args.context_tokens))
+    device = get_device(args.device, args.backend)
+    prediction = to_json_ready(
+        predict(spec, device, args.precision, args.prompt_tokens, args.context_tokens, imbalance=args.expert_imbalance)
+    )
     if args.json:
         print_json(prediction)
         return
     from search.app.report import human_bytes, print_table
 
+    prefill, decode = f"{prediction['prefill_ms']:.1f}", f"{prediction['decode_tokens_per_s']:.1f}"
+    if "prefill_ms_ci90" in prediction:
+        low, high = prediction["prefill_ms_ci90"]
+        prefill += f" ({low:.1f}-{high:.1f})"
+        low, high = prediction["decode_tokens_per_s_ci90"]
+        decode += f" ({low:.1f}-{high:.1f})"
     print_table(
-        f"{spec.name or 'arch'} on {device.name} ({args.precision})",
-        ["prefill ms", "decode tok/s", "weights", "KV cache", "peak memory", "usable", "fits"],
+        f"{spec.name or 'arch'} on {device.name} / {device.backend} ({args.precision})"
+        + ("" if prediction["calibrated"] else "; uncalibrated backend, no interval"),
+        ["prefill ms (90%)", "decode tok/s (90%)", "weights", "KV cache", "peak memory", "usable", "fits"],
         [
             [
-                f"{prediction['prefill_ms']:.1f}",
-                f"{prediction['decode_tokens_per_s']:.1f}",
+                prefill,
+                decode,
                 human_bytes(prediction["weight_bytes"]),
                 human_bytes(prediction["kv_cache_bytes"]),
                 human_bytes(prediction["peak_memory_bytes"]),
@@ -57,25 +69,36 @@ def _command_devices_list(args: argparse.Namespace) -> None:
         return
     from search.app.report import human_bytes, print_table
 
+    rows = []
+    for d in devices:
+        for name, backend in d["backends"].items():
+            rows.append(
+                [
+                    d["name"],
+                    name + (" *" if name == d["recommended_backend"] else ""),
+                    f"{human_bytes(d['usable_bytes'])} / {human_bytes(d['dram_bytes'])}",
+                    f"{backend['effective_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+                    f"{backend['compute_flops_fp16'] / 1e12:.2f} TFLOP/s",
+                    f"{len(backend['measured'])} of {backend['numbers']}",
+                    "yes" if backend["calibrated"] else "no",
+                ]
+            )
     print_table(
-        "Device profiles",
-        ["name", "usable / DRAM", "bandwidth", "fp16 compute", "measured fields"],
-        [
-            [
-                d["name"],
-                f"{human_bytes(d['usable_bytes'])} / {human_bytes(d['dram_bytes'])}",
-                f"{d['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
-                f"{d['compute_flops_fp16'] / 1e12:.2f} TFLOP/s",
-                len(d["measured"]),
-            ]
-            for d in devices
-        ],
+        "Device profiles (* = recommended backend)",
+        ["name", "backend", "usable / DRAM", "eff. bandwidth", "fp16 peak", "measured", "calibrated"],
+        rows,
     )
 
 
 def _command_devices_calibrate(args: argparse.Namespace) -> None:
     from search.device.profiles import save_user_profile
 
+    if args.from_measurements:
+        _calibrate_from_measurements(args)
+        return
+    if args.device or args.backend or args.soc or args.out:
+        raise UserError("--device, --backend, --soc and --out go with --from-measurements FILE.csv")
+    name = args.name or "host"
     if args.measurements:
         from search.device.calibrate import calibrate
         from search.device.profiles import get_device
@@ -86,13 +109,11 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
         if "arch" not in frame.columns:
             raise UserError("measurements need an 'arch' column (a preset name or an --arch file path)")
         specs = [_arch_from_reference(str(reference)) for reference in frame["arch"]]
-        result = calibrate(
-            get_device(args.base), specs, frame, name=args.name, source=f"calibrated on {args.measurements}"
-        )
+        result = calibrate(get_device(args.base), specs, frame, name=name, source=f"calibrated on {args.measurements}")
     else:
         from search.app.host import calibrate_host
 
-        result = calibrate_host(name=args.name, budget_s=args.budget_s)
+        result = calibrate_host(name=name, budget_s=args.budget_s)
     path = save_user_profile(result.profile)
     document = {**result.to_dict(), "path": str(path)}
     if args.json:
@@ -102,6 +123,41 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
             f"saved {path}: prefill MAPE {result.prefill_mape:.1%}, decode MAPE {result.decode_mape:.1%} "
             f"over {len(result.table)} measurements"
         )
+
+
+def _calibrate_from_measurements(args: argparse.Namespace) -> None:
+    """Fit one backend of a profile to published measurements (the published file's columns)."""
+    from search.device.backend_fit import calibrate_backend
+    from search.device.measurements import backend_of, load_measurements, read_measurements
+    from search.device.profiles import get_device, save_profile, save_user_profile
+
+    if not args.device or not args.backend:
+        raise UserError("--from-measurements needs --device NAME and --backend cpu|gpu|npu")
+    if args.measurements or args.base:
+        raise UserError("--from-measurements does not combine with --measurements/--base")
+    profile = get_device(args.device, args.backend)
+    frame = load_measurements(args.from_measurements)
+    socs = tuple(args.soc) if args.soc else profile.socs
+    rows = read_measurements(frame, args.backend, socs)
+    if not rows:
+        on_backend = sorted(
+            {str(row["soc"]) for _, row in frame.iterrows() if backend_of(str(row["runtime_backend"])) == args.backend}
+        )
+        raise UserError(
+            f"no row of {args.from_measurements} ran on the {args.backend} of {' or '.join(socs) or 'an unnamed SoC'}; "
+            f"rows on that backend come from: {', '.join(on_backend) or 'none'} (choose with --soc NAME)"
+        )
+    origin = Path(args.from_measurements).name
+    foreign = sorted(set(socs) - set(profile.socs))
+    if foreign:
+        origin += f", rows measured on {', '.join(foreign)}, not on this device's {profile.soc or 'SoC'}"
+    result = calibrate_backend(profile, rows, name=args.name or profile.name, origin=origin)
+    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile)
+    if args.json:
+        print_json({**result.to_dict(), "path": str(path)})
+    else:
+        print(result.summary())
+        print(f"saved {path}")
 
 
 def _arch_from_reference(reference: str) -> Any:
@@ -115,22 +171,37 @@ def register(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="predicted latency and memory on a device")
     add_arch_arguments(predict)
     predict.add_argument("--device", required=True, help="a device name (devices list) or profile path")
+    predict.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="default: the recommended one")
     predict.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
     predict.add_argument("--prompt-tokens", type=positive_int, default=512)
     predict.add_argument("--context-tokens", type=positive_int, default=None, help="default: the prompt")
+    predict.add_argument(
+        "--expert-imbalance", type=positive_float, default=1.0, help="busiest expert's load over the mean (>= 1)"
+    )
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=_command_predict)
 
     devices = commands.add_parser("devices", help="device profiles")
     device_commands = devices.add_subparsers(dest="devices_command", metavar="COMMAND", parser_class=Parser)
     device_commands.required = True
-    listing = device_commands.add_parser("list", help="list the device profiles")
+    listing = device_commands.add_parser("list", help="list the device profiles and their backends")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_command_devices_list)
-    calibrate = device_commands.add_parser("calibrate", help="measure this machine, or fit to phone measurements")
-    calibrate.add_argument("--name", default="host", help="name of the saved profile")
+    calibrate = device_commands.add_parser(
+        "calibrate", help="measure this machine, or fit a profile to phone measurements"
+    )
+    calibrate.add_argument("--name", default=None, help="name of the saved profile (default: host, or --device)")
     calibrate.add_argument("--measurements", metavar="CSV", help="measurements taken on a real device")
     calibrate.add_argument("--base", metavar="DEVICE", help="the profile the measurements calibrate")
+    calibrate.add_argument(
+        "--from-measurements", metavar="FILE.csv", help="published measurements (published_measurements.csv columns)"
+    )
+    calibrate.add_argument("--device", metavar="NAME", help="with --from-measurements: the profile to calibrate")
+    calibrate.add_argument("--backend", choices=BACKEND_CHOICES, help="with --from-measurements: its backend")
+    calibrate.add_argument(
+        "--soc", action="append", metavar="SOC", help="calibrate on rows of this SoC (default: the profile's own)"
+    )
+    calibrate.add_argument("--out", metavar="PATH.toml", help="write the calibrated profile here")
     calibrate.add_argument("--budget-s", type=positive_float, default=55.0, help="time budget on this machine")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(handler=_command_devices_calibrate)

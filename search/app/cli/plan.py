@@ -56,8 +56,10 @@ def _command_plan(args: argparse.Namespace) -> None:
         max_active_params=args.max_active_params,
         max_weight_bytes=None if args.max_weight_gb is None else args.max_weight_gb * 1e9,
         latency_oracle=measured_latency(args.store) if args.measure else None,
+        backend=args.backend,
     )
     document = plan(request)
+    document.setdefault("backend", request.device.for_backend(args.backend).backend)
     for warning in document["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.out:
@@ -76,6 +78,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--device", required=True)
     planner.add_argument("--memory-gb", type=float, default=None, help="budget in 10^9 bytes (default: usable DRAM)")
     planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
+    planner.add_argument(
+        "--backend", choices=("cpu", "gpu", "npu"), default=None, help="the device's backend (default: recommended)"
+    )
     planner.add_argument(
         "--law-card", metavar="CARD", help="the loss law: a card file or built-in name (default: the default card)"
     )
