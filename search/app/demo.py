@@ -2,29 +2,31 @@
 
 1. The architecture table of the built-in shapes (exact parameters, FLOPs and INT4 bytes).
 2. A real sweep: the smoke spec, trained on Shakespeare into ``runs/demo/demo.sqlite``.
-3. A scaling-law fit with bootstrap intervals and leave-largest-out, on the reference sweep's
-   exported results when they exist, else on the published Chinchilla points, with plots.
-4. A plan: the exact Pareto front of loss against decode latency on the iPhone 16 Pro profile
-   within a 2 GB memory budget, with a plot and one --arch file per proposed shape.
-5. Dense against MoE at equal INT4 weight memory on the iPhone 16 Pro profile.
+3. The planner's law card: each term with its source, range, intervals and backtests.
+4. A plan: the robust Pareto front (p_front >= 0.5) of loss against decode latency on the
+   iPhone 16 Pro profile within a 2 GB memory budget, losses with their 90% intervals, a plot
+   and one --arch file per proposed shape.
+5. The MobileMoE question: the planner at the paper's three INT4 budgets, and how the paper's
+   shapes score there.
+6. Dense against MoE at equal INT4 memory, per calibrated phone backend, with intervals.
 
-Everything lands in ``runs/demo/``: ``summary.md`` and the PNG plots.
+Everything lands in ``runs/demo/`` (under the working folder): ``summary.md`` and the plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
 from pathlib import Path
 
-from scaling.shape import accounting
+import pandas as pd
+
 from scaling.shape.presets import get_preset, preset_names
 from search.app.report import print_arch_table, print_table
 
 REPORT = Path("runs") / "demo"  # under the working folder, created when missing
-REFERENCE = Path(str(resources.files("scaling.runs") / "reference" / "reference_runs.csv"))
 PLAN_MEMORY_GB = 2.0  # a phone app's share of DRAM for the model: weights, KV cache, activations
+MIN_P_FRONT = 0.5  # the robust front: shapes non-dominated in at least half of the law's samples
 
 
 def _step(message: str) -> None:
@@ -35,10 +37,10 @@ def run_demo(args: argparse.Namespace) -> None:
     REPORT.mkdir(parents=True, exist_ok=True)
     lines = ["# moeplan demo report", ""]
 
-    _step("1/5 architecture accounting (INT4 weights, fp16 group scales)")
+    _step("1/6 architecture accounting (INT4 weights, fp16 group scales)")
     print_arch_table([get_preset(name) for name in preset_names()], "int4")
 
-    _step("2/5 a real sweep: the built-in smoke spec (runs/sweeps/smoke.toml) on Shakespeare")
+    _step("2/6 a real sweep: the built-in smoke spec (runs/sweeps/smoke.toml) on Shakespeare")
     from scaling.runs.spec import load_sweep
     from scaling.runs.store import RunStore
     from scaling.runs.sweep import prune_sweep, run_sweep
@@ -64,87 +66,27 @@ def run_demo(args: argparse.Namespace) -> None:
             f"{run['tokens']:,} | {run['final_val_loss']:.4f} |"
         )
 
-    _step("3/5 scaling-law fit with bootstrap intervals")
-    import pandas as pd
+    _step("3/6 the planner's law card")
+    from scaling.laws.card import load_card
 
-    from scaling.errors import UserError
-    from scaling.laws.datasets import chinchilla_points
-    from scaling.laws.fit import fit_law
-    from scaling.laws.plots import write_fit_plots
+    card = load_card()
+    print(card.summary(), file=sys.stderr)
+    lines += ["", f"## The planner's law card (`{card.name}`, loss in {card.unit})", "", "```", card.summary(), "```"]
 
-    frame = None
-    if REFERENCE.exists():
-        frame, law, origin = pd.read_csv(REFERENCE), "ondevice", f"the reference sweep ({REFERENCE})"
-        frame = frame[frame["status"] == "finished"] if "status" in frame.columns else frame
-        if len(frame) < 20:  # a sweep still in progress: not enough points for this law yet
-            frame = None
-    if frame is None:
-        try:
-            frame, law, origin = (
-                chinchilla_points(),
-                "chinchilla",
-                "the published Chinchilla points (Hoffmann et al. 2022)",
-            )
-        except UserError as error:
-            print(f"note: no fit data ({error}); skipping the fit", file=sys.stderr)
-    if frame is not None:
-        fit = fit_law(frame, law, bootstrap=200)
-        print(fit.summary())
-        plots = write_fit_plots(frame, fit, REPORT / "fit")
-        lines += ["", f"## Scaling-law fit: `{law}` on {origin}", "", "```", fit.summary(), "```", ""]
-        lines += [f"![{p.stem}](fit/{p.name})" for p in plots]
-
-    _step(f"4/5 plan: the Pareto front on iphone-16-pro within {PLAN_MEMORY_GB:g} GB (INT4)")
+    _step(f"4/6 plan: the robust Pareto front on iphone-16-pro within {PLAN_MEMORY_GB:g} GB (INT4)")
     lines += _plan_section()
 
-    _step("5/5 dense against MoE at equal INT4 weight memory on iphone-16-pro")
-    from search.device.cost import predict
-    from search.device.profiles import get_device
+    _step("5/6 the MobileMoE question: the planner at the paper's three INT4 budgets")
+    lines += _mobilemoe_section()
 
-    device = get_device("iphone-16-pro")
-    rows, predictions = [], {}
-    for name in ("phone-dense-1.5b", "phone-moe-a0.3b"):
-        spec = get_preset(name)
-        prediction = predict(spec, device, "int4", 512, 1024)
-        predictions[name] = prediction
-        rows.append(
-            [
-                name,
-                f"{accounting.total_params(spec) / 1e9:.2f}B",
-                f"{accounting.active_params(spec) / 1e9:.2f}B",
-                f"{prediction['weight_bytes'] / 1e9:.2f} GB",
-                f"{prediction['prefill_ms']:.0f}",
-                f"{prediction['decode_tokens_per_s']:.1f}",
-                "yes" if prediction["fits_in_memory"] else "no",
-            ]
-        )
-    columns = ["shape", "total", "active", "INT4 weights", "prefill 512 ms", "decode tok/s", "fits"]
-    print_table("iPhone 16 Pro, INT4 weights, 512-token prompt, 1024 context", columns, rows)
-    dense, moe = predictions["phone-dense-1.5b"], predictions["phone-moe-a0.3b"]
-    decode_speedup = moe["decode_tokens_per_s"] / dense["decode_tokens_per_s"]
-    prefill_speedup = dense["prefill_ms"] / moe["prefill_ms"]
-    figure = _draw_speedups(rows, REPORT / "dense_vs_moe.png")
-    lines += [
-        "",
-        "## Dense against MoE at equal INT4 memory (iphone-16-pro profile)",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += [
-        "",
-        f"Predicted MoE speed-up: decode {decode_speedup:.2f}x, prefill {prefill_speedup:.2f}x "
-        "(MobileMoE reports 2.2-3.4x decode and 1.8-3.8x prefill on phones).",
-        "",
-        f"![dense vs MoE]({figure.name})",
-    ]
+    _step("6/6 dense against MoE at equal INT4 memory, per calibrated backend, with intervals")
+    lines += _speedup_section()
     (REPORT / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"\nreport: {REPORT / 'summary.md'} (plots beside it)", file=sys.stderr)
 
 
 def _plan_section() -> list[str]:
-    """Plan on the phone at the demo's budget (every shape of the default space), with a Pareto plot."""
+    """The robust front on the phone at the demo's budget (every shape of the default space)."""
     from search.app.report import pareto_table
     from search.device.profiles import get_device
     from search.plan.outputs import write_outputs
@@ -152,18 +94,30 @@ def _plan_section() -> list[str]:
     from search.plan.request import PlanRequest
 
     document = plan(
-        PlanRequest(device=get_device("iphone-16-pro"), memory_budget_bytes=PLAN_MEMORY_GB * 1e9, exhaustive=True)
+        PlanRequest(
+            device=get_device("iphone-16-pro"),
+            memory_budget_bytes=PLAN_MEMORY_GB * 1e9,
+            exhaustive=True,
+            min_p_front=MIN_P_FRONT,
+        )
     )
     write_outputs(document, REPORT / "plan")
     title, columns, rows = pareto_table(document)
     print_table(title, columns, rows)
+    warnings = [f"- {w}" for w in document["warnings"]]
     return [
         "",
         f"## Plan: {title}",
         "",
-        f"{document['feasible_shapes']:,} of {document['space_size']:,} shapes fit; loss predicted by the "
-        f"`{document['fit_law']}` law (search/default_fit.json) at {document['train_tokens']:.0e} training tokens. "
-        "Each proposed shape has an --arch file and a Hugging Face config.json in `plan/arch/`.",
+        f"{document['feasible_shapes']:,} of {document['space_size']:,} shapes fit on the {document['backend']} "
+        f"backend. Loss: the median over {document['loss_samples']} samples of the law card, with its 90% interval; "
+        f"`p_front` is the share of samples in which the shape is non-dominated, and only shapes with "
+        f"p_front >= {MIN_P_FRONT} are listed. Each shape has an --arch file and a Hugging Face config.json in "
+        "`plan/arch/`.",
+        "",
+        "Extrapolation (largest ratio of a planned shape to each term's data):",
+        "",
+        *warnings,
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
@@ -173,23 +127,121 @@ def _plan_section() -> list[str]:
     ]
 
 
-def _draw_speedups(rows: list[list[str]], path: Path) -> Path:
-    import matplotlib
+def _mobilemoe_section() -> list[str]:
+    """The paper's S/M/L budgets: the robust front, the paper's stand-in shapes scored, and the terms."""
+    from search.app.mobilemoe import PAPER, answer
 
-    matplotlib.use("Agg")
+    header = [
+        "size",
+        "budget",
+        "robust shapes",
+        "paper stand-in",
+        "its loss (90%)",
+        "its p_front",
+        "decode tok/s",
+        "planner at that speed",
+        "its loss (90%)",
+        "decode tok/s",
+    ]
+    rows, terms = [], []
+    for item in answer(min_p_front=MIN_P_FRONT):
+        paper, best = item.paper_shape, item.best
+        rows.append(
+            [
+                item.size,
+                f"{item.budget_gb} GB",
+                str(len(item.front)),
+                f"{paper['arch']['name']} ({paper['active_params'] / 1e6:.0f}M of {paper['total_params'] / 1e9:.2f}B)",
+                _with_interval(paper),
+                f"{paper['p_front']:.2f}",
+                f"{paper['decode_tokens_per_s']:.1f}",
+                f"{best['arch']['name']} ({best['active_params'] / 1e6:.0f}M of {best['total_params'] / 1e9:.2f}B)",
+                _with_interval(best),
+                f"{best['decode_tokens_per_s']:.1f}",
+            ]
+        )
+        terms.append(
+            f"- {item.size}: ln M by term, paper stand-in / planner: "
+            + ", ".join(f"{kind} {v['paper']:.3f} / {v['planner']:.3f}" for kind, v in item.terms.items())
+        )
+    print_table("MobileMoE budgets on iphone-16-pro (INT4 weights)", header, rows)
+    actives = ", ".join(f"{k} {v[0] / 1e6:.0f}M of {v[1] / 1e9:.1f}B at {v[2]} GB" for k, v in PAPER.items())
+    return [
+        "",
+        "## The MobileMoE question (iphone-16-pro, INT4 weight budgets)",
+        "",
+        f"The paper's models ({actives}) are stood in for by the nearest shapes of the planner's space with a "
+        "shared expert and fine-grained experts. The planner's answer is its robust shape of lowest loss that "
+        "decodes at least as fast.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(row) + " |" for row in rows],
+        "",
+        "What drives the difference (each MoE term's ln M = ln(N_eq / N_active) at the card's point values):",
+        "",
+        *terms,
+    ]
+
+
+def _with_interval(entry: dict) -> str:
+    low, high = entry["predicted_loss_ci90"]
+    return f"{entry['predicted_loss']:.3f} ({low:.3f}-{high:.3f})"
+
+
+def _speedup_section() -> list[str]:
+    """The MoE preset against the dense preset of equal INT4 memory, per calibrated backend."""
+    from search.device.moe_check import moe_speedups
+    from search.device.profiles import get_device
+
+    tables = []
+    for device in ("galaxy-s25", "iphone-16-pro"):
+        tables.append(moe_speedups(get_device(device), prompts=(64, 512, 2048), n_samples=1000))
+    frame = pd.concat(tables)
+    header = ["device", "backend", "calibrated", "prompt", "prefill x (90%)", "decode x (90%)"]
+    rows = [
+        [
+            row.device,
+            row.backend,
+            "yes" if row.calibrated else "no (priors)",
+            str(row.prompt_tokens),
+            f"{row.prefill_speedup:.2f} ({row.prefill_lo:.2f}-{row.prefill_hi:.2f})",
+            f"{row.decode_speedup:.2f} ({row.decode_lo:.2f}-{row.decode_hi:.2f})",
+        ]
+        for row in frame.itertuples()
+    ]
+    print_table("MoE (phone-moe-a0.3b) over dense (phone-dense-1.5b), equal INT4 memory", header, rows)
+    figure = _draw_speedups(frame, REPORT / "dense_vs_moe.png")
+    return [
+        "",
+        "## Dense against MoE at equal INT4 memory",
+        "",
+        "phone-moe-a0.3b against phone-dense-1.5b; speed-up = dense time / MoE time, decode right after the "
+        "prompt. MobileMoE measured 2.2-3.4x decode and 1.8-3.8x prefill on phones.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(row) + " |" for row in rows],
+        "",
+        f"![dense vs MoE]({figure.name})",
+    ]
+
+
+def _draw_speedups(frame: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    names = [row[0] for row in rows]
-    prefill = [float(row[4]) for row in rows]
-    decode = [float(row[5]) for row in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3.6), dpi=120)
-    left.bar(names, prefill, color=["tab:grey", "tab:blue"])
-    left.set(title="prefill 512 tokens (ms, lower is better)")
-    right.bar(names, decode, color=["tab:grey", "tab:blue"])
-    right.set(title="decode (tokens/s, higher is better)")
-    for axes in (left, right):
-        axes.tick_params(axis="x", labelsize=8)
-    figure.suptitle("iPhone 16 Pro profile, equal INT4 weight memory")
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120, sharey=True)
+    for axis, quantity, band in ((axes[0], "prefill", (1.8, 3.8)), (axes[1], "decode", (2.2, 3.4))):
+        axis.axhspan(*band, color="tab:green", alpha=0.12, label="MobileMoE, measured on phones")
+        for (device, backend), rows in frame.groupby(["device", "backend"]):
+            value = rows[f"{quantity}_speedup"]
+            # the point prediction can sit just outside the sampled interval: no negative bar
+            errors = [(value - rows[f"{quantity}_lo"]).clip(lower=0), (rows[f"{quantity}_hi"] - value).clip(lower=0)]
+            axis.errorbar(rows["prompt_tokens"], value, yerr=errors, marker="o", capsize=2, label=f"{device} {backend}")
+        axis.set(xscale="log", xlabel="prompt tokens", title=f"{quantity}: MoE speed-up over dense (x)")
+    axes[0].set_ylabel("dense time / MoE time (90% interval)")
+    axes[1].legend(fontsize=7)
+    figure.suptitle("phone-moe-a0.3b vs phone-dense-1.5b, equal INT4 memory", fontsize=9)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -100,7 +100,7 @@ def objective_samples(
 ) -> list[np.ndarray]:
     """Each objective for the shapes in ``mask``: (shapes, samples) where it is uncertain — the loss
     always, latency on a calibrated backend — else (shapes,)."""
-    device = request.device.for_backend(request.backend) if request.backend else request.device
+    device = request.device.for_backend(request.backend)
     uncertain_latency = has_uncertainty(device)
     columns = []
     for objective in request.objectives:

@@ -17,10 +17,7 @@ def write_outputs(document: dict[str, Any], folder: str | Path) -> list[Path]:
     """CSV of the front, one --arch file and one Hugging Face config per proposed shape, a Pareto plot."""
     folder = Path(folder)
     (folder / "arch").mkdir(parents=True, exist_ok=True)
-    rows = [
-        {k: v for k, v in entry.items() if k != "arch"} | {"name": entry["arch"]["name"]}
-        for entry in document["pareto"]
-    ]
+    rows = [_csv_row(entry) for entry in document["pareto"]]
     written = [folder / "pareto.csv"]
     pd.DataFrame(rows).to_csv(written[0], index=False)
     for entry in document["pareto"]:
@@ -33,6 +30,14 @@ def write_outputs(document: dict[str, Any], folder: str | Path) -> list[Path]:
         draw_pareto(pareto_plot_data(document), folder / "pareto.png", plot_title(document), document.get("loss_unit"))
     )
     return written
+
+
+def _csv_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """One plan entry as flat CSV columns (the interval as two columns; the arch by name)."""
+    row = {k: v for k, v in entry.items() if k not in ("arch", "predicted_loss_ci90")}
+    if "predicted_loss_ci90" in entry:
+        row["predicted_loss_lower"], row["predicted_loss_upper"] = entry["predicted_loss_ci90"]
+    return row | {"name": entry["arch"]["name"]}
 
 
 AXIS_LABELS = {

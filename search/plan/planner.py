@@ -12,6 +12,7 @@ the space, so the two are comparable (:mod:`search.plan.pareto`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,9 +64,28 @@ def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd
     )
 
 
-def plan(request: PlanRequest) -> dict[str, Any]:
-    """Search the space and return the JSON document of ``moeplan plan``."""
-    request = request.validated()
+@dataclass
+class EvaluatedSpace:
+    """Every shape of a request's space, evaluated: the frame (objectives, memory, feasibility,
+    loss median and interval, ``p_front``) and the loss samples, in the space's order."""
+
+    request: PlanRequest
+    choices: list[dict[str, Any]]
+    arrays: Any
+    frame: pd.DataFrame
+    samples: np.ndarray
+
+    @property
+    def feasible(self) -> pd.DataFrame:
+        return self.frame[self.frame["feasible"]]
+
+    def entries(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        """Plan entries (as in ``pareto``) for rows of :attr:`frame`."""
+        return _pareto_entries(self.request, self.request.space, self.choices, rows)
+
+
+def evaluate_space(request: PlanRequest) -> EvaluatedSpace:
+    """Evaluate every shape of the (validated) request's space, with loss samples and ``p_front``."""
     space = request.space
     choices = space.choices()
     arrays = space.arrays(choices)
@@ -75,29 +95,36 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     if not feasible_mask.any():
         raise UserError(_no_fit_message(request, frame))
     samples = loss_samples(request, arrays, frame)
-    objective_columns = list(request.objectives)
-    feasible = frame[feasible_mask]
     frame["p_front"] = 0.0
     frame.loc[feasible_mask, "p_front"] = front_share(
         objective_samples(request, arrays, precisions, frame, feasible_mask, samples)
     )
-    feasible = frame[feasible_mask]
+    return EvaluatedSpace(request, choices, arrays, frame, samples)
+
+
+def plan(request: PlanRequest) -> dict[str, Any]:
+    """Search the space and return the JSON document of ``moeplan plan``."""
+    request = request.validated()
+    evaluated = evaluate_space(request)
+    frame, feasible = evaluated.frame, evaluated.feasible
+    objective_columns = list(request.objectives)
     values = feasible[objective_columns].to_numpy(float)
     low, high = values.min(axis=0), values.max(axis=0)
     exact_front = feasible[pareto_mask(values)]
     model = describe(request.loss_model)
-    shapes = pd.DataFrame({**accounting.law_columns(arrays), "D": request.train_tokens})
+    shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
     shapes["N_eq"] = frame["dense_equivalent_params"]
-    extrapolation = request.loss_model.extrapolation(shapes[feasible_mask])
+    extrapolation = request.loss_model.extrapolation(shapes[frame["feasible"].to_numpy()])
     document: dict[str, Any] = {
         "device": request.device.name,
+        "backend": request.device.for_backend(request.backend).backend,
         "memory_budget_bytes": int(request.budget),
         "objectives": objective_columns,
-        "space_size": len(choices),
+        "space_size": len(evaluated.choices),
         "feasible_shapes": len(feasible),
         **model,
         "fit_law": model["law_card"],
-        "loss_samples": int(samples.shape[1]),
+        "loss_samples": int(evaluated.samples.shape[1]),
         "train_tokens": request.train_tokens,
         "extrapolation": extrapolation,
         "warnings": _extrapolation_warnings(extrapolation, request.max_extrapolation),
@@ -107,7 +134,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         document.update(n_trials=0, hypervolume=document["exact_hypervolume"], engine="exhaustive")
         front = exact_front
     else:
-        front, trials = optuna_front(request, space, choices, frame)
+        front, trials = optuna_front(request, request.space, evaluated.choices, frame)
         document.update(
             n_trials=trials,
             engine="optuna-nsga2",
@@ -116,7 +143,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
         front = feasible[feasible["p_front"] >= request.min_p_front]
         document["min_p_front"] = request.min_p_front
-    document["pareto"] = _pareto_entries(request, space, choices, front)
+    document["pareto"] = evaluated.entries(front)
     return document
 
 

@@ -59,7 +59,6 @@ def _command_plan(args: argparse.Namespace) -> None:
         backend=args.backend,
     )
     document = plan(request)
-    document.setdefault("backend", request.device.for_backend(args.backend).backend)
     for warning in document["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.out:
