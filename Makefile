@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format bench clean
+.PHONY: demo test test-fast notebooks lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/ruff check scaling search tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# execute the notebooks in place, so they are committed with their outputs and plots
+notebooks: $(STAMP)
+	$(BIN)/python -c "import nbformat, nbclient, sys; [nbformat.write(nbclient.NotebookClient(nb := nbformat.read(p, 4), timeout=900, kernel_name='python3', resources={'metadata': {'path': 'notebooks'}}).execute() or nb, p) for p in sys.argv[1:]]" notebooks/*.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check scaling search tests benchmarks
