@@ -270,6 +270,21 @@ def law_columns(shape: Shape) -> dict[str, Any]:
     }
 
 
+def routing_counts(spec: ArchSpec) -> dict[str, int]:
+    """The MoE counts of a shape under their one meaning each (README, "One meaning per name"):
+    ``n_experts`` (also ``expansion``) and ``top_k`` are E and k at G = 1, as in ArchSpec; the
+    physical counts are ``n_routed_experts`` (E·G) and ``routed_top_k`` (k·G)."""
+    return {
+        "n_experts": spec.n_experts,
+        "expansion": spec.n_experts,
+        "granularity": spec.granularity,
+        "top_k": spec.top_k,
+        "n_routed_experts": spec.n_routed_experts if spec.is_moe else 1,
+        "routed_top_k": spec.routed_top_k if spec.is_moe else 1,
+        "n_shared_experts": spec.n_shared_experts,
+    }
+
+
 def summary(spec: ArchSpec, precision: str = "bf16") -> dict[str, Any]:
     """The ``moeplan arch --json`` document for one shape."""
     return {
@@ -286,15 +301,7 @@ def summary(spec: ArchSpec, precision: str = "bf16") -> dict[str, Any]:
         "n_kv_heads": spec.n_kv_heads,
         "head_dim": spec.head_dim,
         "d_ff": spec.d_ff,
-        # One meaning per name everywhere (README, "Names"): n_experts and top_k are E and k at
-        # G = 1, as in ArchSpec; the physical counts are n_routed_experts and routed_top_k.
-        "n_experts": spec.n_experts,
-        "expansion": spec.n_experts,
-        "granularity": spec.granularity,
-        "top_k": spec.top_k,
-        "n_routed_experts": spec.n_routed_experts if spec.is_moe else 1,
-        "routed_top_k": spec.routed_top_k if spec.is_moe else 1,
-        "n_shared_experts": spec.n_shared_experts,
+        **routing_counts(spec),
         "expert_d_ff": spec.expert_d_ff if spec.is_moe else 0,
         "shared_expert_d_ff": spec.shared_expert_d_ff if spec.n_shared_experts else 0,
         "flops_per_token": int(forward_flops_per_token(spec, 0)),

@@ -51,12 +51,7 @@ def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd
                 "total_params": int(row.total_params),
                 "active_params": int(row.active_params),
                 "active_flops": float(row.active_flops),
-                "n_experts": spec.n_experts,
-                "granularity": spec.granularity,
-                "top_k": spec.top_k,
-                "n_routed_experts": spec.n_routed_experts,
-                "routed_top_k": spec.routed_top_k,
-                "n_shared_experts": spec.n_shared_experts,
+                **accounting.routing_counts(spec),
             }
         )
     return sorted(
