@@ -296,10 +296,24 @@ DELTA_COLUMNS = (
 )
 
 
+MIN_TOKENS_PER_PARAM = 50.0  # the over-trained end of the sweep (see fit_sweep_terms)
+
+
 def fit_sweep_terms(
-    frame: pd.DataFrame, source: str, bootstrap: int = 200, seed: int = 0, workers: int | None = None
+    frame: pd.DataFrame,
+    source: str,
+    bootstrap: int = 200,
+    seed: int = 0,
+    workers: int | None = None,
+    min_tokens_per_param: float = MIN_TOKENS_PER_PARAM,
 ) -> dict[str, Term]:
     """The granularity, top-k and shared-expert terms from a proxy sweep's finished runs.
+
+    Only MoE runs with at least ``min_tokens_per_param`` tokens per active parameter count: the
+    planner's models train for hundreds to thousands of tokens per parameter, and the reference
+    sweep shows MoE proxies at 20 tokens per parameter, with experts that each see a fraction of
+    the tokens, in another regime (they lose to dense there and win at 200). The dense law that
+    turns losses into sizes uses every dense run.
 
     Args:
         frame: A :func:`scaling.runs.frames.fit_frame` of the sweep (N, D, E, k, G, S, loss, seed,
@@ -307,11 +321,15 @@ def fit_sweep_terms(
     """
     unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the sweep")
     frame = frame.assign(width=frame["arch.d_model"]).reset_index(drop=True)
+    long_enough = frame["D"] / frame["N"] >= min_tokens_per_param * 0.99  # a router adds a little to N
     frame["cell"] = frame.groupby(["width", (frame["D"] / frame["N"]).round(0), "E", "k", "G", "S"]).ngroup()
     dense_rows = frame[(frame["E"] == 1) & (frame["G"] == 1)]
-    moe = frame[(frame["E"] * frame["G"] > 1)].reset_index(drop=True)
+    moe = frame[(frame["E"] * frame["G"] > 1) & long_enough].reset_index(drop=True)
     if dense_rows["N"].nunique() < 3 or moe.empty:
-        raise UserError("the sweep terms need dense runs at 3 or more sizes and MoE runs")
+        raise UserError(
+            f"the sweep terms need dense runs at 3 or more sizes and MoE runs, with at least "
+            f"{min_tokens_per_param:g} tokens per active parameter"
+        )
     dense_fit = fit_law(dense_rows, "chinchilla", bootstrap=bootstrap, seed=seed, workers=workers, extrapolate=False)
     dense = _dense_params(dense_fit)
     log_m = dense_equivalent_log_multiplier(moe, dense)
@@ -331,7 +349,7 @@ def fit_sweep_terms(
         sample_log_m = dense_equivalent_log_multiplier(sample, replicate)
         for form in G_FORMS:
             replicates[form].append(_regress(sample, sample_log_m, form)[0])
-    deltas = matched_deltas(frame)
+    deltas = matched_deltas(frame[long_enough])
     data_range = _range(moe.assign(**{"D/N": moe["D"] / moe["N"]}), ("N", "D/N"))
     shared_evidence = {
         "dense_law_on_the_sweep": dense,
