@@ -29,7 +29,7 @@ def _command_sweep_run(args: argparse.Namespace) -> None:
     )
     if args.json:
         print_json(summary)
-    if summary["failed"]:
+    if summary["failed"] or summary.get("quantize_failed"):
         raise SystemExit(EXIT_RUNTIME_ERROR)
 
 
