@@ -71,9 +71,9 @@ def quantize_finished(
     pairs: list[tuple[Scheme, str]],
     checkpoint_root: Path,
     note: Callable[[str], None],
-    device: str = "cpu",
 ) -> dict[str, int]:
-    """Every (scheme, method) of ``pairs`` on every finished run of ``runs`` not yet stored.
+    """Every (scheme, method) of ``pairs`` on every finished run of ``runs`` not yet stored, on the
+    device each run trained with.
 
     Returns counts: ``quantized`` (stored now or before) and ``quantize_failed``.
     """
@@ -89,7 +89,7 @@ def quantize_finished(
                 continue
             try:
                 checkpoint = checkpoint_root / run.run_id / "checkpoint.pt"
-                quantize_run(store, run.run_id, scheme, method, checkpoint, device=device)
+                quantize_run(store, run.run_id, scheme, method, checkpoint, device=run.train.device)
                 stored += 1
             except KeyboardInterrupt:
                 raise

@@ -183,6 +183,10 @@ def test_sweep_quantizes_every_finished_run_once(tmp_path, new_store, cli):
     assert document["stored"] and document["run_id"] == run_id and document["loss_unit"] == "nats/byte"
     assert document["delta_loss"] == document["loss_after"] - document["loss_before"]
     assert len(handle.quantizations(run_id)) == 5 and training_results(store) == before
+    shown = cli("runs", "show", run_id, "--store", store, "--json", cwd=tmp_path).json()
+    assert {(q["scheme"], q["method"]) for q in shown["quantization"]} >= {("int3-g32", "rtn"), ("int8", "gptq")}
+    table = cli("runs", "show", run_id, "--store", store, cwd=tmp_path)
+    assert table.returncode == 0 and "Quantised (post-training)" in table.stdout and "int3-g32" in table.stdout
 
 
 @pytest.mark.slow  # trains

@@ -76,6 +76,7 @@ def _command_runs_show(args: argparse.Namespace) -> None:
         "metrics": store.metrics(run["id"]),
         "routing": store.routing(run["id"]),
         "measurements": store.measurements(run["id"]),
+        "quantization": store.quantizations(run["id"]),
     }
     if args.json:
         print_json(document)
