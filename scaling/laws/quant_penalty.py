@@ -301,22 +301,37 @@ class QuantPenaltyFit:
     ) -> np.ndarray:
         """The penalty of ``scheme`` for one shape or many (:class:`~scaling.shape.accounting.ArchArrays`)
         trained on ``tokens``; ``loss_before`` (the predicted bf16 loss) for relative forms."""
+        design = self._scheme_design(shape, scheme, method, tokens, loss_before)
+        return predict_design(self.theta, design, self.form_object)
+
+    def predict_scheme_interval(
+        self, shape: Any, scheme: Scheme, method: str, tokens: Any, loss_before: Any = 1.0, alpha: float = 0.05
+    ) -> pd.DataFrame:
+        """:meth:`predict_scheme` with bootstrap percentiles: ``penalty``, ``lower``, ``upper``."""
+        if self.bootstrap_params is None or self.bootstrap_params.empty:
+            raise UserError("no bootstrap: refit with bootstrap > 0 for intervals")
+        design = self._scheme_design(shape, scheme, method, tokens, loss_before)
+        thetas = self.bootstrap_params[list(PARAMS)].to_numpy()
+        draws = np.stack([predict_design(theta, design, self.form_object) for theta in thetas])
+        return pd.DataFrame(
+            {
+                "penalty": predict_design(self.theta, design, self.form_object),
+                "lower": np.quantile(draws, alpha / 2, axis=0),
+                "upper": np.quantile(draws, 1 - alpha / 2, axis=0),
+            }
+        )
+
+    def _scheme_design(self, shape: Any, scheme: Scheme, method: str, tokens: Any, loss_before: Any) -> Design:
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        form = self.form_object
-        columns = _part_columns(shape, scheme, tokens, form.expert_tokens)
+        columns = _part_columns(shape, scheme, tokens, self.form_object.expert_tokens)
         n = np.atleast_1d(columns["n_active"])
-        design = Design(
-            **{
-                name: np.atleast_2d(columns[name])
-                for name in ("share", "quantised", "bits", "group", "asym", "mlp", "expert")
-            },
-            tokens=np.atleast_2d(columns["tokens"]),
+        return Design(
+            **{name: np.atleast_2d(columns[name]) for name in PART_COLUMNS},
             n_active=n,
             gptq=np.full(len(n), float(method == "gptq")),
             loss_before=np.asarray(loss_before, dtype=float) * np.ones(len(n)),
         )
-        return predict_design(self.theta, design, form)
 
     def summary(self) -> str:
         form = self.form_object

@@ -105,6 +105,17 @@ def test_a_mixed_scheme_is_the_sum_of_its_parts():
     assert np.allclose(batch, one_by_one)
     with pytest.raises(UserError, match="unknown method"):
         fit.predict_scheme(shape, experts_only, "awq", tokens)
+    with pytest.raises(UserError, match="no bootstrap"):
+        fit.predict_scheme_interval(shape, experts_only, "rtn", tokens)
+
+
+def test_a_scheme_penalty_has_its_own_interval():
+    fit = fit_quant_penalty(synthetic_frame(noise=0.05), "relative", bootstrap=30)
+    arrays = accounting.ArchArrays.from_specs(list(SHAPES.values()))
+    band = fit.predict_scheme_interval(arrays, load_scheme("int4-g32"), "gptq", 4e6, loss_before=2.0)
+    assert len(band) == len(SHAPES)
+    assert (band["lower"] < band["penalty"]).all() and (band["penalty"] < band["upper"]).all()
+    assert np.allclose(band["penalty"], fit.predict_scheme(arrays, load_scheme("int4-g32"), "gptq", 4e6, 2.0))
 
 
 def test_round_trips_through_json():
