@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from scaling.errors import UserError
+from scaling.proxy.gptq import gptq_proxy
 from scaling.proxy.model import ProxyModel
 from scaling.proxy.quant_grid import GroupQuant, pack_codes, rtn, unpack_codes
 from scaling.proxy.quant_parts import WeightRef, vector_parameters, weight_refs
@@ -119,6 +120,8 @@ def quantize_proxy(
     """
     if method not in METHODS:
         raise UserError(f"unknown quantisation method {method!r}; choose {' or '.join(METHODS)}")
+    if method == "gptq" and calibration is None:
+        raise UserError("method gptq needs calibration tokens from the training split")
     scheme.check(model.arch)
     refs = weight_refs(model)
     result = QuantizedProxy(scheme=scheme, method=method, packed=[])
@@ -133,10 +136,6 @@ def quantize_proxy(
         result.vector_bytes += 2 * vector.numel()
     quantised = [ref for ref in refs if scheme.format(ref.part).quantised]
     if method == "gptq":
-        if calibration is None:
-            raise UserError("method gptq needs calibration tokens from the training split")
-        from scaling.proxy.gptq import gptq_proxy
-
         quants = gptq_proxy(model, quantised, scheme, calibration, batch_size)
     else:
         quants = {}
