@@ -1,7 +1,8 @@
 """Pandas views of a run store, for notebooks, exports and fits.
 
 :func:`runs_frame` (one row per run with every config field), :func:`metrics_frame` (the loss
-curves) and :func:`fit_frame` (the canonical fit columns: N, N_total, E, G, S, D, C, loss).
+curves), :func:`fit_frame` (the canonical fit columns: N, N_total, E, G, S, D, C, loss) and
+:func:`quantization_frame` (one row per quantised run, scheme and method, with the run's columns).
 """
 
 from __future__ import annotations
@@ -91,3 +92,48 @@ def aggregate_seeds(frame: pd.DataFrame) -> pd.DataFrame:
         collapsed_runs=("collapsed", lambda values: int((values.fillna(0) > 0).sum())),
     )
     return summary.reset_index().drop(columns=["shape_key"])
+
+
+def quantization_frame(store: RunStore | str | None = None) -> pd.DataFrame:
+    """One row per stored quantisation, with the canonical columns of its run.
+
+    Columns: ``run``, ``scheme``, ``method``, ``bits``, ``group_size``, ``symmetric``, ``parts``,
+    ``loss_before``, ``loss_after``, ``delta_loss`` (after - before), ``packed_weight_bytes``,
+    ``quantised_params``, ``scheme_spec`` (every part's format, as a dict), ``arch`` (the run's
+    shape, as a dict), ``N``, ``N_total``, ``E``, ``G``, ``k``, ``S``, ``D``, ``d_model``,
+    ``seed``, ``sweep``, ``loss_unit`` (nats/byte). The input of
+    :func:`scaling.laws.quant_penalty.fit_quant_penalty`.
+    """
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    runs = {run["id"]: run for run in store.runs()}
+    rows = []
+    for row in store.quantizations():
+        run = runs.get(row["run_id"])
+        if run is None:
+            continue
+        arch = json.loads(run["config"])["arch"]
+        rows.append(
+            {
+                "run": row["run_id"],
+                **{key: row[key] for key in ("scheme", "method", "bits", "group_size", "symmetric", "parts")},
+                "loss_before": row["loss_before"],
+                "loss_after": row["loss_after"],
+                "delta_loss": row["loss_after"] - row["loss_before"],
+                "packed_weight_bytes": row["packed_weight_bytes"],
+                "quantised_params": row["quantised_params"],
+                "scheme_spec": row["scheme_spec"],
+                "arch": arch,
+                "N": run["active_params"],
+                "N_total": run["total_params"],
+                "E": run["n_experts"],
+                "G": run["granularity"],
+                "k": run["top_k"],
+                "S": run["n_shared_experts"],
+                "D": run["tokens"],
+                "d_model": arch["d_model"],
+                "seed": run["seed"],
+                "sweep": run["sweep"],
+                "loss_unit": PROXY_LOSS_UNIT,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -30,6 +30,9 @@ A spec is validated in full before anything runs; an error names the TOML key pa
     grid = [1e-3, 3e-3, 1e-2]
     tokens_per_param = 20        #   (or absolute = [tokens]) the budget of the tuning runs
     seeds = [0]
+    [quantize]                   # optional: quantise every finished main run (after training)
+    schemes = ["int8", "int4-g32"]  # built-in scheme names, or scheme files beside the spec
+    methods = ["rtn", "gptq"]    #   (default ["rtn"]); results go to the store's quantization table
 
 With ``[lr_search]``, each family (the runs sharing n_experts, granularity, top_k and
 n_shared_experts) is first trained at its smallest d_model with every learning rate of the
@@ -56,9 +59,11 @@ import tomllib
 from scaling.errors import UserError
 from scaling.shape import accounting
 from scaling.shape.arch import ArchError, ArchSpec, field_names
+from scaling.shape.scheme import METHODS, Scheme, load_scheme
 from scaling.train.config import TrainConfig
 
-TOP_LEVEL = ("name", "description", "base", "vary", "tokens", "train", "run", "lr_search")
+TOP_LEVEL = ("name", "description", "base", "vary", "tokens", "train", "run", "lr_search", "quantize")
+QUANTIZE_KEYS = ("schemes", "methods")
 LR_SEARCH_KEYS = ("grid", "tokens_per_param", "absolute", "seeds")
 FAMILY_FIELDS = ("n_experts", "granularity", "top_k", "n_shared_experts")
 STAGES = ("main", "lr_search")
@@ -128,6 +133,7 @@ class SweepSpec:
     planned: list[RunConfig] = field(default_factory=list)
     lr_reference_width: dict[tuple[int, ...], int] = field(default_factory=dict)
     lr_scaling: str = "none"
+    quantize: list[tuple[Scheme, str]] = field(default_factory=list)  # (scheme, method) pairs
 
     @property
     def run_ids(self) -> set[str]:
@@ -323,9 +329,37 @@ def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
     if not runs:
         raise _fail("vary", "the sweep expands to no valid run")
     spec = SweepSpec(name=name, description=str(document.get("description", "")), runs=runs, skipped=skipped, text=text)
+    if "quantize" in document:
+        base_dir = None if origin.startswith("<") else Path(origin).parent
+        spec.quantize = _quantize_pairs(document["quantize"], spec.runs, base_dir)
     if "lr_search" in document:
         _plan_lr_search(spec, document["lr_search"], lr_scaling, warmup_fraction)
     return spec
+
+
+def _quantize_pairs(table: Any, runs: list[RunConfig], base_dir: Path | None) -> list[tuple[Scheme, str]]:
+    """The ``[quantize]`` table: every scheme (checked against every run's shape) by every method."""
+    if not isinstance(table, dict):
+        raise _fail("quantize", "must be a table with schemes and methods")
+    for key in table:
+        if key not in QUANTIZE_KEYS:
+            raise _fail(f"quantize.{key}", f"unknown key; allowed: {', '.join(QUANTIZE_KEYS)}")
+    names = table.get("schemes")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _fail("quantize.schemes", "must be a non-empty list of scheme names or files")
+    methods = table.get("methods", ["rtn"])
+    if not isinstance(methods, list) or not methods or not all(m in METHODS for m in methods):
+        raise _fail("quantize.methods", f"must be a non-empty list of {', '.join(METHODS)}")
+    schemes = []
+    for index, name in enumerate(names):
+        try:
+            scheme = load_scheme(name, base_dir)
+            for arch in {run.arch for run in runs}:
+                scheme.check(arch)
+        except UserError as error:
+            raise _fail(f"quantize.schemes[{index}]", str(error)) from None
+        schemes.append(scheme)
+    return [(scheme, method) for scheme in schemes for method in dict.fromkeys(methods)]
 
 
 def _plan_lr_search(spec: SweepSpec, table: Any, lr_scaling: str, warmup_fraction: float) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Integer,
@@ -40,7 +41,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 
 from scaling.errors import UserError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_URL = "sqlite:///runs/moeplan.sqlite"
 STATUSES = ("pending", "running", "finished", "failed")
 LEASE_S = 600.0  # a running claim with no heartbeat for this long is taken over
@@ -125,6 +126,30 @@ routing_table = Table(
     Column("dead_fraction", Float),
     Column("z_loss", Float),
 )
+quantization_table = Table(  # v5: a finished run's checkpoint quantised with a scheme and a method
+    "quantization",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("scheme_key", String(32), primary_key=True),  # a hash of the formats (Scheme.key)
+    Column("method", String(16), primary_key=True),
+    Column("scheme", String(200)),  # its name
+    Column("scheme_spec", Text),  # JSON: every part's format
+    Column("bits", Integer),  # shared by the quantised parts (16: none quantised; NULL: mixed)
+    Column("group_size", Integer),
+    Column("symmetric", Integer),
+    Column("parts", Text),  # "all", or the quantised parts joined by commas
+    Column("loss_before", Float),  # nats/byte, the run's validation windows
+    Column("loss_after", Float),
+    Column("packed_weight_bytes", BigInteger),
+    Column("quantised_params", BigInteger),
+    Column("part_bytes", Text),  # JSON: packed bytes per part
+    Column("calibration_tokens", Integer),
+    Column("eval_tokens", Integer),
+    Column("device", String(40)),
+    Column("elapsed_s", Float),
+    Column("created_at", Float),
+)
+QUANTIZATION_FIELDS = tuple(c.name for c in quantization_table.columns if c.name not in ("run_id", "created_at"))
 jobs_table = Table(  # the service's background jobs (plans, fits)
     "jobs",
     metadata,
@@ -204,6 +229,11 @@ def _one_meaning_per_name(connection) -> None:
     )
 
 
+def _add_quantization(connection) -> None:
+    """v4 -> v5: the ``quantization`` table (created by ``create_all`` in the same transaction):
+    what quantising each finished run costs in loss, per scheme and method."""
+
+
 SCHEMA_LOCK_KEY = 0x6D6F65706C616E  # "moeplan": the PostgreSQL advisory lock taken while changing the schema
 
 
@@ -222,7 +252,12 @@ def lock_schema(connection) -> None:
 
 
 # Migrations from version v to v+1, applied in order by :meth:`RunStore.migrate`.
-MIGRATIONS: dict[int, Any] = {1: _add_attempts, 2: _add_run_facts, 3: _one_meaning_per_name}
+MIGRATIONS: dict[int, Any] = {
+    1: _add_attempts,
+    2: _add_run_facts,
+    3: _one_meaning_per_name,
+    4: _add_quantization,
+}
 
 
 def resolve_url(url: str | None) -> str:
@@ -433,10 +468,55 @@ class RunStore:
                 )
             )
 
+    def record_quantization(self, run_id: str, result: dict[str, Any]) -> None:
+        """Store (or replace) one quantisation of a run, in one transaction: a process killed
+        before it commits leaves nothing, and the run's own rows are never touched."""
+        row = {name: result.get(name) for name in QUANTIZATION_FIELDS}
+        for name in ("scheme_spec", "part_bytes"):
+            if not isinstance(row[name], str):
+                row[name] = json.dumps(row[name], sort_keys=True)
+        if row["symmetric"] is not None:
+            row["symmetric"] = int(row["symmetric"])
+        key = (quantization_table.c.run_id == run_id) & (quantization_table.c.scheme_key == row["scheme_key"])
+        key = key & (quantization_table.c.method == row["method"])
+
+        def write(connection) -> None:
+            connection.execute(quantization_table.delete().where(key))
+            connection.execute(insert(quantization_table).values(run_id=run_id, created_at=time.time(), **row))
+
+        self._insert_once(write)
+
+    def quantizations(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored quantisations (``scheme_spec`` and ``part_bytes`` decoded), by run, scheme, method."""
+        query = select(quantization_table).order_by(
+            quantization_table.c.run_id, quantization_table.c.scheme, quantization_table.c.method
+        )
+        if run_id is not None:
+            query = query.where(quantization_table.c.run_id == run_id)
+        with self.engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        for row in rows:
+            row["scheme_spec"] = json.loads(row["scheme_spec"] or "{}")
+            row["part_bytes"] = json.loads(row["part_bytes"] or "{}")
+            row["symmetric"] = None if row["symmetric"] is None else bool(row["symmetric"])
+        return rows
+
+    def quantization_keys(self) -> set[tuple[str, str, str]]:
+        """``(run_id, scheme_key, method)`` of every stored quantisation."""
+        columns = (quantization_table.c.run_id, quantization_table.c.scheme_key, quantization_table.c.method)
+        with self.engine.connect() as connection:
+            return {tuple(row) for row in connection.execute(select(*columns))}
+
+    def artifact(self, run_id: str, kind: str = "checkpoint") -> str | None:
+        """The path recorded for a run's artifact (its final checkpoint), or None."""
+        query = select(artifacts_table.c.path).where(artifacts_table.c.run_id == run_id, artifacts_table.c.kind == kind)
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar()
+
     def delete_runs(self, run_ids: list[str]) -> int:
-        """Delete runs with their metrics, measurements and artifact records, in one transaction."""
+        """Delete runs with their metrics, measurements, quantisations and artifact records, in one transaction."""
         with self.engine.begin() as connection:
-            for table in (metrics_table, routing_table, measurements_table, artifacts_table):
+            for table in (metrics_table, routing_table, measurements_table, quantization_table, artifacts_table):
                 connection.execute(table.delete().where(table.c.run_id.in_(run_ids)))
             return connection.execute(runs_table.delete().where(runs_table.c.id.in_(run_ids))).rowcount
 

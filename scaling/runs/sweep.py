@@ -7,6 +7,8 @@
 * ``local`` executor: ``workers`` processes, each with ``cores / workers`` torch threads.
 * ``ray`` executor: each run is a Ray task streaming its events back; only this process touches
   the store and the checkpoint folder (see :mod:`scaling.runs.ray_executor`).
+* ``[quantize]``: once the runs are done, every finished run is quantised with every (scheme,
+  method) pair the store does not hold yet (:mod:`scaling.runs.quantize`), in this process.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def checkpoint_root_for(store: RunStore, override: str | None) -> Path:
         return path.parent / f"{path.stem}-checkpoints"
     database = store.engine.url.render_as_string(hide_password=True)
     return Path("runs") / "checkpoints" / hashlib.sha256(database.encode()).hexdigest()[:16]
+
+
+def checkpoint_of(store: RunStore, run_id: str, checkpoint_dir: str | None = None) -> Path:
+    """A finished run's final checkpoint: under ``checkpoint_dir`` when given, else where the
+    store recorded it, else in the store's checkpoint folder."""
+    recorded = None if checkpoint_dir else store.artifact(run_id)
+    return Path(recorded) if recorded else checkpoint_root_for(store, checkpoint_dir) / run_id / "checkpoint.pt"
 
 
 def _work(url: str, runs: list[RunConfig], retry_failed: bool, checkpoint_root: str) -> int:
@@ -109,6 +118,12 @@ def run_sweep(
         if cluster is not None:
             cluster.close()
     progress.finish()
+    quantized = {}
+    if spec.quantize:  # a last stage: every finished run with every (scheme, method) not yet stored
+        from scaling.runs.quantize import quantize_finished
+
+        progress.note(f"quantising finished runs: {len(spec.quantize)} (scheme, method) pairs each")
+        quantized = quantize_finished(store, spec.runs, spec.quantize, root, progress.note)
     counts = store.counts(spec.name, spec.run_ids)
     summary = {
         "sweep": spec.name,
@@ -116,6 +131,7 @@ def run_sweep(
         "skipped_invalid": len(spec.skipped),
         "wall_s": time.perf_counter() - started,
         **counts,
+        **quantized,
     }
     if learning_rates:
         summary["learning_rates"] = learning_rates

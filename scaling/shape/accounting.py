@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scaling.shape.arch import ArchSpec
+from scaling.shape.scheme import PARTS, Scheme
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}
@@ -246,6 +247,62 @@ def weight_bytes(
         # input embedding is a separate matrix.
         embeddings = parts["embedding_input"] + (1 - shape.tie_embeddings) * shape.d_model
     return matrices * matrix + vectors * vector + embeddings * embedding
+
+
+# The parameter_breakdown key holding each scheme part's matrices.
+PART_PARAMETERS = {
+    "embedding": "embedding_input",
+    "attention": "attention",
+    "dense_mlp": "dense_mlp",
+    "router": "router",
+    "routed_experts": "routed_experts",
+    "shared_experts": "shared_experts",
+    "output_head": "output_head",
+}
+
+
+def part_parameters(shape: Shape, *, active_only: bool = False) -> dict[str, Any]:
+    """Matrix parameters of each scheme part (:data:`scaling.shape.scheme.PARTS`).
+
+    With ``active_only``: those one decoded token reads (the selected routed experts, the head
+    matrix, and one row of a separate input embedding).
+    """
+    breakdown = parameter_breakdown(shape)
+    parts = {part: breakdown[key] for part, key in PART_PARAMETERS.items()}
+    if active_only:
+        parts["routed_experts"] = breakdown["routed_experts_active"]
+        # a tied matrix is read whole as the head; an untied input embedding, one row
+        parts["embedding"] = shape.tie_embeddings * breakdown["embedding_input"] + (1 - shape.tie_embeddings) * (
+            shape.d_model
+        )
+    return parts
+
+
+def scheme_part_bytes(shape: Shape, scheme: Scheme, *, active_only: bool = False) -> dict[str, Any]:
+    """Bytes of each part's matrices under ``scheme`` (codes plus per-group scales and zero points),
+    and ``vectors``: norm weights and biases at fp16."""
+    parts = part_parameters(shape, active_only=active_only)
+    breakdown = parameter_breakdown(shape)
+    result = {}
+    for part in PARTS:
+        fmt = scheme.format(part)
+        params = parts[part]
+        if fmt.quantised:
+            # exact integers when each group packs into whole bytes (group_size * bits % 8 == 0)
+            result[part] = params * fmt.bits / 8 + params / fmt.group_size * fmt.bytes_per_group
+        else:
+            result[part] = params * 2
+    result["vectors"] = (breakdown["attention_vectors"] + breakdown["norms"]) * 2
+    return result
+
+
+def scheme_weight_bytes(shape: Shape, scheme: Scheme, *, active_only: bool = False) -> Any:
+    """Bytes to store the weights under a precision scheme (or those one token reads).
+
+    Equal to :func:`weight_bytes` at int8/int4 for the uniform built-ins ``int8-g32`` and
+    ``int4-g32``, and to the packed bytes of a proxy quantised with the scheme.
+    """
+    return sum(scheme_part_bytes(shape, scheme, active_only=active_only).values())
 
 
 def kv_cache_bytes_per_token(shape: Shape, precision: str = "fp16") -> Any:

@@ -153,6 +153,23 @@ def print_run(document: dict[str, Any]) -> None:
                 for r in final
             ],
         )
+    quantization = document.get("quantization") or []
+    if quantization:
+        print_table(
+            "Quantised (post-training): validation loss in nats/byte",
+            ["scheme", "method", "loss before", "loss after", "penalty", "packed weights"],
+            [
+                [
+                    q["scheme"],
+                    q["method"],
+                    f"{q['loss_before']:.4f}",
+                    f"{q['loss_after']:.4f}",
+                    f"{q['loss_after'] - q['loss_before']:+.4f}",
+                    human_bytes(q["packed_weight_bytes"]),
+                ]
+                for q in quantization
+            ],
+        )
 
 
 def _maybe(value: float | None) -> str:

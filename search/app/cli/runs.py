@@ -29,7 +29,7 @@ def _command_sweep_run(args: argparse.Namespace) -> None:
     )
     if args.json:
         print_json(summary)
-    if summary["failed"]:
+    if summary["failed"] or summary.get("quantize_failed"):
         raise SystemExit(EXIT_RUNTIME_ERROR)
 
 
@@ -76,6 +76,7 @@ def _command_runs_show(args: argparse.Namespace) -> None:
         "metrics": store.metrics(run["id"]),
         "routing": store.routing(run["id"]),
         "measurements": store.measurements(run["id"]),
+        "quantization": store.quantizations(run["id"]),
     }
     if args.json:
         print_json(document)
