@@ -1,12 +1,13 @@
-"""Host check of the cost model: calibrate on search.app.host's shapes, then predict 14 others.
+"""Host check of the cost model: calibrate on search.app.host's shapes, then predict 17 others.
 
 Usage: python benchmarks/cost_model_accuracy.py [--rounds N] [--save DIR] [--load DIR]
 
-Times the calibration shapes and 14 held-out architectures (dense and MoE, none used in
-calibration) in the same interleaved rounds, so a slow spell of this shared machine affects
-both sides alike. Fits the host profile on the calibration rows only, then prints measured
-against predicted prefill ms and decode tokens/s (torch backend, fp32, CPU) for the held-out
-rows at each prompt length, and the MAPE of each. ``--save`` keeps the measurements as CSV;
+Times the calibration shapes and 17 held-out architectures (dense and MoE, none used in
+calibration; three of them fine-grained, with 32 or 64 routed experts) in the same interleaved
+rounds, so a slow spell of this shared machine affects both sides alike. Fits the host profile
+on the calibration rows only, then prints measured against predicted prefill ms and decode
+tokens/s (torch backend, fp32, CPU) for the held-out rows at each prompt length, and the MAPE of
+each. ``--save`` keeps the measurements as CSV;
 ``--load`` refits from saved ones without timing anything.
 """
 
@@ -99,13 +100,47 @@ HELD_OUT_FRESH = [
 ]
 
 
+# Fine-grained MoE (E >= 32 routed experts, each getting P k / E rows of a prompt), added with
+# the inference fast path: where a cost model that prices expert matmuls by the prompt's rows
+# rather than each expert's misses most.
+HELD_OUT_FINE = [
+    ArchSpec(
+        name="moe-d256-e32-top4", vocab_size=2000, d_model=256, n_layers=6, n_heads=4, d_ff=128, n_experts=32, top_k=4
+    ),
+    ArchSpec(
+        name="moe-d384-e8-g4-shared",
+        vocab_size=4000,
+        d_model=384,
+        n_layers=5,
+        n_heads=6,
+        d_ff=768,
+        n_experts=8,
+        top_k=1,
+        granularity=4,
+        n_shared_experts=1,
+    ),
+    ArchSpec(
+        name="moe-d320-e64-top8-shared",
+        vocab_size=3000,
+        d_model=320,
+        n_layers=4,
+        n_heads=5,
+        d_ff=160,
+        n_experts=64,
+        top_k=8,
+        n_shared_experts=1,
+        shared_expert_d_ff=320,
+    ),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per shape (median)")
     parser.add_argument("--save", type=Path, help="write the measurements to DIR/measurements.csv")
     parser.add_argument("--load", type=Path, help="read DIR/measurements.csv instead of measuring")
     args = parser.parse_args()
-    shapes = {spec.name: spec for spec in CALIBRATION_SHAPES + HELD_OUT + HELD_OUT_FRESH}
+    shapes = {spec.name: spec for spec in CALIBRATION_SHAPES + HELD_OUT + HELD_OUT_FRESH + HELD_OUT_FINE}
     if args.load:
         frame = pd.read_csv(args.load / "measurements.csv")
     else:
@@ -123,7 +158,9 @@ def main() -> None:
     table = evaluate(calibration.profile, [shapes[name] for name in held_frame["arch"]], held_frame)
     table.insert(1, "prompt_tokens", held_frame["prompt_tokens"].to_numpy())
     fresh_names = [spec.name for spec in HELD_OUT_FRESH]
-    table.insert(0, "set", np.where(table["arch"].isin(fresh_names), "fresh", "first"))
+    fine_names = [spec.name for spec in HELD_OUT_FINE]
+    sets = np.where(table["arch"].isin(fresh_names), "fresh", "first")
+    table.insert(0, "set", np.where(table["arch"].isin(fine_names), "fine", sets))
     columns = [
         "set",
         "arch",

@@ -5,8 +5,11 @@ Usage: PYTHONPATH=. python3 benchmarks/gpu_check.py --out FILE.json [--device cp
 Checks, each recorded on its own so that one failure does not cost the rest of a short lease:
 dispatch correctness on the device (sorted, fused and grouped against the loop oracle, outputs
 and gradients), training throughput and MFU against the device's measured matmul peak (fp32 and
-bf16), the issue's MoE/dense step ratio there, the inference bench, and a short real training
-run that is repeated and resumed from a checkpoint (bit for bit). ``--device cpu --small``
+bf16), the issue's MoE/dense step ratio there, the inference bench, a short real training
+run that is repeated and resumed from a checkpoint (bit for bit), and the MFU ladder: dense and
+MoE proxies of equal active parameters from d_model 512 to 2048 in bf16, the MoE in both the
+sorted and the grouped dispatch, each beside the same shape in Hugging Face transformers where
+that is installed (``mfu_ladder``; the target is MoE MFU >= 0.7x dense). ``--device cpu --small``
 runs the same code on tiny shapes, to try the script before a lease.
 """
 
@@ -176,6 +179,87 @@ def step_profile(device: str, small: bool) -> dict:
     return {"arch": spec.name, "table": table.splitlines()}
 
 
+def ladder_specs(small: bool) -> list[tuple[ArchSpec, ArchSpec]]:
+    """(dense, MoE) pairs of equal active parameters: the MoE routes each token to 4 of 32 experts
+    (8 experts split in 4, top-1) whose widths add up to the dense MLP's 4 d."""
+    widths = (64, 128) if small else (512, 1024, 2048)
+    pairs = []
+    for d_model in widths:
+        layers = 2 if small else (8 if d_model < 2048 else 4)
+        common = {"vocab_size": 256 if small else 32000, "d_model": d_model, "n_layers": layers}
+        common["n_heads"] = max(1, d_model // 128) if not small else 4
+        dense = ArchSpec(name=f"dense-d{d_model}", d_ff=4 * d_model, **common)
+        moe = ArchSpec(name=f"moe-d{d_model}-e8-g4", d_ff=4 * d_model, n_experts=8, top_k=1, granularity=4, **common)
+        pairs.append((dense, moe))
+    return pairs
+
+
+def peer_train_step_ms(spec: ArchSpec, device: str, batch: int, seq: int, steps: int, dtype: str) -> float:
+    """Median training step of transformers' model for the same shape (ImportError without it)."""
+    import transformers
+
+    from scaling.shape.hf_config import to_hf_config
+
+    config = transformers.AutoConfig.for_model(**to_hf_config(spec))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, spec.vocab_size, (batch, seq + 1), device=device)
+    timings = []
+    for index in range(steps + 2):
+        synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = model(input_ids=tokens[:, :-1], labels=tokens[:, 1:]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize()
+        if index >= 2:
+            timings.append(time.perf_counter() - start)
+    return 1e3 * sorted(timings)[len(timings) // 2]
+
+
+def mfu_ladder(device: str, small: bool) -> list[dict]:
+    """MFU of dense and MoE (sorted and grouped dispatch) proxies, bf16, and the same shapes in the peer.
+
+    On the CPU (a trial of the script) in fp32: bf16 is emulated on CPUs without bf16 matrix units.
+    """
+    steps, batch, seq = (2, 2, 32) if small else (10, 8, 1024)
+    dtype = "bf16" if device == "cuda" else "fp32"
+    rows = []
+    for dense, moe in ladder_specs(small):
+        runs = [(dense, "sorted"), (moe, "sorted"), (moe, "grouped")]
+        results = {}
+        for spec, dispatch in runs:
+            result = bench_train(
+                spec, steps=steps, batch_size=batch, seq_len=seq, dtype=dtype, device=device, dispatch=dispatch
+            )
+            results[(spec.name, dispatch)] = result
+            rows.append({"dispatch": dispatch, **{k: result.get(k) for k in TRAIN_KEYS}})
+        dense_mfu = results[(dense.name, "sorted")]["mfu"]
+        for dispatch in ("sorted", "grouped"):
+            rows.append(
+                {
+                    "arch": moe.name,
+                    "dispatch": dispatch,
+                    "moe_over_dense_mfu": results[(moe.name, dispatch)]["mfu"] / dense_mfu,
+                }
+            )
+        for spec in (dense, moe):
+            try:
+                step_ms = peer_train_step_ms(spec, device, batch, seq, steps, dtype)
+            except ImportError as error:
+                rows.append({"arch": spec.name, "library": "transformers", "error": str(error)})
+                continue
+            ours = results[(spec.name, "sorted" if spec is dense else "grouped")]
+            peer_mfu = ours["mfu"] * ours["step_ms"] / step_ms  # same FLOPs a step, same peak
+            rows.append({"arch": spec.name, "library": "transformers", "step_ms": step_ms, "mfu": peer_mfu})
+    return rows
+
+
 def text_corpus(folder: Path) -> Path:
     """Real English-and-code text available offline on any machine: the stdlib's sources."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,6 +332,7 @@ def main() -> None:
     report.section("train_bench", lambda: train_benches(args.device, args.small))
     report.section("infer_bench", lambda: infer_benches(args.device, args.small))
     report.section("step_profile", lambda: step_profile(args.device, args.small))
+    report.section("mfu_ladder", lambda: mfu_ladder(args.device, args.small))
     for dtype in ("fp32", "bf16"):
         report.section(f"training_runs_{dtype}", lambda dtype=dtype: training_runs(args.device, args.small, dtype))
 

@@ -7,7 +7,8 @@ Prints the median step time and tokens/s as JSON.
 
 ``--mode infer`` times one generation instead, as ``moeplan bench --mode infer`` does: prefill of
 a ``--prompt-tokens`` prompt, then ``--decode-tokens`` greedy tokens against the KV cache, batch 1,
-under ``torch.inference_mode``.
+under ``torch.inference_mode``. ``benchmarks/infer_side_by_side.py`` runs that for several configs
+and prompts at once and reports the spread of the ratios.
 
 With ``--with-moeplan`` it also builds moeplan's proxy from the same file (from this checkout,
 with the venv's torch) and alternates single training steps of the two models in one process,

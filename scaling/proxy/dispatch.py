@@ -7,3 +7,7 @@ its contiguous slice), ``loop`` (the Hugging Face per-expert masking loop, the t
 """
 
 DISPATCH_MODES = ("auto", "fused", "grouped", "sorted", "loop")
+
+# How an MoE layer runs under torch.inference_mode (scaling.proxy.moe_infer): ``auto`` (the path
+# measured fastest for the shape regime), one path forced, or ``off`` (the training forward).
+INFERENCE_PATHS = ("auto", "off", "native", "grouped", "sorted")

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling.proxy import swiglu_rows
-from scaling.proxy.dispatch import DISPATCH_MODES
+from scaling.proxy import moe_infer, swiglu_rows
+from scaling.proxy.dispatch import DISPATCH_MODES, INFERENCE_PATHS
 from scaling.proxy.moe_fused import fused_moe
 from scaling.shape import accounting
 from scaling.shape.arch import ArchSpec
@@ -51,6 +51,9 @@ class ProxyConfig:
             sorted elsewhere) or ``loop`` (the Hugging Face Mixtral per-expert masking loop,
             kept as the test oracle).
         max_seq_len: Longest sequence the RoPE tables cover.
+        inference_path: How MoE layers run under ``torch.inference_mode``
+            (:mod:`scaling.proxy.moe_infer`): ``auto`` (per shape regime), ``native``,
+            ``grouped``, ``sorted``, or ``off`` (the training forward, for comparisons).
     """
 
     arch: ArchSpec
@@ -59,10 +62,13 @@ class ProxyConfig:
     dispatch: str = "auto"
     max_seq_len: int = 4096
     init_std: float = 0.02
+    inference_path: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dispatch not in DISPATCH_MODES:
             raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {self.dispatch!r}")
+        if self.inference_path not in INFERENCE_PATHS:
+            raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {self.inference_path!r}")
 
 
 class RMSNorm(nn.Module):
@@ -138,6 +144,13 @@ class Attention(nn.Module):
                 raise NotImplementedError("chunked prefill onto a non-empty cache")
             k, v = cache.update(layer, k, v)
             causal = length > 1  # one new token attends to everything cached
+        if self.n_kv_heads != self.n_heads and length == 1 and not causal:
+            # One new token: the query heads that share a KV head become the rows of one query
+            # against it, so the cache is read once per KV head and never copied (a decode step
+            # at context 1,024 otherwise copies 3 MB of keys and values per layer).
+            group = self.n_heads // self.n_kv_heads
+            y = F.scaled_dot_product_attention(q.reshape(batch, self.n_kv_heads, group, self.head_dim), k, v)
+            return self.out(y.reshape(batch, 1, self.n_heads * self.head_dim))
         if self.n_kv_heads != self.n_heads:
             # repeat_interleave keeps SDPA on its fast fused CPU kernel (enable_gqa does not).
             repeat = self.n_heads // self.n_kv_heads
@@ -206,6 +219,8 @@ class MoE(nn.Module):
         self.renorm, self.dispatch = arch.router_renorm and self.top_k > 1, config.dispatch
         if self.dispatch == "auto" and self.n_experts >= GROUPED_FROM_EXPERTS:
             self.dispatch = "grouped"
+        self.inference_path = config.inference_path
+        self.last_inference: dict | None = None  # regime and path of the last inference call
         hidden = arch.expert_d_ff
         self.router = nn.Linear(arch.d_model, self.n_experts, bias=False)
         self.gate_up = nn.Parameter(torch.empty(self.n_experts, arch.d_model, 2 * hidden))
@@ -251,6 +266,8 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         if self.load_counts is not None:
             self._observe(x)
+        if self._inference_applies(x):
+            return moe_infer.forward(self, x).view(shape)
         if self._fused_applies(x):
             shared_gate_up = None if self.shared is None else self.shared.gate_up.weight
             shared_down = None if self.shared is None else self.shared.down.weight
@@ -272,6 +289,14 @@ class MoE(nn.Module):
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             routed = routed + shared
         return routed.view(shape)
+
+    def _inference_applies(self, x: torch.Tensor) -> bool:
+        # autocast would hand the packed matmuls mixed dtypes: it keeps the training forward
+        return (
+            torch.is_inference_mode_enabled()
+            and self.inference_path != "off"
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
     def _fused_applies(self, x: torch.Tensor) -> bool:
         if self.dispatch not in ("fused", "auto"):

@@ -9,6 +9,8 @@
   (gathered again); rows that live only inside one expert sit in per-thread scratch.
 - :func:`add_pair_rows`: each token's expert rows added back into the layer's output (and the
   input gradient), split by tokens over the threads, where the loop runs ``index_add_``.
+- :func:`moe_experts_infer`: the routed experts at inference, routing included, in one call
+  (``scaling/proxy/kernels/moe_infer.cpp``; :mod:`scaling.proxy.moe_infer` calls it).
 - :func:`swiglu_forward` and :func:`swiglu_backward`: ``silu(gate) * up`` and its gradient in
   one pass each, split by rows over the threads, for the dense MLPs and the shared experts
   (where :func:`rows_apply`; :mod:`scaling.proxy.swiglu_rows` chooses); ATen's passes elsewhere.
@@ -34,6 +36,7 @@ from scaling.proxy.kernels import build as native_build
 
 NATIVE = Path(__file__).with_name("kernels")
 OPERATOR_SOURCE, KERNEL_SOURCE = NATIVE / "experts.cpp", NATIVE / "swiglu.cpp"
+INFERENCE_SOURCE, THREADS_HEADER = NATIVE / "moe_infer.cpp", NATIVE / "expert_threads.h"
 OPERATOR_FLAGS = ("-O2", "-std=c++20", "-fPIC", "-w")
 # -ffast-math lets std::exp vectorise; it is confined to the kernel's object file (see swiglu.cpp).
 KERNEL_FLAGS = ("-O3", "-ffast-math", "-fPIC")
@@ -73,6 +76,19 @@ def swiglu_backward(gate_up: torch.Tensor, grad_product: torch.Tensor, grad_gate
 def experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, y_sorted) -> None:
     """Fill ``gate_up_out`` and ``y_sorted`` (each expert's weighted output rows, in pair order)."""
     torch.ops.moeplan.experts_forward(x, token_of_pair, sorted_weights, sizes, gate_up, down, gate_up_out, y_sorted)
+
+
+def moe_experts_infer(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    top_k: int,
+    renorm: bool,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """``out[t] += sum_slot w * expert(x[t])`` over each token's top-k experts by ``logits`` (rows may be strided)."""
+    torch.ops.moeplan.moe_experts_infer(x, logits, top_k, renorm, gate_up, down, out)
 
 
 def experts_backward(
@@ -127,21 +143,24 @@ class _BuildCommands:
 
     def key(self) -> list[bytes | str]:
         return [
-            OPERATOR_SOURCE.read_bytes(), KERNEL_SOURCE.read_bytes(), self.compiler, *OPERATOR_FLAGS, *KERNEL_FLAGS,
+            OPERATOR_SOURCE.read_bytes(), KERNEL_SOURCE.read_bytes(), INFERENCE_SOURCE.read_bytes(),
+            THREADS_HEADER.read_bytes(), self.compiler, *OPERATOR_FLAGS, *KERNEL_FLAGS,
             *self.tuning, *self.vector_math, torch.__version__, str(self.torch_root), _processor(),
         ]  # fmt: skip
 
     def build(self, target: Path) -> None:
         logger.info("moeplan: building the native expert operator once for this machine and torch (about 15 s)")
         kernel, operator = target.with_suffix(".kernel.o"), target.with_suffix(".operator.o")
+        inference = target.with_suffix(".inference.o")
         compiler, libraries = self.compiler, self.torch_root / "lib"
         native_build.run_compiler([compiler, *KERNEL_FLAGS, *self.tuning, "-c", str(KERNEL_SOURCE), "-o", str(kernel)])
-        native_build.run_compiler(
-            [compiler, *OPERATOR_FLAGS, self.abi, *self.includes, "-c", str(OPERATOR_SOURCE), "-o", str(operator)]
-        )
+        for source, objects in ((OPERATOR_SOURCE, operator), (INFERENCE_SOURCE, inference)):
+            native_build.run_compiler(
+                [compiler, *OPERATOR_FLAGS, self.abi, *self.includes, "-c", str(source), "-o", str(objects)]
+            )
         # linked without -ffast-math, which would set flush-to-zero for the whole process
         native_build.run_compiler(
-            [compiler, "-shared", "-o", str(target), str(operator), str(kernel), f"-L{libraries}",
+            [compiler, "-shared", "-o", str(target), str(operator), str(inference), str(kernel), f"-L{libraries}",
              "-ltorch_cpu", "-lc10", *self.vector_math, "-lm", f"-Wl,-rpath,{libraries}"]
         )  # fmt: skip
 

@@ -149,6 +149,49 @@ def matmul_peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32", r
     return max(matmul_peak_by_size(device, dtype, refresh).values())
 
 
+# Below this fraction of its cached matmul rate, the host was busy enough with other work to move
+# a bench's figures (a fifth or more on the 2-core CPU); the bench then says so.
+CONTENDED_BELOW = 0.8
+
+
+class HostProbe:
+    """Up to :data:`MAX_PROBES` square matmuls timed between a bench's samples, against the cached rate.
+
+    On a shared machine, neighbours' load slows every sample though the code is the same. The
+    probe (see :func:`probe_size`) runs outside the timed regions; ``host_delivered_fraction`` is
+    the median of its rates over the cached rate for its size (1: the host delivered its peak).
+    """
+
+    def __init__(self, device: torch.device, samples: int, dtype: str = "fp32") -> None:
+        self.peak_by_size = matmul_peak_by_size(device, dtype)
+        self.side = probe_size(self.peak_by_size)
+        self.matrices = square_matrices(self.side, device, dtype)
+        self.device_bytes = sum(m.numel() * m.element_size() for m in self.matrices) if device.type == "cuda" else 0
+        self.every = max(1, math.ceil(samples / MAX_PROBES))
+        self.rates: list[float] = []
+
+    def maybe_probe(self, sample: int) -> None:
+        """Time the probe after every ``every``-th sample (call it after each, outside the timing)."""
+        if sample % self.every == 0:
+            self.rates.append(matmul_flops_per_s(*self.matrices))
+
+    def result(self) -> dict[str, Any]:
+        rate = statistics.median(self.rates)
+        fraction = rate / self.peak_by_size[self.side]
+        warnings = []
+        if fraction < CONTENDED_BELOW:
+            warnings.append(
+                f"the host delivered {fraction:.0%} of its matmul rate during the run: other load on this "
+                "machine slowed it, so the figures are low; measure again on a quiet host"
+            )
+        return {
+            "matmul_probe_size": self.side,
+            "matmul_probe_flops_per_s": rate,
+            "host_delivered_fraction": fraction,
+            "warnings": warnings,
+        }
+
+
 def bench_train(
     arch: ArchSpec,
     steps: int = 10,
@@ -163,12 +206,13 @@ def bench_train(
 
     MFU is against the cached matmul peak. On a shared machine, neighbours' load lowers it
     without any change in the code, so up to ten untimed probes between steps time one square
-    matmul (see :func:`probe_size`); ``host_delivered_fraction`` is their median against the
-    cached rate for that size (1 means the host delivered its full peak during the run).
+    matmul (:class:`HostProbe`); ``host_delivered_fraction`` is their median against the
+    cached rate for that size (1 means the host delivered its full peak during the run), and
+    ``warnings`` says when it was low.
 
     Returns:
         ``tokens_per_s``, ``step_ms`` (median), ``mfu``, ``host_delivered_fraction``,
-        ``peak_rss_bytes`` and more.
+        ``warnings``, ``peak_rss_bytes`` and more.
     """
     if steps < 1 or batch_size < 1 or seq_len < 2:
         raise UserError("steps and batch-size must be >= 1 and seq-len >= 2")
@@ -188,13 +232,10 @@ def bench_train(
     autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-    peak_by_size = matmul_peak_by_size(torch_device, dtype)  # dtype is fp32 or bf16 (checked above)
-    probe_side = probe_size(peak_by_size)
     before_probe = current_rss_bytes()
-    probe_matrices = square_matrices(probe_side, torch_device, dtype)
+    probe = HostProbe(torch_device, steps, dtype)  # dtype is fp32 or bf16 (checked above)
     probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
-    probe_every = max(1, math.ceil(steps / MAX_PROBES))
-    timings, rss, probes = [], [], []
+    timings, rss = [], []
     for index in range(warmup + steps):
         synchronize(torch_device)
         start = time.perf_counter()
@@ -207,13 +248,11 @@ def bench_train(
         synchronize(torch_device)
         if index >= warmup:
             timings.append(time.perf_counter() - start)
-            if (index - warmup) % probe_every == 0:  # outside the timed step
-                probes.append(matmul_flops_per_s(*probe_matrices))
+            probe.maybe_probe(index - warmup)  # outside the timed step
         rss.append(current_rss_bytes() - probe_rss)
     step_s = statistics.median(timings)
     flops_per_step = accounting.training_flops_per_token(arch, seq_len) * batch_size * seq_len
-    peak = max(peak_by_size.values())
-    probe_flops = statistics.median(probes)
+    peak = max(probe.peak_by_size.values())
     result = {
         "mode": "train",
         "arch": arch.name,
@@ -229,15 +268,12 @@ def bench_train(
         "model_flops_per_s": flops_per_step / step_s,
         "matmul_peak_flops_per_s": peak,
         "mfu": flops_per_step / step_s / peak,
-        "matmul_probe_size": probe_side,
-        "matmul_probe_flops_per_s": probe_flops,
-        "host_delivered_fraction": probe_flops / peak_by_size[probe_side],
+        **probe.result(),
         "peak_rss_bytes": max(rss),
         "rss_growth_bytes": rss[-1] - rss[min(len(rss) - 1, warmup)],
         "total_params": int(accounting.total_params(arch)),
         "active_params": int(accounting.active_params(arch)),
     }
     if torch_device.type == "cuda":
-        probe_bytes = sum(matrix.numel() * matrix.element_size() for matrix in probe_matrices)
-        result["peak_device_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device) - probe_bytes
+        result["peak_device_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device) - probe.device_bytes
     return result

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from scaling.proxy.dispatch import DISPATCH_MODES
+from scaling.proxy.dispatch import DISPATCH_MODES, INFERENCE_PATHS
 from search.app.cli.common import (
     PRECISION_CHOICES,
     add_arch_arguments,
@@ -32,6 +32,7 @@ def _command_bench(args: argparse.Namespace) -> None:
             device=args.device,
             dispatch=args.dispatch,
         )
+        _warn(result)
         if args.json:
             print_json(result)
             return
@@ -62,23 +63,36 @@ def _command_bench(args: argparse.Namespace) -> None:
         decode_tokens=args.decode_tokens,
         device=args.device,
         repeats=args.repeats,
+        inference_path=args.inference_path,
     )
+    _warn(result)
     if args.json:
         print_json(result)
         return
     from search.app.report import human_bytes, print_table
 
-    print_table(
-        f"Inference: {spec.name or 'arch'} ({result['backend']}, {result['precision']})",
-        ["prefill ms (median)", "decode tokens/s (median)", "peak memory"],
-        [
-            [
-                f"{result['prefill_ms']:.2f}",
-                f"{result['decode_tokens_per_s']:.1f}",
-                human_bytes(result["peak_memory_bytes"]),
-            ]
-        ],
-    )
+    columns = ["prefill ms (median)", "spread", "decode tokens/s (median)", "spread", "peak memory"]
+    row = [
+        f"{result['prefill_ms']:.2f}",
+        f"{result.get('prefill_spread', 0):.0%}",
+        f"{result['decode_tokens_per_s']:.1f}",
+        f"{result.get('decode_spread', 0):.0%}",
+        human_bytes(result["peak_memory_bytes"]),
+    ]
+    if "host_delivered_fraction" in result:
+        columns.append("host delivered")
+        row.append(f"{result['host_delivered_fraction']:.0%} of peak")
+    paths = result.get("moe_inference")
+    if paths:
+        columns.append("MoE path (prefill, decode)")
+        row.append(", ".join(f"{paths[phase]['path']} ({paths[phase]['regime']})" for phase in ("prefill", "decode")))
+    print_table(f"Inference: {spec.name or 'arch'} ({result['backend']}, {result['precision']})", columns, [row])
+
+
+def _warn(result: dict) -> None:
+    """The bench's warnings on stderr, so that stdout stays one JSON document with --json."""
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 # --- command: train ----------------------------------------------------------------------------
@@ -140,6 +154,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--prompt-tokens", type=positive_int, default=128)
     bench.add_argument("--decode-tokens", type=positive_int, default=32)
     bench.add_argument("--repeats", type=positive_int, default=5)
+    bench.add_argument(
+        "--inference-path",
+        choices=INFERENCE_PATHS,
+        default="auto",
+        help="infer: how MoE layers run (auto: the path measured fastest per shape regime; off: the training forward)",
+    )
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_command_bench)
