@@ -25,8 +25,10 @@ test-fast: $(STAMP)
 	$(BIN)/ruff check scaling search tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-# execute the notebooks in place, so they are committed with their outputs and plots
+# write the notebooks from notebooks/make_notebooks.py, then execute them in place, so they are
+# committed with their outputs and plots
 notebooks: $(STAMP)
+	$(BIN)/python notebooks/make_notebooks.py
 	$(BIN)/python -c "import nbformat, nbclient, sys; [nbformat.write(nbclient.NotebookClient(nb := nbformat.read(p, 4), timeout=900, kernel_name='python3', resources={'metadata': {'path': 'notebooks'}}).execute() or nb, p) for p in sys.argv[1:]]" notebooks/*.ipynb
 
 lint: $(STAMP)
