@@ -17,6 +17,7 @@ from scaling.laws.quant_penalty import (
     compare_penalty_forms,
     design_from_frame,
     fit_quant_penalty,
+    penalty_samples,
     predict_design,
 )
 from scaling.shape import accounting
@@ -154,3 +155,39 @@ def test_bad_input():
         fit_quant_penalty(frame.drop(columns=["scheme_spec"]))
     with pytest.raises(UserError, match="not a quantisation penalty fit"):
         QuantPenaltyFit.from_dict({"law": "chinchilla"})
+
+
+def test_penalty_samples_equal_the_law_draw_by_draw():
+    """The planner's vectorised draws (shapes x draws in one product) against the law row by row."""
+    rng = np.random.default_rng(3)
+    thetas = rng.normal(0, 0.4, (6, len(PARAMS)))
+    thetas[:, PARAMS.index("beta_bits")] = rng.uniform(0.5, 2.5, 6)
+    specs = [
+        ArchSpec(
+            vocab_size=256,
+            d_model=64,
+            n_layers=2,
+            n_heads=2,
+            d_ff=256,
+            n_experts=e,
+            top_k=k,
+            n_shared_experts=s,
+            tie_embeddings=tie,
+        )
+        for e, k, s, tie in ((1, 1, 0, False), (8, 2, 1, True), (16, 1, 0, False))
+    ]
+    arrays = accounting.ArchArrays.from_specs(specs)
+    for name, form in FORMS.items():
+        for scheme in ("int4-g32", "int4-experts-int8-rest", "int3-g64-asym", "int8-g32-mlp", "bf16"):
+            for method in ("rtn", "gptq"):
+                drawn = penalty_samples(thetas, form, arrays, load_scheme(scheme), method, 3e6)
+                assert drawn.shape == (len(specs), len(thetas))
+                frame = pd.DataFrame(
+                    {"arch": [s.to_dict() for s in specs], "scheme_spec": [load_scheme(scheme).to_dict()] * 3,
+                     "method": method, "D": 3e6, "loss_before": 1.0}
+                )  # fmt: skip
+                design = design_from_frame(frame, form)
+                by_row = np.stack([predict_design(theta, design, form) for theta in thetas], axis=1)
+                np.testing.assert_allclose(drawn, by_row, rtol=1e-12, err_msg=f"{name} {scheme} {method}")
+    with pytest.raises(UserError, match="unknown method"):
+        penalty_samples(thetas, FORMS["relative"], arrays, load_scheme("int8"), "awq", 3e6)
