@@ -89,6 +89,19 @@ FORMS = {
         PenaltyForm("relative_no_data", data=False, description="size but no data dependence"),
         PenaltyForm("relative_expert_tokens", expert_tokens=True, description="experts see D k/E tokens each"),
         PenaltyForm("relative_expert_factor", expert_factor=True, description="routed experts' own sensitivity"),
+        PenaltyForm(
+            "relative_expert_factor_no_data",
+            expert_factor=True,
+            data=False,
+            description="routed experts' own sensitivity, size but no data dependence",
+        ),
+        PenaltyForm(
+            "relative_expert_factor_no_size",
+            expert_factor=True,
+            size=False,
+            data=False,
+            description="routed experts' own sensitivity, no size or data dependence",
+        ),
     )
 }
 DEFAULT_FORM = "relative"
