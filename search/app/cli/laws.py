@@ -122,8 +122,8 @@ def _command_loss(args: argparse.Namespace) -> None:
         if "penalty" in row:
             low, high = row["penalty_ci90"]
             penalty = (
-                f"; at {document['scheme']} ({args.quant_method}) {row['penalty']:+.4f} "
-                f"(90% {low:+.4f}-{high:+.4f}) over bf16"
+                f"; at {document['scheme']} ({args.quant_method}) {row['penalty']:+.3g} "
+                f"(90% {low:+.3g} to {high:+.3g}) over bf16"
             )
         print(
             f"{prefix}loss {row['loss']:.4f} {row['loss_unit']} (90% {lo:.4f}-{hi:.4f}), "
