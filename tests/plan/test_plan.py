@@ -349,6 +349,10 @@ def test_the_front_can_hold_one_shape_at_two_schemes(tmp_path, penalty_card_path
     assert len(names) == 1 and {entry["scheme"] for entry in document["pareto"]} == {"int4-g32", "int8"}
     int4, int8 = sorted(document["pareto"], key=lambda entry: entry["scheme"])
     assert int4["predicted_loss"] > int8["predicted_loss"] and int4["decode_ms"] < int8["decode_ms"]
+    text = run_cli(
+        "plan", "--device", "iphone-16-pro", "--space", str(space), "--exhaustive", "--law-card", str(penalty_card_path)
+    )  # fmt: skip
+    assert text.returncode == 0 and "scheme" in text.stdout and "int4-g32" in text.stdout and "int8" in text.stdout
 
 
 def test_bad_schemes_are_refused_in_one_line(tmp_path, penalty_card_path):
