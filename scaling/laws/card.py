@@ -49,6 +49,7 @@ TERM_FORMS = {  # kind -> form -> parameter names
 }
 MOE_TERMS = ("expansion", "granularity", "top_k", "shared")
 QUANT_TERM = "quantization"
+PENALTY_SHOWN = ("C", "mlp_factor", "expert_factor", "gptq_factor", "beta_bits", "gamma_N", "gamma_D")
 DEFAULT_METHOD = "rtn"
 DEFAULT_SAMPLES = 200
 
@@ -382,6 +383,14 @@ class LawCard:
                 label = f"{row.form} (weight {weight:.2f})" if len(term.forms) > 1 else row.form
                 interval = f"90% [{row.lower:.5g}, {row.upper:.5g}]"
                 lines.append(f"  {label:>28} {row.param:>7} = {row.value:<11.5g} {interval}")
+            if kind == QUANT_TERM and term.evidence.get("params"):
+                intervals = term.evidence.get("ci95", {})
+                shown = [
+                    f"{name} {value:.3g}" + (" [{:.3g}, {:.3g}]".format(*intervals[name]) if name in intervals else "")
+                    for name, value in term.evidence["params"].items()
+                    if name in term.evidence.get("shown", PENALTY_SHOWN)
+                ]
+                lines.append(f"  as factors (95%): {'; '.join(shown)}")
             if term.backtest:
                 lines.append(f"  backtest: {_backtest_line(term.backtest)}")
             if term.notes:
