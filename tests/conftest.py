@@ -198,6 +198,32 @@ def native_switch(monkeypatch):
     native_mlp.load.cache_clear()  # so the next test loads under its own environment
 
 
+# --- a law card with a quantisation penalty, fitted on synthetic measurements ----------------------------
+def card_with_penalty(unit: dict | None = None, bootstrap: int = 20):
+    """The default card plus a penalty term fitted (by the real code) on the synthetic measurements of
+    tests/laws/test_quant_penalty.py; ``unit`` replaces the card's loss unit."""
+    from scaling.laws.build_card import fit_quant_term
+    from scaling.laws.card import QUANT_TERM, LawCard, load_card
+    from tests.laws.test_quant_penalty import synthetic_frame
+
+    document = load_card().to_dict()
+    if unit is not None:
+        document["loss_unit"] = unit
+    card = LawCard.from_dict(document)
+    frame = synthetic_frame(noise=0.03, budgets=(50, 200)).assign(loss_unit="nats/byte")  # over-trained
+    card.terms[QUANT_TERM] = fit_quant_term(frame, "synthetic measurements", card.unit, bootstrap=bootstrap)
+    card.name = "with-penalty"
+    return card
+
+
+@pytest.fixture(scope="session")
+def penalty_card_path(tmp_path_factory) -> Path:
+    """A card file with a quantisation penalty (see :func:`card_with_penalty`)."""
+    path = tmp_path_factory.mktemp("cards") / "with-penalty.json"
+    path.write_text(card_with_penalty().to_json())
+    return path
+
+
 def requires_dataset(*names: str):
     """Skip a test whose published dataset is not here (the files whose licence forbids shipping them).
 

@@ -13,10 +13,14 @@
   ``R = E/k`` absorbs the expansion effect at proxy scale and the designed contrasts identify
   g, t and s. Bootstrapped over seeds within each shape and budget, with the dense law's own
   replicates, so the intervals carry both.
+* **quantization**: the penalty law of :mod:`scaling.laws.quant_penalty` on a store's quantisation
+  measurements, in the form with the lowest out-of-sample error among those the card can apply,
+  bootstrapped over runs.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -26,9 +30,11 @@ from scipy.optimize import least_squares
 from scaling.errors import UserError
 from scaling.laws import effective
 from scaling.laws.backtest import rolling_origin
-from scaling.laws.card import LawCard, Term, TermForm
+from scaling.laws.card import QUANT_TERM, LawCard, Term, TermForm
 from scaling.laws.fit import fit_law
-from scaling.laws.units import common_unit
+from scaling.laws.units import NATS_PER_BYTE, LossUnit, common_unit
+from scaling.shape import accounting
+from scaling.shape.arch import ArchSpec
 
 HUBER_SCALE = 1e-3  # the Huber threshold on log residuals, as in Hoffmann et al.'s fits
 BASE_PARAMS = ("E", "A", "B", "alpha", "beta")
@@ -415,6 +421,106 @@ def fit_sweep_terms(
     }
 
 
+# --- the quantisation penalty ------------------------------------------------------------------------
+def _applicable(fit, form, unit: LossUnit) -> str | None:
+    """Why a fitted penalty form cannot serve a card in ``unit`` (None if it can)."""
+    from scaling.laws.quant_penalty import FORMS
+
+    convertible = unit.per == NATS_PER_BYTE or unit.bytes_per_token is not None
+    if not FORMS[form].relative and not convertible:
+        return f"absolute (nats/byte), and the card's {unit} has no bytes per token"
+    if "gamma_D" in fit.free and not convertible:
+        return f"its data term counts bytes, and the card's {unit} has no bytes per token"
+    return None
+
+
+def fit_quant_term(
+    frame: pd.DataFrame,
+    source: str,
+    unit: LossUnit,
+    bootstrap: int = 200,
+    seed: int = 0,
+    form: str = "auto",
+    min_tokens_per_param: float = MIN_TOKENS_PER_PARAM,
+) -> Term:
+    """The penalty term from quantisation measurements (a :func:`scaling.runs.frames.quantization_frame`).
+
+    Only runs trained on at least ``min_tokens_per_param`` tokens per active parameter count, as
+    for the sweep terms: the penalty grows steeply with the training tokens on the proxies (the
+    over-trained end is the planner's regime), and a data term fitted on 1e6-1e7 tokens cannot be
+    carried to a phone model's 1e12.
+
+    Args:
+        frame: The measurements (losses in nats/byte).
+        source: A description of the data.
+        unit: The card's loss unit: forms it cannot apply (an absolute or a data term without bytes
+            per token) are passed over.
+        bootstrap: Replicates over runs.
+        seed: Seeds the bootstrap and the folds.
+        form: A form of :data:`scaling.laws.quant_penalty.FORMS`, or ``auto``: the applicable form
+            with the lowest cross-validated error (whole runs held out).
+        min_tokens_per_param: The shortest training (tokens per active parameter) that counts.
+    """
+    from scaling.laws.quant_penalty import FORMS, LOSS_UNIT, compare_penalty_forms, fit_quant_penalty
+
+    common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the quantisation measurements")
+    if form != "auto" and form not in FORMS:
+        raise UserError(f"unknown penalty form {form!r}; known: auto, {', '.join(FORMS)}")
+    frame = frame[frame["parts"] != "none"] if "parts" in frame.columns else frame
+    n_active = np.array([accounting.active_params(ArchSpec.from_dict(_table(arch))) for arch in frame["arch"]])
+    long_enough = frame["D"].to_numpy(float) / n_active >= min_tokens_per_param * 0.99  # a router adds to N
+    if not long_enough.any():
+        raise UserError(
+            f"no quantisation measurement of a run trained on at least {min_tokens_per_param:g} tokens per "
+            "active parameter; measure the sweep's longest runs (moeplan quantize-eval)"
+        )
+    frame, n_active = frame[long_enough].reset_index(drop=True), n_active[long_enough]
+    comparison = compare_penalty_forms(frame, seed=seed)
+    refused = {}
+    for name in comparison["form"] if form == "auto" else [form]:
+        reason = _applicable(fit_quant_penalty(frame, name), name, unit)
+        if reason is None:
+            chosen = name
+            break
+        refused[name] = reason
+    else:
+        raise UserError(
+            "no penalty form fits this card: " + "; ".join(f"{name}: {why}" for name, why in refused.items())
+        )
+    fit = fit_quant_penalty(frame, chosen, bootstrap=bootstrap, seed=seed)
+    document = fit.to_dict()
+    replicates = fit.bootstrap_params.to_dict(orient="list") if fit.bootstrap_params is not None else {}
+    per_param = frame["D"].to_numpy(float) / n_active
+    return Term(
+        kind=QUANT_TERM,
+        forms={chosen: TermForm(dict(document["theta"]), {k: list(map(float, v)) for k, v in replicates.items()})},
+        source=source,
+        data_range={"N": [float(n_active.min()), float(n_active.max())]},
+        evidence={
+            "loss_unit": LOSS_UNIT,
+            "tokens_unit": "bytes",
+            "free": fit.free,
+            "params": document["params"],
+            "ci95": document.get("ci95", {}),
+            "n_points": fit.n_points,
+            "n_runs": fit.n_runs,
+            "methods": sorted(frame["method"].unique().tolist()),
+            "schemes": sorted(frame["scheme"].unique().tolist()) if "scheme" in frame.columns else [],
+            "D/N": [float(per_param.min()), float(per_param.max())],
+            "min_tokens_per_param": min_tokens_per_param,
+            "forms_compared": comparison.to_dict("records"),
+            "forms_passed_over": refused,
+        },
+        notes=f"{FORMS[chosen].description}; the penalty of a scheme is a sum over the parts it quantises "
+        f"({'a fraction of the predicted loss, unit-free' if FORMS[chosen].relative else 'nats/byte'}); "
+        "fitted on quantised proxies, so planned shapes extrapolate it far in N",
+    )
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else value
+
+
 # --- the card ------------------------------------------------------------------------------------
 def build_card(
     base: pd.DataFrame,
@@ -426,8 +532,11 @@ def build_card(
     workers: int | None = None,
     check: pd.DataFrame | None = None,
     sources: dict[str, str] | None = None,
+    quantization: pd.DataFrame | None = None,
+    penalty_form: str = "auto",
+    penalty_min_tokens_per_param: float = MIN_TOKENS_PER_PARAM,
 ) -> LawCard:
-    """A card from its three kinds of evidence; a term whose data is not given is left out.
+    """A card from its kinds of evidence; a term whose data is not given is left out.
 
     Args:
         base: Dense runs for the base law (canonical columns with ``loss_unit``).
@@ -435,6 +544,10 @@ def build_card(
         sweep: A proxy sweep's finished runs for the granularity, top-k and shared terms.
         check: Dense data whose exponents the base law is compared with.
         sources: A description of each data set, by term kind.
+        quantization: Quantisation measurements (a ``quantization_frame``) for the penalty term;
+            None or empty: the card has none, and refuses quantised precisions.
+        penalty_form: The penalty's form, or ``auto`` (see :func:`fit_quant_term`).
+        penalty_min_tokens_per_param: The shortest training whose measurements fit the penalty.
     """
     sources = sources or {}
     unit = common_unit(base["loss_unit"] if "loss_unit" in base.columns else (), "the base law's data")
@@ -446,6 +559,11 @@ def build_card(
         terms["expansion"] = fit_expansion_term(routed, source, bootstrap, seed, workers)
     if sweep is not None:
         terms.update(fit_sweep_terms(sweep, sources.get("sweep", "proxy sweep"), bootstrap, seed, workers))
+    if quantization is not None and len(quantization):
+        source = sources.get(QUANT_TERM, "quantisation measurements")
+        terms[QUANT_TERM] = fit_quant_term(
+            quantization, source, unit, bootstrap, seed, penalty_form, penalty_min_tokens_per_param
+        )
     return LawCard(
         name=name,
         unit=unit,

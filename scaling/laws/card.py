@@ -9,6 +9,12 @@ samples, with a 90% interval.
 
 Shapes are given in canonical columns: ``N`` (active parameters), ``D`` (training tokens, in the
 base law's tokens), ``E`` (expansion), ``k`` (top-k at G = 1), ``G``, ``S`` (shared experts).
+
+A card may also hold a ``quantization`` term: the penalty law of
+:mod:`scaling.laws.quant_penalty` fitted on quantised proxies, which turns the bf16 loss into the
+loss at a deployment precision scheme. Its samples are drawn with the other terms', so the
+interval at int4 carries both. A relative penalty (a fraction of the loss) is unit-free; an
+absolute one is in nats/byte and is converted to the card's unit with its bytes per token.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import pandas as pd
 
 from scaling.errors import UserError
 from scaling.laws import effective
-from scaling.laws.units import LossUnit
+from scaling.laws.quant_penalty import FORMS as PENALTY_FORMS
+from scaling.laws.quant_penalty import PARAMS as PENALTY_PARAMS
+from scaling.laws.quant_penalty import penalty_samples
+from scaling.laws.units import NATS_PER_BYTE, LossUnit
+from scaling.shape.scheme import METHODS, Scheme
 
 FORMAT = "moeplan-law-card/1"
 SHAPE_COLUMNS = ("N", "D", "E", "k", "G", "S")
@@ -35,8 +45,12 @@ TERM_FORMS = {  # kind -> form -> parameter names
     "granularity": {"loglinear": ("g",), "saturating": ("g",)},
     "top_k": {"loglinear": ("t",)},
     "shared": {"linear": ("s",)},
+    "quantization": {name: PENALTY_PARAMS for name in PENALTY_FORMS},
 }
 MOE_TERMS = ("expansion", "granularity", "top_k", "shared")
+QUANT_TERM = "quantization"
+PENALTY_SHOWN = ("C", "mlp_factor", "expert_factor", "gptq_factor", "beta_bits", "gamma_N", "gamma_D")
+DEFAULT_METHOD = "rtn"
 DEFAULT_SAMPLES = 200
 
 
@@ -187,19 +201,50 @@ class LawCard:
         return total
 
     def predict_samples(
-        self, shapes: pd.DataFrame | dict[str, Any], n_samples: int = DEFAULT_SAMPLES, seed: int = 0
+        self,
+        shapes: pd.DataFrame | dict[str, Any],
+        n_samples: int = DEFAULT_SAMPLES,
+        seed: int = 0,
+        *,
+        scheme: Scheme | None = None,
+        arch: Any = None,
+        method: str = DEFAULT_METHOD,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Loss and dense-equivalent parameters for every shape under every sample: two (n, S) arrays."""
+        """Loss and dense-equivalent parameters for every shape under every sample: two (n, S) arrays.
+
+        Args:
+            shapes: Canonical columns (N, D, E, k, G, S), one row per shape.
+            n_samples: Parameter samples.
+            seed: Seeds the samples (the same seed draws the same parameters for every shape).
+            scheme: A deployment precision scheme: the loss is then the loss at that precision,
+                with the penalty term's samples drawn beside the others'. ``None`` or an
+                unquantised scheme: the bf16 loss.
+            arch: The shapes' architectures (an ArchSpec or ArchArrays in the rows' order): a
+                penalty is spread over the model's parts, which the canonical columns do not give.
+            method: The quantisation method the deployment uses (``rtn`` or ``gptq``).
+        """
         columns = shape_columns(shapes)
         draws = self.sample_params(n_samples, seed)
         n_eq = columns["N"].reshape(-1, 1) * np.exp(self.log_multiplier(columns, draws))
-        return effective.chinchilla_loss(n_eq, columns["D"], **draws["base"]["params"]), n_eq
+        loss = effective.chinchilla_loss(n_eq, columns["D"], **draws["base"]["params"])
+        if scheme is not None and scheme.quantised_parts():
+            relative, absolute = self._penalty(draws, scheme, arch, method, columns["D"], len(loss))
+            loss = loss * (1 + relative) + absolute
+        return loss, n_eq
 
     def predict(
-        self, shapes: pd.DataFrame | dict[str, Any], n_samples: int = DEFAULT_SAMPLES, seed: int = 0
+        self,
+        shapes: pd.DataFrame | dict[str, Any],
+        n_samples: int = DEFAULT_SAMPLES,
+        seed: int = 0,
+        *,
+        scheme: Scheme | None = None,
+        arch: Any = None,
+        method: str = DEFAULT_METHOD,
     ) -> pd.DataFrame:
-        """Median loss, its 90% interval and the median dense-equivalent size, one row per shape."""
-        loss, n_eq = self.predict_samples(shapes, n_samples, seed)
+        """Median loss, its 90% interval and the median dense-equivalent size, one row per shape
+        (at ``scheme``'s precision when given: see :meth:`predict_samples`)."""
+        loss, n_eq = self.predict_samples(shapes, n_samples, seed, scheme=scheme, arch=arch, method=method)
         lower, median, upper = np.quantile(loss, [0.05, 0.5, 0.95], axis=1)
         return pd.DataFrame(
             {
@@ -211,15 +256,75 @@ class LawCard:
             }
         )
 
-    def extrapolation(self, shapes: pd.DataFrame | dict[str, Any]) -> dict[str, dict[str, float]]:
+    # --- deployment precision -------------------------------------------------------------------
+    @property
+    def penalty(self) -> Term | None:
+        """The quantisation penalty term, or None when the card has none."""
+        return self.terms.get(QUANT_TERM)
+
+    def require_penalty(self, what: str, label: str = "a quantised precision") -> Term:
+        """The penalty term; refuses, naming ``what`` (e.g. ``--precision int4``), when there is none."""
+        if self.penalty is None:
+            raise UserError(
+                f"{what}: card {self.name!r} has no quantisation penalty term, so it cannot price {label}; use one "
+                "of fp32, bf16, fp16, or a card fitted on quantisation measurements (moeplan laws fit --sweep STORE)"
+            )
+        return self.penalty
+
+    def _penalty(
+        self, draws: dict[str, Any], scheme: Scheme, arch: Any, method: str, tokens: np.ndarray, n_shapes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Relative and absolute (card unit) penalty samples, each (shapes, samples)."""
+        self.require_penalty(f"scheme {scheme.name!r}")
+        if method not in METHODS:
+            raise UserError(f"unknown quantisation method {method!r}; known: {', '.join(METHODS)}")
+        if arch is None:
+            raise UserError(
+                f"scheme {scheme.name!r}: the penalty needs each shape's architecture (its parts), not only its "
+                "canonical columns; give --arch, --preset or --hf-config"
+            )
+        forms, params = draws[QUANT_TERM]["forms"], draws[QUANT_TERM]["params"]
+        thetas = np.column_stack([params[name] for name in PENALTY_PARAMS])
+        samples = len(forms)
+        relative, absolute = np.zeros((n_shapes, samples)), np.zeros((n_shapes, samples))
+        for name in np.unique(forms):
+            form, chosen = PENALTY_FORMS[name], forms == name
+            uses_data = form.data and bool(np.any(thetas[chosen, PENALTY_PARAMS.index("gamma_D")] != 0))
+            data_tokens = tokens * self._bytes_per_token("the penalty's data term") if uses_data else tokens
+            values = penalty_samples(thetas[chosen], form, arch, scheme, method, data_tokens)
+            if values.shape[0] != n_shapes:
+                raise UserError(f"arch gives {values.shape[0]} shapes for {n_shapes} rows of shapes")
+            if form.relative:
+                relative[:, chosen] = values
+            else:
+                absolute[:, chosen] = values * self._bytes_per_token("an absolute penalty (nats/byte)")
+        return relative, absolute
+
+    def _bytes_per_token(self, what: str) -> float:
+        """Bytes per token of the card's unit (1 for nats/byte): what turns the proxies' bytes into its tokens."""
+        if self.unit.per == NATS_PER_BYTE:
+            return 1.0
+        if self.unit.bytes_per_token is None:
+            raise UserError(
+                f"law card {self.name!r}: {what} is in bytes, and the card's tokenizer {self.unit.tokenizer!r} "
+                "has no bytes_per_token to convert it; refit the penalty with a relative form without a data term"
+            )
+        return float(self.unit.bytes_per_token)
+
+    def extrapolation(
+        self, shapes: pd.DataFrame | dict[str, Any], with_penalty: bool = False
+    ) -> dict[str, dict[str, float]]:
         """How far each term reaches past its data: the largest ratio of a shape's value to the
         term's fitted range, per variable (1 = inside the range). The base law is checked at the
-        dense-equivalent size ``N_eq`` where the shapes give it."""
+        dense-equivalent size ``N_eq`` where the shapes give it; the penalty term only
+        ``with_penalty`` (a quantised deployment)."""
         columns = shape_columns(shapes)
         columns = {**columns, "R": columns["E"] / columns["k"], "D/N": columns["D"] / columns["N"]}
         moe = columns["E"] * columns["G"] > 1
         report = {}
         for kind, term in self.terms.items():
+            if kind == QUANT_TERM and not with_penalty:
+                continue
             ratios = {}
             for variable, (low, high) in term.data_range.items():
                 values = columns.get(variable)
@@ -227,7 +332,7 @@ class LawCard:
                     values = np.asarray(shapes["N_eq"], dtype=float)
                 if values is None:
                     continue
-                values = values if kind == "base" else values[moe]
+                values = values[moe] if kind in MOE_TERMS else values
                 if not len(values):
                     continue
                 above = values.max() / high if high > 0 else 1.0
@@ -278,6 +383,14 @@ class LawCard:
                 label = f"{row.form} (weight {weight:.2f})" if len(term.forms) > 1 else row.form
                 interval = f"90% [{row.lower:.5g}, {row.upper:.5g}]"
                 lines.append(f"  {label:>28} {row.param:>7} = {row.value:<11.5g} {interval}")
+            if kind == QUANT_TERM and term.evidence.get("params"):
+                intervals = term.evidence.get("ci95", {})
+                shown = [
+                    f"{name} {value:.3g}" + (" [{:.3g}, {:.3g}]".format(*intervals[name]) if name in intervals else "")
+                    for name, value in term.evidence["params"].items()
+                    if name in term.evidence.get("shown", PENALTY_SHOWN)
+                ]
+                lines.append(f"  as factors (95%): {'; '.join(shown)}")
             if term.backtest:
                 lines.append(f"  backtest: {_backtest_line(term.backtest)}")
             if term.notes:

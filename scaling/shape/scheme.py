@@ -272,6 +272,15 @@ def _builtins() -> dict[str, Scheme]:
 
 
 BUILTIN_SCHEMES = _builtins()
+# The scheme each single-precision flag means (``int4`` is int4-g32 with fp16 scales, as the
+# accounting prices it); fp32 has none: it is no deployment format.
+PRECISION_SCHEMES = {"bf16": "bf16", "fp16": "fp16", "int8": "int8", "int4": "int4-g32"}
+
+
+def scheme_for_precision(precision: str) -> Scheme | None:
+    """The built-in scheme a ``--precision`` value stands for (None for fp32)."""
+    name = PRECISION_SCHEMES.get(precision)
+    return None if name is None else BUILTIN_SCHEMES[name]
 
 
 def builtin_schemes() -> list[str]:

@@ -82,9 +82,13 @@ def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[st
     )
     columns = ["shape", "total", "active", "pred. loss", "90% interval", "p_front", "decode tok/s", "prefill ms"]
     columns += ["weights", "peak memory"]
+    by_scheme = len(document.get("schemes", [])) > 1  # a precision menu: each entry's scheme
+    if by_scheme:
+        columns.insert(1, "scheme")
     rows = [
         [
             entry["arch"]["name"],
+            *([entry["scheme"]] if by_scheme else []),
             human_count(entry["total_params"]),
             human_count(entry["active_params"]),
             f"{entry['predicted_loss']:.4f}",

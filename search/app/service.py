@@ -96,6 +96,22 @@ class PlanBody(BaseModel):
     min_p_front: float | None = Field(None, ge=0, le=1)
     seed: int = 0
     max_weight_gb: float | None = Field(None, gt=0)
+    schemes: list[str | dict[str, Any]] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="precision schemes to search: built-in names or inline scheme tables (no server files)",
+    )
+    quant_method: Literal["rtn", "gptq"] = "rtn"
+
+    @model_validator(mode="after")
+    def _built_in_or_inline(self):
+        from scaling.shape.scheme import BUILTIN_SCHEMES
+
+        for index, entry in enumerate(self.schemes or []):
+            if isinstance(entry, str) and entry not in BUILTIN_SCHEMES:
+                raise ValueError(f"schemes[{index}]: unknown built-in scheme {entry!r}; give a name or a table")
+        return self
 
 
 def run_plan(body: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +124,8 @@ def run_plan(body: dict[str, Any]) -> dict[str, Any]:
     request = PlanBody(**body)
     space = SearchSpace()
     space.precision = (request.precision,)
+    if request.schemes:
+        space.schemes = tuple(request.schemes)
     return plan(
         PlanRequest(
             device=get_device(request.device),
@@ -122,6 +140,7 @@ def run_plan(body: dict[str, Any]) -> dict[str, Any]:
             seed=request.seed,
             space=space,
             max_weight_bytes=None if request.max_weight_gb is None else request.max_weight_gb * 1e9,
+            quant_method=request.quant_method,
         )
     )
 
@@ -213,6 +232,15 @@ def create_app(store_url: str | None = None, token: str | None = None) -> FastAP
         unknown = [o for o in body.objectives if o not in OBJECTIVES]
         if unknown:
             raise UserError(f"objectives: unknown {unknown}; choose 2 or 3 of {', '.join(OBJECTIVES)}")
+        if body.schemes:  # a bad scheme, or a card that cannot price one, is a 422 now
+            from search.plan.space import SearchSpace
+
+            menu = SearchSpace(schemes=tuple(body.schemes)).validated().scheme_menu
+            if "loss" in body.objectives and any(scheme.quantised_parts() for scheme in menu.values()):
+                model = _loss_model(body)
+                if not hasattr(model, "require_penalty"):
+                    raise UserError("schemes: a single fit has no quantisation penalty; use a law_card with one")
+                model.require_penalty(f"schemes {', '.join(menu)}", "a scheme's loss")
         job_id = runner.submit("plan", body.model_dump())
         return {"id": job_id, "status": "pending"}
 

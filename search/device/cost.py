@@ -25,6 +25,9 @@ and fixed costs per layer, per touched expert and per forward pass.
   permutation traffic, ``permute_passes x T k d`` activation bytes through memory (gather the
   rows per expert, then scatter them back), and ``overheads.per_expert_s`` per touched expert.
 * Quantised weights (int8, int4) add ``overheads.dequant_flops_per_weight`` per weight read.
+* A precision scheme (:mod:`scaling.shape.scheme`) prices each part at its own format: its bytes
+  per weight (codes, group scales and zero points), its dequantisation, and the compute peak of
+  its bits (``compute_flops.int8``/``int4``; 3 bits falls back as the profile says, to fp16).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from scaling.errors import UserError
 from scaling.shape import accounting
 from scaling.shape.accounting import QUANTISED, ArchArrays, Shape
 from scaling.shape.arch import ArchSpec
+from scaling.shape.scheme import PARTS, PartFormat, Scheme
 from search.device.profiles import DeviceProfile, compute_efficiency, compute_flops
 from search.device.uncertainty import has_uncertainty, log_sds, parameter_draws
 
@@ -67,6 +71,33 @@ def _saturation(rows, half_tokens):
     return np.where(rows > 1, rows / (rows + half_tokens), 1.0)
 
 
+def _compute_precision(fmt: PartFormat) -> str:
+    """The compute peak a part's format runs at: ``int{bits}`` for integer codes, else its dtype."""
+    return f"int{fmt.bits}" if fmt.quantised else fmt.dtype
+
+
+def part_formats(
+    precision: str,
+    embedding_precision: str | None = None,
+    group_size: int = accounting.DEFAULT_GROUP_SIZE,
+    scheme: Scheme | None = None,
+) -> dict[str, tuple[float, bool, str]]:
+    """Each scheme part's (bytes per weight, quantised, compute precision): from ``scheme`` when
+    given, else ``precision`` everywhere (``embedding_precision`` for the embedding and head)."""
+    if scheme is not None:
+        return {
+            part: (fmt.bytes_per_weight(), fmt.quantised, _compute_precision(fmt)) for part, fmt in scheme.parts.items()
+        }
+    embedding_precision = embedding_precision or precision
+    main = (accounting.bytes_per_weight(precision, group_size), precision in QUANTISED, precision)
+    embedding = (  # the head's matmul runs at the main precision's peak
+        accounting.bytes_per_weight(embedding_precision, group_size),
+        embedding_precision in QUANTISED,
+        precision,
+    )
+    return {part: embedding if part in ("embedding", "output_head") else main for part in PARTS}
+
+
 def forward_terms(
     shape: Shape,
     values: Mapping[str, Any],
@@ -77,60 +108,74 @@ def forward_terms(
     embedding_precision: str | None = None,
     group_size: int = accounting.DEFAULT_GROUP_SIZE,
     imbalance: Any = 1.0,
+    scheme: Scheme | None = None,
 ) -> dict[str, Any]:
     """Seconds of one forward pass (batch 1), by component (:data:`TERMS`).
 
     ``values`` are a resolved profile's numbers (``DeviceProfile.values``); any of them may be
     an array that broadcasts against the shapes (the latency samples pass one column per draw).
+    With ``scheme``, each part is priced at its own format and ``precision`` is only a label.
     """
     parts = accounting.parameter_breakdown(shape)
-    weight = accounting.bytes_per_weight(precision, group_size)
-    embedding_precision = embedding_precision or precision
-    embedding_weight = accounting.bytes_per_weight(embedding_precision, group_size)
+    formats = part_formats(precision, embedding_precision, group_size, scheme)
     half_tokens = values.get("efficiency.half_tokens", 0.0)
-    peak = compute_flops(values, precision) * compute_efficiency(values, precision)
     attention_peak = compute_flops(values, "fp16") * values["efficiency.compute"]
     bandwidth = values["bandwidth_bytes_per_s"] * values["efficiency.bandwidth"]
     dequant = values["overheads.dequant_flops_per_weight"]
     overlap = values.get("efficiency.overlap", 1.0)
     tokens = new_tokens
-    dense_rate = peak * _saturation(tokens, half_tokens)
 
-    def matmul(weights, rows, rate, read=None, bytes_per=weight, quantised=precision in QUANTISED):
-        """``rows`` tokens through ``weights`` (active); ``read`` weights come from memory."""
+    def peak(part: str) -> Any:
+        compute = formats[part][2]
+        return compute_flops(values, compute) * compute_efficiency(values, compute)
+
+    def matmul(weights, rows, rate, part, read=None):
+        """``rows`` tokens through a part's ``weights`` (active); ``read`` weights come from memory."""
+        bytes_per, quantised, _ = formats[part]
         read = weights if read is None else read
         flops = 2 * weights * rows + (dequant * read if quantised else 0.0)
         return _roofline(flops, read * bytes_per, rate, bandwidth, overlap)
 
-    terms = {"attention": matmul(parts["attention"], tokens, dense_rate)}
+    dense_saturation = _saturation(tokens, half_tokens)
+    terms = {"attention": matmul(parts["attention"], tokens, peak("attention") * dense_saturation, "attention")}
     # Attention over the cache: QK^T and AV of every new token against all earlier positions.
     context_sum = tokens * cached_tokens + tokens * (tokens + 1) / 2
     score_flops = 4 * shape.n_layers * shape.n_heads * shape.head_dim * context_sum
     kv_bytes = accounting.kv_cache_bytes_per_token(shape, kv_precision) * (cached_tokens + tokens)
     attention_rate = attention_peak * _saturation(tokens, half_tokens)
     terms["attention_scores"] = _roofline(score_flops, kv_bytes, attention_rate, bandwidth, overlap)
-    terms["dense_mlp"] = matmul(parts["dense_mlp"], tokens, dense_rate)
-    terms["router_and_shared"] = matmul(parts["router"] + parts["shared_experts"], tokens, dense_rate)
+    terms["dense_mlp"] = matmul(parts["dense_mlp"], tokens, peak("dense_mlp") * dense_saturation, "dense_mlp")
+    if formats["router"] == formats["shared_experts"]:
+        weights = parts["router"] + parts["shared_experts"]
+        terms["router_and_shared"] = matmul(weights, tokens, peak("router") * dense_saturation, "router")
+    else:  # two formats: their arithmetic and memory times add before the roofline combines them
+        arithmetic, memory = 0.0, 0.0
+        for part in ("router", "shared_experts"):
+            bytes_per, quantised, _ = formats[part]
+            flops = 2 * parts[part] * tokens + (dequant * parts[part] if quantised else 0.0)
+            arithmetic = arithmetic + flops / (peak(part) * dense_saturation)
+            memory = memory + parts[part] * bytes_per / bandwidth
+        terms["router_and_shared"] = np.maximum(arithmetic, memory) + (1 - overlap) * np.minimum(arithmetic, memory)
     # Routed experts: each touched expert's GEMM sees only its own rows.
     experts = np.maximum(shape.n_routed_experts, 1)
     top_k = shape.routed_top_k
     touched = experts * (1 - (1 - top_k / experts) ** tokens)
     rows = tokens * top_k / (touched * imbalance)
-    expert_rate = peak * values.get("efficiency.expert_compute", 1.0) * _saturation(rows, half_tokens)
+    expert_rate = peak("routed_experts") * values.get("efficiency.expert_compute", 1.0) * _saturation(rows, half_tokens)
     moe_layers = accounting.moe_layer_count(shape)
     expert_read = moe_layers * 3 * shape.d_model * shape.expert_d_ff * touched
-    terms["routed_experts"] = matmul(parts["routed_experts_active"], tokens, expert_rate, read=expert_read)
+    terms["routed_experts"] = matmul(
+        parts["routed_experts_active"], tokens, expert_rate, "routed_experts", read=expert_read
+    )
     permute_bytes = values.get("overheads.permute_passes", 0.0) * tokens * top_k * shape.d_model * ACTIVATION_BYTES
     terms["routing"] = moe_layers * (values.get("overheads.per_moe_layer_s", 0.0) + permute_bytes / bandwidth)
     terms["expert_dispatch"] = moe_layers * touched * values.get("overheads.per_expert_s", 0.0)
-    # Output head: logits for the last position only.
-    terms["output_head"] = matmul(
-        parts["embedding_input"],
-        1,
-        peak,
-        bytes_per=embedding_weight,
-        quantised=embedding_precision in QUANTISED,
-    )
+    # Output head: logits for the last position only (the embedding matrix when tied).
+    head = matmul(parts["embedding_input"], 1, peak("output_head"), "output_head")
+    if formats["embedding"] != formats["output_head"]:
+        tied = matmul(parts["embedding_input"], 1, peak("embedding"), "embedding")
+        head = np.where(np.asarray(shape.tie_embeddings) > 0, tied, head)
+    terms["output_head"] = head
     terms["fixed"] = shape.n_layers * values["overheads.per_layer_s"] + values["overheads.per_forward_s"]
     return terms
 
@@ -145,6 +190,7 @@ def forward_seconds(
     group_size: int = accounting.DEFAULT_GROUP_SIZE,
     embedding_precision: str | None = None,
     imbalance: Any = 1.0,
+    scheme: Scheme | None = None,
 ) -> Any:
     """Seconds for one forward pass of ``new_tokens`` after ``cached_tokens`` (batch 1)."""
     terms = forward_terms(
@@ -157,6 +203,7 @@ def forward_seconds(
         embedding_precision,
         group_size,
         imbalance,
+        scheme,
     )
     return sum(terms.values())
 
@@ -170,9 +217,16 @@ def peak_memory_bytes(
     kv_precision: str = "fp16",
     embedding_precision: str | None = None,
     group_size: int = accounting.DEFAULT_GROUP_SIZE,
+    scheme: Scheme | None = None,
 ) -> dict[str, Any]:
-    """Weights + KV cache at the context + prefill activations + the runtime's own bytes."""
-    weights = accounting.weight_bytes(shape, precision, embedding_precision=embedding_precision, group_size=group_size)
+    """Weights (at ``scheme``, part by part, when given) + KV cache at the context + prefill
+    activations + the runtime's own bytes."""
+    if scheme is not None:
+        weights = accounting.scheme_weight_bytes(shape, scheme)
+    else:
+        weights = accounting.weight_bytes(
+            shape, precision, embedding_precision=embedding_precision, group_size=group_size
+        )
     kv = accounting.kv_cache_bytes_per_token(shape, kv_precision) * context_tokens
     widest = np.maximum(np.maximum(shape.d_ff, shape.expert_d_ff * shape.routed_top_k), shape.d_model)
     # The residual stream, q/k/v and one MLP hidden state per prompt token, plus the logits.
@@ -208,6 +262,7 @@ def predict(
     imbalance: Any = 1.0,
     intervals: bool | None = None,
     n_samples: int = 1000,
+    scheme: Scheme | None = None,
 ) -> dict[str, Any]:
     """Predicted prefill latency, decode speed and peak memory on ``device``.
 
@@ -225,12 +280,15 @@ def predict(
         intervals: Add 90% intervals (``prefill_ms_ci90``, ``decode_tokens_per_s_ci90``) from
             the backend's calibration; default: for one ArchSpec on a calibrated backend.
         n_samples: Draws behind those intervals.
+        scheme: A precision scheme: each part's bytes, dequantisation and compute peak follow
+            its format, and ``precision`` only labels the prediction.
     """
-    accounting.check_precision(precision)
+    if scheme is None:
+        accounting.check_precision(precision)
     device = device.for_backend(backend) if backend is not None else device
     context = _check_tokens(prompt_tokens, context_tokens)
     _check_imbalance(imbalance)
-    options = {"embedding_precision": embedding_precision, "imbalance": imbalance}
+    options = {"embedding_precision": embedding_precision, "imbalance": imbalance, "scheme": scheme}
     prefill_s = forward_seconds(shape, device, precision, prompt_tokens, 0, kv_precision, **options)
     decode_s = forward_seconds(shape, device, precision, 1, context, kv_precision, **options)
     memory = peak_memory_bytes(
@@ -241,11 +299,13 @@ def predict(
         prompt_tokens,
         kv_precision,
         embedding_precision,
+        scheme=scheme,
     )
     prediction = {
         "device": device.name,
         "backend": device.backend,
         "precision": precision,
+        **({"scheme": scheme.name} if scheme is not None else {}),
         "prompt_tokens": prompt_tokens,
         "context_tokens": context,
         **memory,
@@ -307,6 +367,7 @@ def latency_samples(
     embedding_precision: str | None = None,
     imbalance: Any = 1.0,
     block_elements: int = 2_000_000,
+    scheme: Scheme | None = None,
 ) -> dict[str, np.ndarray]:
     """Draws of prefill and per-token decode latency for many shapes at once.
 
@@ -323,15 +384,17 @@ def latency_samples(
         n_samples: Draws per shape.
         seed: Seed of the draws (the same seed gives the same samples).
         block_elements: Shapes are processed in blocks of about this many (shape, draw) cells.
+        scheme: A precision scheme priced part by part (``precision`` is then a label).
     """
-    accounting.check_precision(precision)
+    if scheme is None:
+        accounting.check_precision(precision)
     if n_samples < 1:
         raise UserError("n_samples must be >= 1")
     device = device.for_backend(backend) if backend is not None else device
     context = _check_tokens(prompt_tokens, context_tokens)
     _check_imbalance(imbalance)
     arrays = _as_arrays(shapes)
-    options = {"embedding_precision": embedding_precision, "imbalance": imbalance}
+    options = {"embedding_precision": embedding_precision, "imbalance": imbalance, "scheme": scheme}
     if not has_uncertainty(device):
         prefill = forward_seconds(arrays, device, precision, prompt_tokens, 0, kv_precision, **options) * 1e3
         decode = forward_seconds(arrays, device, precision, 1, context, kv_precision, **options) * 1e3
@@ -352,7 +415,7 @@ def latency_samples(
         block = ArchArrays(**{f.name: getattr(arrays, f.name)[rows][:, None] for f in fields(ArchArrays)})
         prompt, cached = _column(prompt_tokens, rows), _column(context, rows)
         skew = _column(imbalance, rows)
-        common = (kv_precision, embedding_precision, accounting.DEFAULT_GROUP_SIZE, skew)
+        common = (kv_precision, embedding_precision, accounting.DEFAULT_GROUP_SIZE, skew, scheme)
         prefill_s = sum(forward_terms(block, values, precision, prompt, 0, *common).values())
         decode_s = sum(forward_terms(block, values, precision, 1, cached, *common).values())
         size = (rows.stop - rows.start, n_samples)

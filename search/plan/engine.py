@@ -49,7 +49,7 @@ def optuna_front(
     worst = frame[list(request.objectives)].max().to_numpy(float) * 10
 
     def objective(trial: optuna.Trial):
-        choice = {key: trial.suggest_categorical(key, list(getattr(space, key))) for key in keys}
+        choice = {key: trial.suggest_categorical(key, space.values(key)) for key in keys}
         if choice["n_experts"] == 1:
             choice.update(top_k=1, granularity=1, n_shared_experts=0)
         index = lookup.get(tuple(choice[k] for k in keys))

@@ -69,7 +69,7 @@ def pareto_plot_data(document: dict[str, Any]) -> pd.DataFrame:
 
 def plot_title(document: dict[str, Any]) -> str:
     """Device, budget, precision, training tokens and the loss unit, for every plan plot."""
-    precisions = sorted({e["precision"] for e in document["pareto"]})
+    precisions = sorted({e.get("scheme", e["precision"]) for e in document["pareto"]})
     return (
         f"{document['device']}, {document['memory_budget_bytes'] / 1e9:.3g} GB, {'/'.join(precisions)}, "
         f"trained on {document['train_tokens']:.2g} {document.get('tokens_unit', 'tokens')}"

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from scaling.errors import UserError
+from scaling.laws.card import LawCard
 from scaling.shape import accounting
 from search.plan.engine import optuna_front
-from search.plan.evaluate import evaluate, loss_samples, objective_samples
+from search.plan.evaluate import deployment_groups, evaluate, loss_samples, objective_samples, penalised
 from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
 from search.plan.request import PlanRequest
@@ -38,6 +39,7 @@ def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd
             {
                 "arch": spec.to_dict(),
                 "precision": row.precision,
+                "scheme": row.scheme,
                 "predicted_loss": float(row.loss),
                 "predicted_loss_ci90": [float(row.loss_lower), float(row.loss_upper)],
                 "loss_unit": unit,
@@ -83,9 +85,14 @@ def evaluate_space(request: PlanRequest) -> EvaluatedSpace:
     """Evaluate every shape of the (validated) request's space, with loss samples and ``p_front``."""
     space = request.space
     choices = space.choices()
+    for name in space.scheme_menu:
+        if not any(choice["scheme"] == name for choice in choices):
+            raise UserError(space.unfit_message(name))
+    if not choices:
+        raise UserError("the search space has no valid shape (every top-k reaches its E); widen it")
     arrays = space.arrays(choices)
-    precisions = np.array([c["precision"] for c in choices])
-    frame = evaluate(request, arrays, precisions)
+    precisions, schemes = space.deployments(choices)
+    frame = evaluate(request, arrays, precisions, schemes)
     feasible_mask = frame["feasible"].to_numpy()
     if not feasible_mask.any():
         raise UserError(_no_fit_message(request, frame))
@@ -109,7 +116,18 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     model = describe(request.loss_model)
     shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
     shapes["N_eq"] = frame["dense_equivalent_params"]
-    extrapolation = request.loss_model.extrapolation(shapes[frame["feasible"].to_numpy()])
+    quantised = _quantised_schemes(request, frame)
+    feasible_shapes = shapes[frame["feasible"].to_numpy()]
+    if isinstance(request.loss_model, LawCard):
+        extrapolation = request.loss_model.extrapolation(feasible_shapes, with_penalty=bool(quantised))
+    else:
+        extrapolation = request.loss_model.extrapolation(feasible_shapes)
+    warnings = _extrapolation_warnings(extrapolation, request.max_extrapolation)
+    if quantised and not penalised(request) and "loss" in request.objectives:
+        warnings.append(
+            f"the loss model {model['law_card']!r} has no quantisation penalty: the loss at "
+            f"{', '.join(quantised)} is the bf16 loss (a card fitted on quantisation measurements prices it)"
+        )
     document: dict[str, Any] = {
         "device": request.device.name,
         "backend": request.device.for_backend(request.backend).backend,
@@ -122,7 +140,10 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         "loss_samples": int(evaluated.samples.shape[1]),
         "train_tokens": request.train_tokens,
         "extrapolation": extrapolation,
-        "warnings": _extrapolation_warnings(extrapolation, request.max_extrapolation),
+        "warnings": warnings,
+        "schemes": list(dict.fromkeys(frame["scheme"].tolist())),
+        "quant_method": request.quant_method,
+        "loss_includes_quantisation": bool(quantised) and penalised(request),
         "exact_hypervolume": hypervolume(exact_front[objective_columns].to_numpy(float), low, high),
     }
     if request.exhaustive:
@@ -140,6 +161,16 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         document["min_p_front"] = request.min_p_front
     document["pareto"] = evaluated.entries(front)
     return document
+
+
+def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:
+    """The names of the quantised deployments among the shapes."""
+    precisions, schemes = frame["precision"].to_numpy(), frame["scheme"].to_numpy()
+    return [
+        str(schemes[mask][0])
+        for mask, _, scheme, _ in deployment_groups(request, precisions, schemes)
+        if scheme is not None and scheme.quantised_parts()
+    ]
 
 
 def _no_fit_message(request: PlanRequest, frame: pd.DataFrame) -> str:

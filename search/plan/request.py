@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaling.errors import UserError
-from scaling.laws.card import load_card
+from scaling.laws.card import LawCard, load_card
+from scaling.shape.scheme import METHODS
 from search.device.profiles import DeviceProfile
 from search.plan.loss_model import FitLossModel, LossModel
 from search.plan.space import SearchSpace
@@ -48,6 +49,8 @@ class PlanRequest:
         max_weight_bytes: Bound on weight bytes alone.
         backend: The device's backend (cpu, gpu, npu) that prices the shapes; ``None``: the
             profile's own (its recommended one unless it was resolved for another).
+        quant_method: How quantised deployments are made (``rtn`` or ``gptq``): the penalty
+            term's method factor.
     """
 
     device: DeviceProfile
@@ -71,6 +74,7 @@ class PlanRequest:
     max_active_params: float | None = None
     max_weight_bytes: float | None = None
     backend: str | None = None
+    quant_method: str = "rtn"
 
     def validated(self) -> PlanRequest:
         """A checked copy, with the default fit filled in (the request itself is left as given)."""
@@ -95,7 +99,18 @@ class PlanRequest:
             raise UserError(f"--min-p-front must be within [0, 1], got {self.min_p_front}")
         if not self.max_extrapolation >= 1:
             raise UserError(f"--max-extrapolation must be >= 1, got {self.max_extrapolation}")
+        if self.quant_method not in METHODS:
+            raise UserError(f"unknown quantisation method {self.quant_method!r}; known: {', '.join(METHODS)}")
         model = self.loss_model if self.loss_model is not None else load_card()
+        menu = self.space.scheme_menu
+        if menu and "loss" in self.objectives:
+            quantised = [name for name, scheme in menu.items() if scheme.quantised_parts()]
+            if quantised and not (isinstance(model, LawCard) and model.penalty is not None):
+                what = f"--schemes {','.join(menu)}"
+                if isinstance(model, LawCard):
+                    model.require_penalty(what, "a scheme's loss")
+                raise UserError(f"{what}: a single fit has no quantisation penalty; plan schemes with a law card "
+                                "that has one (--law-card)")  # fmt: skip
         if isinstance(model, FitLossModel) and "loss" in self.objectives:
             missing = set(model.fit.law_object.columns) - LOSS_COLUMNS
             if missing:

@@ -9,6 +9,12 @@ narrow or extend any list::
     n_layers = [12, 16, 20, 24]
     n_experts = [1, 8, 16]
     precision = ["int4"]
+    schemes = ["int4-g32", "int8", "mine.toml", {name = "int3-experts", routed_experts = {bits = 3}}]
+
+``schemes`` makes the precision scheme (:mod:`scaling.shape.scheme`: bits and group per part) a
+search dimension: each entry a built-in name, a scheme file (relative to the space file) or an
+inline scheme table; it then replaces ``precision``. A shape whose widths a scheme's group size
+does not divide is not offered at that scheme.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import tomllib
 from scaling.errors import UserError
 from scaling.shape.accounting import PRECISIONS, ArchArrays
 from scaling.shape.arch import ArchSpec
+from scaling.shape.scheme import PRECISION_SCHEMES, Scheme, load_scheme, parse_scheme
 
 HEAD_DIM = 64
 
@@ -41,6 +48,7 @@ class SearchSpace:
     n_shared_experts: tuple[int, ...] = (0, 1)
     ffn_ratio: tuple[float, ...] = (2.0, 2.75, 4.0)  # expert (or dense MLP) width / d_model at G = 1
     precision: tuple[str, ...] = ("int4",)
+    schemes: tuple[Any, ...] = ()  # names, scheme files or scheme tables; empty: the precision alone
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SearchSpace:
@@ -58,6 +66,8 @@ class SearchSpace:
             if key != "vocab_size" and (not isinstance(value, list) or not value):
                 raise UserError(f"space.{key}: must be a non-empty list")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in table.items()}
+        if "schemes" in values:  # scheme files are relative to the space file
+            values["schemes"] = tuple(_relative(entry, path.parent) for entry in values["schemes"])
         return cls(**values).validated()
 
     def validated(self) -> SearchSpace:
@@ -69,7 +79,47 @@ class SearchSpace:
                 raise UserError(f"space.{name}: values must be positive integers")
         if any(d % HEAD_DIM for d in self.d_model):
             raise UserError(f"space.d_model: values must be multiples of the head size {HEAD_DIM}")
+        self._menu = self._scheme_menu()
         return self
+
+    def _scheme_menu(self) -> dict[str, Scheme]:
+        menu: dict[str, Scheme] = {}
+        for index, entry in enumerate(self.schemes):
+            where = f"space.schemes[{index}]"
+            if isinstance(entry, dict):
+                scheme = parse_scheme(entry, where)
+            elif isinstance(entry, str) and entry.strip():
+                try:
+                    scheme = load_scheme(entry)
+                except UserError as error:
+                    raise UserError(f"{where}: {error}") from None
+            else:
+                raise UserError(f"{where}: give a built-in scheme name, a scheme file or a scheme table")
+            if scheme.name in menu:
+                raise UserError(f"{where}: two schemes are named {scheme.name!r}; name each one apart")
+            menu[scheme.name] = scheme
+        return menu
+
+    @property
+    def scheme_menu(self) -> dict[str, Scheme]:
+        """The precision schemes searched, by name (empty: the space's ``precision`` alone)."""
+        if not hasattr(self, "_menu"):
+            self._menu = self._scheme_menu()
+        return self._menu
+
+    def values(self, key: str) -> list[Any]:
+        """The allowed values of one choice key (``scheme``: the menu's names)."""
+        return list(self.scheme_menu) if key == "scheme" else list(getattr(self, key))
+
+    def deployments(self, choices: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """Per choice: its precision (a label where a scheme decides) and its scheme's name."""
+        if not self.scheme_menu:
+            precisions = np.array([c["precision"] for c in choices])
+            names = np.array([PRECISION_SCHEMES.get(p, p) for p in precisions])
+            return precisions, names
+        names = np.array([c["scheme"] for c in choices])
+        labels = {name: nominal_precision(scheme) for name, scheme in self.scheme_menu.items()}
+        return np.array([labels[name] for name in names]), names
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,10 +156,10 @@ class SearchSpace:
             "granularity",
             "n_shared_experts",
             "ffn_ratio",
-            "precision",
+            "scheme" if self.scheme_menu else "precision",
         )
         seen, valid = set(), []
-        for combo in itertools.product(*(getattr(self, k) for k in keys)):
+        for combo in itertools.product(*(self.values(k) for k in keys)):
             choice = dict(zip(keys, combo, strict=True))
             if choice["n_experts"] == 1:  # dense: MoE knobs do not apply
                 if choice["top_k"] != min(self.top_k) or choice["n_shared_experts"] != min(self.n_shared_experts):
@@ -122,9 +172,51 @@ class SearchSpace:
             key = tuple(choice.values())
             if key in seen:
                 continue
+            if "scheme" in choice and not self._scheme_fits(choice):
+                continue
             seen.add(key)
             valid.append(choice)
         return valid
+
+    def _scheme_fits(self, choice: dict[str, Any]) -> bool:
+        """Whether each quantised part's group size divides its input widths in this shape (the
+        widths of :meth:`spec`, without building it: attention is d_model wide, experts width / G)."""
+        scheme, d_model = self.scheme_menu[choice["scheme"]], choice["d_model"]
+        width = int(round(choice["ffn_ratio"] * d_model / 64)) * 64
+        moe = choice["n_experts"] * choice["granularity"] > 1
+        expert = width // choice["granularity"]
+        widths = {
+            "embedding": (d_model,),
+            "attention": (d_model,),
+            "dense_mlp": () if moe else (d_model, width),
+            "router": (d_model,) if moe else (),
+            "routed_experts": (d_model, expert) if moe else (),
+            "shared_experts": (d_model, expert) if moe and choice["n_shared_experts"] else (),
+            "output_head": (),  # tied to the embedding
+        }
+        return all(
+            w % scheme.format(part).group_size == 0
+            for part, part_widths in widths.items()
+            if scheme.format(part).quantised
+            for w in part_widths
+        )
+
+    def unfit_message(self, name: str) -> str:
+        """Why scheme ``name`` fits no shape of the space (a group size and the first width it misses)."""
+        scheme = self.scheme_menu[name]
+        for part in scheme.quantised_parts():
+            group = scheme.format(part).group_size
+            if part in ("embedding", "attention") and all(d % group for d in self.d_model):
+                widths = ", ".join(map(str, self.d_model))
+                return (
+                    f"space.schemes: scheme {name!r}: {part}.group_size = {group} does not divide d_model "
+                    f"({widths}), so no shape of the space can be stored at it; choose a group that divides "
+                    "the widths, or other d_model values"
+                )
+        return (
+            f"space.schemes: scheme {name!r}: its group sizes divide the widths of no shape of the space "
+            "(d_model, the MLP width and the expert width d_ff/G); choose smaller groups"
+        )
 
     def arrays(self, choices: list[dict[str, Any]]) -> ArchArrays:
         """The choices as ArchArrays (vectorised accounting and cost model)."""
@@ -158,6 +250,21 @@ class SearchSpace:
                 "qk_norm": np.zeros(len(choices)),
             }
         )
+
+
+def nominal_precision(scheme: Scheme) -> str:
+    """The ``--precision`` a scheme equals (``int4`` for int4-g32, ...), else the scheme's name."""
+    for precision, name in PRECISION_SCHEMES.items():
+        if load_scheme(name).key == scheme.key:
+            return precision
+    return scheme.name
+
+
+def _relative(entry: Any, base: Path) -> Any:
+    """A scheme file named in a space file, relative to that file's folder; names and tables as given."""
+    if isinstance(entry, str) and entry.endswith(".toml") and not Path(entry).is_absolute():
+        return str(base / entry)
+    return entry
 
 
 def kv_heads(heads: int) -> int:

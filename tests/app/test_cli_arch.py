@@ -75,6 +75,11 @@ def _write(tmp_path, name, text):
     return str(path)
 
 
+LOSS = ["loss", "--preset", "phone-moe-a0.3b", "--tokens", "1e12"]
+PLAN = ["plan", "--device", "iphone-16-pro", "--exhaustive"]
+D96 = "vocab_size = 256\nd_model = 96\nn_layers = 2\nn_heads = 2\nd_ff = 256\n"
+
+
 @pytest.mark.parametrize(
     ("make_args", "fragments"),
     [
@@ -129,6 +134,27 @@ def _write(tmp_path, name, text):
             ["does not exist"],
         ),
         (lambda t: ["frobnicate"], ["invalid choice"]),
+        # precision schemes, through every command that takes one
+        (
+            lambda t: [*LOSS, "--scheme", _write(t, "part.toml", "[experts]\nbits = 4\n")],
+            ["experts: unknown part", "routed_experts"],
+        ),
+        (lambda t: [*LOSS, "--scheme", _write(t, "bits.toml", "[default]\nbits = 2\n")], ["default.bits", "menu"]),
+        (
+            lambda t: [*LOSS, "--scheme", _write(t, "group.toml", "[default]\nbits = 4\ngroup_size = 48\n")],
+            ["default.group_size", "menu"],
+        ),
+        (
+            lambda t: ["loss", "--arch", _write(t, "d96.toml", D96), "--tokens", "1e6", "--scheme", "int4-g64"],
+            ["group_size = 64 does not divide", "choose 32"],
+        ),
+        (lambda t: [*LOSS, "--scheme", "int5"], ["neither a built-in scheme nor a file"]),
+        (
+            lambda t: [*PLAN, "--schemes", _write(t, "p.toml", "[experts]\nbits = 4\n")],
+            ["space.schemes[0]", "unknown part"],
+        ),
+        (lambda t: [*PLAN, "--schemes", _write(t, "b.toml", "[default]\nbits = 6\n")], ["default.bits", "menu"]),
+        (lambda t: [*PLAN, "--schemes", "int4-g32,int5"], ["space.schemes[1]", "neither a built-in"]),
     ],
 )
 def test_user_errors(tmp_path, make_args, fragments):

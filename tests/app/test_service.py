@@ -128,6 +128,26 @@ def test_bad_bodies_are_422_with_the_field(server, route, body, field):
     assert field in response.text
 
 
+def test_a_plan_body_searches_precision_schemes(server):
+    url = server.url
+    body = {"device": "galaxy-s25", "memory_gb": 2, "trials": 40, "schemes": ["bf16", "fp16"]}
+    submitted = httpx.post(f"{url}/v1/plans", json=body)
+    assert submitted.status_code == 202, submitted.text
+    done = wait_for(url, submitted.json()["id"])
+    assert done["status"] == "finished", done
+    assert done["result"]["schemes"] == ["bf16", "fp16"]
+    assert {entry["scheme"] for entry in done["result"]["pareto"]} <= {"bf16", "fp16"}
+    for schemes, fragment in (
+        (["nope"], "schemes[0]"),
+        ([{"name": "x", "experts": {"bits": 4}}], "unknown part"),
+        ([{"name": "x", "default": {"bits": 5}}], "not in the menu"),
+        (["int4-g32"], "no quantisation penalty term"),  # the built-in card cannot price int4 yet
+        (["/etc/passwd.toml"], "schemes[0]"),  # names and tables only: no server paths
+    ):
+        response = httpx.post(f"{url}/v1/plans", json={"device": "galaxy-s25", "schemes": schemes}, timeout=30)
+        assert response.status_code == 422 and fragment in response.text, (schemes, response.text)
+
+
 def test_oversized_and_malformed_bodies(server):
     response = httpx.post(
         f"{server.url}/v1/fits", content=b"x" * 3_000_000, headers={"content-type": "application/json"}

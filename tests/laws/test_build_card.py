@@ -96,3 +96,68 @@ def test_expansion_term_recovers_a_size_dependent_gain():
     assert fitted["m0"] == pytest.approx(truth["m0"], abs=0.05)
     assert fitted["m1"] == pytest.approx(truth["m1"], abs=0.02)
     assert len(term.backtest["origins"]) == 3 and term.backtest["mean_abs_rel_error"] < 0.01
+
+
+@pytest.mark.slow  # fits a whole card (base, sweep and penalty terms) through the CLI
+def test_laws_fit_takes_the_penalty_from_the_stores_quantisation_table(tmp_path):
+    """The command that rebuilds the default card picks up the store's quantisation measurements."""
+    import json
+    import shutil
+
+    from scaling.laws.quant_penalty import FORMS, PARAMS, design_from_frame, predict_design
+    from scaling.runs.store import RunStore
+    from scaling.shape.arch import ArchError, ArchSpec
+    from scaling.shape.scheme import load_scheme
+    from tests.conftest import REPO, run_cli
+
+    store_path = tmp_path / "reference.sqlite"
+    shutil.copy(REPO / "runs" / "reference" / "reference.sqlite", store_path)
+    store = RunStore(f"sqlite:///{store_path}")
+    truth = dict.fromkeys(PARAMS, 0.0) | {"log_C": np.log(0.03), "beta_bits": 1.5, "gamma_N": 0.4}
+    rng = np.random.default_rng(0)
+    rows, runs = [], []
+    for run in store.runs():
+        arch = json.loads(run["config"])["arch"]
+        try:
+            ArchSpec.from_dict(arch)
+        except ArchError:  # some of this older sweep's shapes are refused by today's checks
+            continue
+        runs.append(run)
+        for name in ("int8", "int4-g32", "int3-g32"):
+            scheme = load_scheme(name)
+            rows.append({"run": run, "arch": arch, "scheme": scheme, "D": run["tokens"]})
+    frame = pd.DataFrame(
+        {"arch": [r["arch"] for r in rows], "scheme_spec": [r["scheme"].to_dict() for r in rows], "method": "rtn",
+         "D": [r["D"] for r in rows], "loss_before": [r["run"]["final_val_loss"] for r in rows]}
+    )  # fmt: skip
+    form = FORMS["relative_no_data"]
+    clean = predict_design(np.array([truth[p] for p in PARAMS]), design_from_frame(frame, form), form)
+    for row, penalty in zip(rows, clean * np.exp(rng.normal(0, 0.03, len(rows))), strict=True):
+        scheme, run = row["scheme"], row["run"]
+        summary = scheme.summary(ArchSpec.from_dict(row["arch"]))
+        store.record_quantization(
+            run["id"],
+            {"scheme": scheme.name, "scheme_key": scheme.key, "method": "rtn", "scheme_spec": scheme.to_dict(),
+             **summary, "loss_before": run["final_val_loss"], "loss_after": run["final_val_loss"] + penalty,
+             "part_bytes": {}},
+        )  # fmt: skip
+    base = tmp_path / "base.csv"  # a small dense base law in nats/byte, so the card fits in seconds
+    n = np.repeat(np.geomspace(5e4, 5e6, 6), 2)
+    d = np.tile([20.0, 200.0], 6) * n
+    pd.DataFrame(
+        {"N": n, "D": d, "loss": _loss(n, d, np.zeros(len(n)), 0.003, rng), "loss_unit": "nats/byte",
+         "run": [f"dense-{i}" for i in range(len(n))]}
+    ).to_csv(base, index=False)  # fmt: skip
+    card_path = tmp_path / "card.json"
+    ask = ["laws", "fit", "--base", str(base), "--routed", "none", "--bootstrap", "4", "--out", str(card_path)]
+    ask += ["--sweep", "none", "--quantization", str(store_path), "--penalty-min-tokens-per-param", "5"]
+    result = run_cli(*ask, "--json")
+    assert result.returncode == 0, result.stderr
+    term = result.json()["terms"]["quantization"]
+    assert term["evidence"]["n_runs"] == len(runs) >= 30 and term["evidence"]["methods"] == ["rtn"]
+    (_, fitted), = term["forms"].items()  # fmt: skip
+    assert fitted["params"]["beta_bits"] == pytest.approx(1.5, abs=0.1)
+    assert fitted["params"]["gamma_N"] == pytest.approx(0.4, abs=0.1)
+    loss = run_cli("loss", "--preset", "proxy-moe-d128", "--tokens", "1e7", "--precision", "int4",
+                   "--law-card", str(card_path), "--json")  # fmt: skip
+    assert loss.returncode == 0 and loss.json()["penalty"] > 0, loss.stderr

@@ -145,3 +145,130 @@ def test_laws_show_prints_the_card():
     document = run_cli("laws", "show", "--json").json()
     assert document["loss_unit"]["per"] == "nats/token"
     assert "replicates" not in document["terms"]["base"]["forms"]["chinchilla"]
+
+
+# --- deployment precision: the penalty term -------------------------------------------------------------
+PROXY = {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "n_experts": 8}
+
+
+def _proxy_rows(spec):
+    from scaling.shape.accounting import law_columns
+
+    columns = {key: [float(value)] for key, value in law_columns(spec).items()}
+    return pd.DataFrame({**columns, "D": [20 * columns["N"][0]]})
+
+
+def test_a_card_with_a_penalty_prices_each_scheme_with_the_penalty_interval():
+    from scaling.laws.card import QUANT_TERM
+    from scaling.laws.quant_penalty import QuantPenaltyFit
+    from scaling.shape.arch import ArchSpec
+    from scaling.shape.scheme import load_scheme
+    from tests.conftest import card_with_penalty
+
+    card = card_with_penalty()
+    spec = ArchSpec(**PROXY)
+    rows = _proxy_rows(spec)
+    plain, _ = card.predict_samples(rows)
+    losses = {}
+    for name in ("bf16", "int8", "int4-g32", "int3-g32"):
+        samples, _ = card.predict_samples(rows, scheme=load_scheme(name), arch=spec)
+        losses[name] = samples
+    assert np.array_equal(losses["bf16"], plain)  # an unquantised scheme is the bf16 loss
+    medians = {name: float(np.median(samples)) for name, samples in losses.items()}
+    assert medians["bf16"] < medians["int8"] < medians["int4-g32"] < medians["int3-g32"]
+    # each sample is the bf16 sample times (1 + a penalty draw), and the point law sits among the draws
+    term = card.terms[QUANT_TERM]
+    (form, body), = term.forms.items()  # fmt: skip
+    point = QuantPenaltyFit.from_dict({"form": form, "theta": body.params})
+    relative = point.predict_scheme(spec, load_scheme("int4-g32"), "rtn", rows["D"][0], loss_before=1.0)[0]
+    ratios = losses["int4-g32"][0] / plain[0] - 1
+    assert np.quantile(ratios, 0.02) <= relative <= np.quantile(ratios, 0.98), (relative, np.quantile(ratios, [0, 1]))
+    assert ratios.std() > 0  # the penalty's own bootstrap reaches the samples
+    gptq, _ = card.predict_samples(rows, scheme=load_scheme("int4-g32"), arch=spec, method="gptq")
+    assert np.median(gptq) < medians["int4-g32"]  # the data's GPTQ is better than RTN
+    table = card.predict(rows, scheme=load_scheme("int4-g32"), arch=spec)
+    assert table["loss"].iloc[0] == pytest.approx(medians["int4-g32"])
+    assert "quantization" in card.extrapolation(rows, with_penalty=True)
+    assert "quantization" not in card.extrapolation(rows)
+    assert "[quantization]" in card.summary()
+    again = LawCard.from_dict(json.loads(card.to_json()))
+    assert again.to_dict() == card.to_dict()
+    with pytest.raises(UserError, match="architecture"):
+        card.predict_samples(rows, scheme=load_scheme("int4-g32"))
+    with pytest.raises(UserError, match="unknown quantisation method"):
+        card.predict_samples(rows, scheme=load_scheme("int4-g32"), arch=spec, method="awq")
+
+
+def test_a_card_without_a_penalty_refuses_quantised_schemes_and_old_cards_still_load():
+    from scaling.shape.arch import ArchSpec
+    from scaling.shape.scheme import load_scheme
+
+    assert CARD.penalty is None  # the committed card, written before the penalty term existed
+    spec = ArchSpec(**PROXY)
+    rows = _proxy_rows(spec)
+    with pytest.raises(UserError, match="no quantisation penalty term"):
+        CARD.predict_samples(rows, scheme=load_scheme("int4-g32"), arch=spec)
+    assert np.array_equal(CARD.predict_samples(rows, scheme=load_scheme("fp16"))[0], CARD.predict_samples(rows)[0])
+
+
+def test_the_card_passes_over_penalty_forms_it_cannot_apply():
+    from scaling.laws.card import QUANT_TERM
+    from tests.conftest import card_with_penalty
+
+    # the default card counts GPT-NeoX tokens with no bytes per token: a data term in bytes cannot apply
+    tokens = card_with_penalty(bootstrap=2).terms[QUANT_TERM]
+    assert "gamma_D" not in tokens.evidence["free"] and tokens.evidence["forms_passed_over"]
+    assert all("bytes per token" in why for why in tokens.evidence["forms_passed_over"].values())
+    # a card in nats/byte takes the best form out of sample: the synthetic data's own
+    per_byte = card_with_penalty({"per": "nats/byte"}, bootstrap=2).terms[QUANT_TERM]
+    assert list(per_byte.forms) == ["relative_expert_factor"] and not per_byte.evidence["forms_passed_over"]
+    assert per_byte.evidence["forms_compared"][0]["form"] == "relative_expert_factor"
+    assert per_byte.evidence["loss_unit"] == "nats/byte" and per_byte.evidence["n_runs"] == 24
+    # only the over-trained end counts: runs of 20 tokens per parameter alone fit nothing
+    from scaling.laws.build_card import fit_quant_term
+    from tests.laws.test_quant_penalty import synthetic_frame
+
+    with pytest.raises(UserError, match="at least 50 tokens per active parameter"):
+        fit_quant_term(synthetic_frame(noise=0.03, budgets=(20,)), "short runs", CARD.unit, bootstrap=2)
+
+
+def test_loss_at_a_quantised_precision_is_above_bf16_by_the_fitted_penalty(tmp_path, penalty_card_path):
+    arch = tmp_path / "proxy.toml"
+    arch.write_text("\n".join(f"{k} = {v}" for k, v in PROXY.items()))
+    ask = ["loss", "--arch", str(arch), "--tokens", "3e6", "--law-card", str(penalty_card_path), "--json"]
+    bf16 = run_cli(*ask).json()
+    assert "penalty" not in bf16 and bf16["scheme"] == "bf16" and bf16["precision"] == "bf16"
+    documents = {p: run_cli(*ask, "--precision", p).json() for p in ("int8", "int4")}
+    for precision, document in documents.items():
+        low, high = document["penalty_ci90"]
+        assert 0 < low <= document["penalty"] <= high, precision
+        # the same parameter draws: the step from bf16 is the penalty, within its interval
+        assert low <= document["loss"] - bf16["loss"] <= high, precision
+        assert {"loss", "loss_unit", "dense_equivalent_params", "ci90", "law_card"} <= set(document)
+    assert documents["int4"]["scheme"] == "int4-g32" and documents["int4"]["quant_method"] == "rtn"
+    assert documents["int8"]["penalty"] < documents["int4"]["penalty"]
+    mixed = run_cli(*ask, "--scheme", "int4-experts-int8-rest").json()
+    assert documents["int8"]["penalty"] < mixed["penalty"] < documents["int4"]["penalty"]
+    scheme = tmp_path / "experts3.toml"
+    scheme.write_text("[default]\nbits = 8\n[routed_experts]\nbits = 3\n")
+    from_file = run_cli(*ask, "--scheme", str(scheme)).json()
+    assert from_file["scheme"] == "experts3" and from_file["penalty"] > mixed["penalty"]
+    gptq = run_cli(*ask, "--precision", "int4", "--quant-method", "gptq").json()
+    assert gptq["penalty"] < documents["int4"]["penalty"] and gptq["quant_method"] == "gptq"
+    text = run_cli(*ask[:-1], "--precision", "int4")
+    assert text.returncode == 0 and "at int4-g32 (rtn)" in text.stdout and "over bf16" in text.stdout
+    assert "quantization" in documents["int4"]["extrapolation"] and "quantization" not in bf16["extrapolation"]
+
+
+def test_loss_refuses_a_precision_it_cannot_price(tmp_path, penalty_card_path):
+    ask = ["loss", "--preset", "phone-moe-a0.3b", "--tokens", "1e12"]
+    assert_user_error(run_cli(*ask, "--precision", "int4"), "--precision int4", "no quantisation penalty term")
+    assert_user_error(run_cli(*ask, "--scheme", "int4-experts-int8-rest"), "no quantisation penalty term")
+    assert_user_error(run_cli(*ask, "--precision", "int8", "--scheme", "int8"), "not both")
+    shapes = tmp_path / "shapes.csv"
+    pd.DataFrame({"N": [3e8], "N_total": [3e8], "E": [1], "G": [1], "k": [1], "S": [0], "D": [1e12]}).to_csv(shapes)
+    assert_user_error(
+        run_cli("loss", "--shapes", str(shapes), "--precision", "int4", "--law-card", str(penalty_card_path)),
+        "--shapes does not give",
+    )
+    assert run_cli("loss", "--shapes", str(shapes), "--precision", "bf16", "--json").returncode == 0

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scaling.errors import UserError
 from scaling.shape.arch import ArchSpec
 from search.device.cost import predict
 from search.device.profiles import get_device
@@ -15,7 +16,7 @@ from search.plan.pareto import pareto_mask
 from search.plan.planner import plan
 from search.plan.request import PlanRequest
 from search.plan.space import SearchSpace
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, run_cli
 
 
 def test_optuna_reaches_the_exact_front():
@@ -238,3 +239,141 @@ def test_front_carries_unit_interval_and_p_front_and_min_p_front_keeps_robust_sh
     assert_user_error(
         run_cli("plan", "--device", "iphone-16-pro", "--min-p-front", "1.5", "--exhaustive"), "--min-p-front"
     )
+
+
+def test_the_space_skips_shapes_a_scheme_cannot_store():
+    space = SearchSpace(
+        n_layers=(8,),
+        d_model=(512, 768),
+        n_experts=(1, 8),
+        top_k=(1,),
+        granularity=(1, 4, 8),
+        ffn_ratio=(2.0, 2.75),
+        schemes=("int4-g32", "int4-g64", "int4-g128"),
+    ).validated()
+    choices = space.choices()
+    offered = {(tuple(c[k] for k in c if k != "scheme"), c["scheme"]) for c in choices}
+    every = SearchSpace(**{**space.to_dict(), "schemes": ()}).choices()
+    for choice in every:
+        spec = space.spec(choice)
+        for name, scheme in space.scheme_menu.items():
+            try:
+                scheme.check(spec)
+                fits = True
+            except UserError:
+                fits = False
+            key = (tuple(v for k, v in choice.items() if k != "precision"), name)
+            assert (key in offered) == fits, (spec.name, name)
+
+
+# --- precision schemes as a search dimension ---------------------------------------------------------------
+SMALL_SPACE = (
+    "[space]\nn_layers = [8, 12]\nd_model = [512, 768]\nn_experts = [1, 8]\ntop_k = [1, 2]\n"
+    "granularity = [1, 4]\nn_shared_experts = [0, 1]\nffn_ratio = [2.0]\n"
+)
+
+
+def test_default_plan_reports_its_scheme_and_says_int4_is_lossless_without_a_penalty(tmp_path):
+    from search.plan.outputs import write_outputs
+
+    space = tmp_path / "space.toml"
+    space.write_text(SMALL_SPACE)
+    document = plan(
+        PlanRequest(
+            device=get_device("iphone-16-pro"), memory_budget_bytes=2e9, exhaustive=True,
+            space=SearchSpace.from_toml(space),
+        )
+    )  # fmt: skip
+    assert document["schemes"] == ["int4-g32"] and not document["loss_includes_quantisation"]
+    assert all(entry["scheme"] == "int4-g32" and entry["precision"] == "int4" for entry in document["pareto"])
+    assert any("no quantisation penalty" in warning for warning in document["warnings"])
+    write_outputs(document, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "pareto.csv")
+    assert (table["scheme"] == "int4-g32").all() and len(table) == len(document["pareto"])
+
+
+def test_schemes_are_a_search_dimension_priced_part_by_part(tmp_path, penalty_card_path):
+    from scaling.laws.card import load_card
+    from scaling.shape.accounting import scheme_weight_bytes
+    from scaling.shape.scheme import load_scheme
+    from search.plan.planner import evaluate_space
+
+    space = tmp_path / "space.toml"
+    space.write_text(SMALL_SPACE)
+    menu = ("int4-g32", "int8", "int4-experts-int8-rest")
+    result = run_cli(
+        "plan", "--device", "iphone-16-pro", "--memory-gb", "3", "--space", str(space), "--exhaustive",
+        "--schemes", ",".join(menu), "--law-card", str(penalty_card_path), "--json", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = result.json()
+    assert document["schemes"] == list(menu) and document["loss_includes_quantisation"]
+    assert "quantization" in document["extrapolation"]
+    for entry in document["pareto"]:
+        spec = ArchSpec.from_dict(entry["arch"])
+        assert entry["weight_bytes"] == int(scheme_weight_bytes(spec, load_scheme(entry["scheme"])))
+    table = pd.read_csv(tmp_path / "out" / "pareto.csv")
+    assert list(table["scheme"]) == [entry["scheme"] for entry in document["pareto"]]
+
+    request = PlanRequest(
+        device=get_device("iphone-16-pro"), memory_budget_bytes=3e9, exhaustive=True,
+        space=SearchSpace.from_toml(space), loss_model=load_card(penalty_card_path),
+    )  # fmt: skip
+    request.space.schemes = menu
+    request.space.validated()
+    evaluated = evaluate_space(request.validated())
+    frame = evaluated.frame.assign(name=[evaluated.request.space.spec(c).name for c in evaluated.choices])
+    by_shape = frame.pivot(index="name", columns="scheme", values="loss")
+    assert by_shape.notna().all().all()  # every shape at every scheme of the menu
+    moe = by_shape[by_shape.index.str.startswith("moe")]
+    # the penalty: int8 costs least, experts at int4 more, everything at int4 most
+    assert (moe["int8"] < moe["int4-experts-int8-rest"]).all()
+    assert (moe["int4-experts-int8-rest"] < moe["int4-g32"]).all()
+    memory = frame.pivot(index="name", columns="scheme", values="weight_bytes")
+    memory = memory[memory.index.str.startswith("moe")]
+    assert (memory["int4-g32"] < memory["int4-experts-int8-rest"]).all()
+    assert (memory["int4-experts-int8-rest"] < memory["int8"]).all()
+
+
+def test_the_front_can_hold_one_shape_at_two_schemes(tmp_path, penalty_card_path):
+    space = tmp_path / "one.toml"
+    space.write_text(
+        "[space]\nn_layers = [8]\nd_model = [512]\nn_experts = [1]\ntop_k = [1]\ngranularity = [1]\n"
+        'n_shared_experts = [0]\nffn_ratio = [2.0]\nschemes = ["int4-g32", "int8"]\n'
+    )
+    document = run_cli(
+        "plan", "--device", "iphone-16-pro", "--space", str(space), "--exhaustive",
+        "--law-card", str(penalty_card_path), "--json",
+    ).json()  # fmt: skip
+    names = {entry["arch"]["name"] for entry in document["pareto"]}
+    assert len(names) == 1 and {entry["scheme"] for entry in document["pareto"]} == {"int4-g32", "int8"}
+    int4, int8 = sorted(document["pareto"], key=lambda entry: entry["scheme"])
+    assert int4["predicted_loss"] > int8["predicted_loss"] and int4["decode_ms"] < int8["decode_ms"]
+    text = run_cli(
+        "plan", "--device", "iphone-16-pro", "--space", str(space), "--exhaustive", "--law-card", str(penalty_card_path)
+    )  # fmt: skip
+    assert text.returncode == 0 and "scheme" in text.stdout and "int4-g32" in text.stdout and "int8" in text.stdout
+
+
+def test_bad_schemes_are_refused_in_one_line(tmp_path, penalty_card_path):
+    ask = ["plan", "--device", "iphone-16-pro", "--exhaustive"]
+    assert_user_error(run_cli(*ask, "--schemes", "int4-g32,int8"), "--schemes int4-g32,int8", "no quantisation penalty")
+    assert_user_error(run_cli(*ask, "--schemes", "nope"), "space.schemes[0]", "neither a built-in scheme nor a file")
+    assert_user_error(run_cli(*ask, "--schemes", "int8,"), "--schemes")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experts]\nbits = 4\n")
+    assert_user_error(run_cli(*ask, "--schemes", str(bad)), "unknown part")
+    five = tmp_path / "five.toml"
+    five.write_text("[default]\nbits = 5\n")
+    assert_user_error(run_cli(*ask, "--schemes", str(five)), "default.bits", "not in the menu")
+    space = tmp_path / "space.toml"
+    space.write_text(
+        '[space]\nd_model = [576, 704]\nschemes = [{name = "wide", default = {bits = 4, group_size = 128}}]\n'
+    )
+    assert_user_error(
+        run_cli(*ask, "--space", str(space), "--law-card", str(penalty_card_path)), "'wide'", "does not divide d_model"
+    )
+    fit = tmp_path / "fit.json"
+    runs = REPO / "runs" / "reference" / "reference_runs.csv"
+    assert run_cli("fit", str(runs), "--law", "chinchilla", "--out", str(fit)).returncode == 0
+    assert_user_error(run_cli(*ask, "--schemes", "int4-g32", "--fit", str(fit)), "single fit has no quantisation")

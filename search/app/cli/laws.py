@@ -11,6 +11,7 @@ from scaling.errors import UserError
 from search.app.cli.common import add_arch_arguments, positive_int, print_json, read_table, resolve_arch, write_text
 
 PRECISION_FREE = ("fp32", "bf16", "fp16")
+QUANT_METHODS = ("rtn", "gptq")
 
 
 def _load_card(reference: str | None):
@@ -19,37 +20,70 @@ def _load_card(reference: str | None):
     return load_card(reference)
 
 
-def _loss_documents(card, frame, samples: int, seed: int) -> list[dict[str, Any]]:
-    predictions = card.predict(frame, n_samples=samples, seed=seed)
-    return [
-        {
-            "loss": float(row.loss),
-            "loss_unit": str(card.unit),
-            "dense_equivalent_params": float(row.dense_equivalent_params),
-            "ci90": [float(row.loss_lower), float(row.loss_upper)],
-            "law_card": card.path or card.name,
-        }
-        for row in predictions.itertuples()
-    ]
+def _loss_documents(card, frame, samples: int, seed: int, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """One document per row; with a quantised scheme, also its penalty (median and 90% interval of
+    the per-sample difference to the bf16 loss, the same parameter draws)."""
+    import numpy as np
+
+    loss, n_eq = card.predict_samples(frame, samples, seed, **deployment)
+    documents = []
+    lower, median, upper = np.quantile(loss, [0.05, 0.5, 0.95], axis=1)
+    for row in range(len(loss)):
+        documents.append(
+            {
+                "loss": float(median[row]),
+                "loss_unit": str(card.unit),
+                "dense_equivalent_params": float(np.median(n_eq[row])),
+                "ci90": [float(lower[row]), float(upper[row])],
+                "law_card": card.path or card.name,
+            }
+        )
+    scheme = deployment.get("scheme")
+    if scheme is not None and scheme.quantised_parts():
+        plain, _ = card.predict_samples(frame, samples, seed)
+        penalty = loss - plain
+        low, mid, high = np.quantile(penalty, [0.05, 0.5, 0.95], axis=1)
+        for row, document in enumerate(documents):
+            document["penalty"] = float(mid[row])
+            document["penalty_ci90"] = [float(low[row]), float(high[row])]
+    return documents
+
+
+def _deployment(args: argparse.Namespace, card, arch) -> dict[str, Any]:
+    """The scheme the loss is asked at (``--scheme``, or the one ``--precision`` stands for)."""
+    from scaling.shape.scheme import load_scheme, scheme_for_precision
+
+    if args.scheme is not None and args.precision is not None:
+        raise UserError("give --precision or --scheme, not both (a scheme says every part's precision)")
+    precision = args.precision or "bf16"
+    scheme = load_scheme(args.scheme) if args.scheme is not None else scheme_for_precision(precision)
+    if scheme is None or not scheme.quantised_parts():
+        return {"scheme": scheme}
+    what = f"--scheme {args.scheme}" if args.scheme is not None else f"--precision {precision}"
+    if arch is not None:
+        scheme.check(arch, args.scheme)
+    card.require_penalty(what, scheme.name if args.scheme is not None else precision)
+    if arch is None:
+        raise UserError(
+            f"{what}: a penalty is spread over each model's parts, which --shapes does not give; "
+            "ask one shape with --arch, --preset or --hf-config"
+        )
+    return {"scheme": scheme, "arch": arch, "method": args.quant_method}
 
 
 def _command_loss(args: argparse.Namespace) -> None:
     import pandas as pd
 
     card = _load_card(args.law_card)
-    if args.precision not in PRECISION_FREE:
-        raise UserError(
-            f"--precision {args.precision}: card {card.name!r} has no quantisation penalty term, so it cannot "
-            f"price {args.precision}; use one of {', '.join(PRECISION_FREE)}"
-        )
     if args.shapes:
         if args.hf_config or args.arch or args.preset or args.tokens is not None:
             raise UserError(
                 "--shapes takes its sizes and tokens from the file; drop --arch, --preset, --hf-config and --tokens"
             )
+        deployment = _deployment(args, card, None)
         frame = read_table(args.shapes)
         document = {
-            "predictions": _loss_documents(card, frame, args.samples, args.seed),
+            "predictions": _loss_documents(card, frame, args.samples, args.seed, deployment),
             "loss_unit": str(card.unit),
             "law_card": card.path or card.name,
             "extrapolation": card.extrapolation(frame),
@@ -61,14 +95,22 @@ def _command_loss(args: argparse.Namespace) -> None:
             raise UserError(f"give --tokens D, the training tokens ({card.unit.token_name})")
         from scaling.shape.accounting import law_columns
 
-        columns = {key: [float(value)] for key, value in law_columns(resolve_arch(args)).items()}
+        spec = resolve_arch(args)
+        deployment = _deployment(args, card, spec)
+        columns = {key: [float(value)] for key, value in law_columns(spec).items()}
         frame = pd.DataFrame({**columns, "D": [args.tokens]})
+        scheme = deployment["scheme"]
+        quantised = scheme is not None and bool(scheme.quantised_parts())
         document = {
-            **_loss_documents(card, frame, args.samples, args.seed)[0],
+            **_loss_documents(card, frame, args.samples, args.seed, deployment)[0],
             "tokens": args.tokens,
             "tokens_unit": card.unit.token_name,
-            "extrapolation": card.extrapolation(frame),
+            "precision": args.precision or ("bf16" if args.scheme is None else None),
+            "scheme": scheme.name if scheme is not None else None,
+            "extrapolation": card.extrapolation(frame, with_penalty=quantised),
         }
+        if quantised:
+            document["quant_method"] = args.quant_method
     if args.json:
         print_json(document)
         return
@@ -76,9 +118,16 @@ def _command_loss(args: argparse.Namespace) -> None:
     for index, row in enumerate(rows):
         lo, hi = row["ci90"]
         prefix = f"row {index}: " if args.shapes else ""
+        penalty = ""
+        if "penalty" in row:
+            low, high = row["penalty_ci90"]
+            penalty = (
+                f"; at {document['scheme']} ({args.quant_method}) {row['penalty']:+.3g} "
+                f"(90% {low:+.3g} to {high:+.3g}) over bf16"
+            )
         print(
             f"{prefix}loss {row['loss']:.4f} {row['loss_unit']} (90% {lo:.4f}-{hi:.4f}), "
-            f"dense-equivalent {row['dense_equivalent_params']:.4g} parameters"
+            f"dense-equivalent {row['dense_equivalent_params']:.4g} parameters{penalty}"
         )
     _warn_extrapolation(document["extrapolation"], args.max_extrapolation)
 
@@ -130,12 +179,19 @@ def _command_laws_fit(args: argparse.Namespace) -> None:
             if args.routed == "routed_moe"
             else read_table(args.routed)
         )
-    sweep = None
+    sweep, quantization = None, None
     if args.sweep != "none":
         from scaling.runs.frames import fit_frame
 
-        frame = fit_frame(args.sweep if "://" in args.sweep else f"sqlite:///{args.sweep}")
+        frame = fit_frame(_store_url(args.sweep))
         sweep = frame[frame["stage"] == "main"] if "stage" in frame.columns else frame
+    measurements = args.sweep if args.quantization == "sweep" else args.quantization
+    if measurements != "none":  # the store's quantisation measurements, when it has any
+        from scaling.runs.frames import quantization_frame
+
+        quantization = quantization_frame(_store_url(measurements))
+        if quantization.empty:
+            print(f"no quantisation measurements in {measurements}: the card has no penalty term", file=sys.stderr)
     check = datasets.chinchilla_points(args.data_dir) if datasets.available("chinchilla", args.data_dir) else None
     card = build_card(
         base,
@@ -149,7 +205,11 @@ def _command_laws_fit(args: argparse.Namespace) -> None:
             "base": args.base_source or _source(args.base, "overtraining"),
             "expansion": args.routed_source or _source(args.routed, "routed_moe"),
             "sweep": args.sweep_source or f"proxy sweep {args.sweep}",
+            "quantization": f"quantisation measurements (proxies quantised post-training) in {measurements}",
         },
+        quantization=quantization,
+        penalty_form=args.penalty_form,
+        penalty_min_tokens_per_param=args.penalty_min_tokens_per_param,
     )
     write_text(args.out, card.to_json() + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
@@ -157,6 +217,10 @@ def _command_laws_fit(args: argparse.Namespace) -> None:
         print_json(_without_replicates(card.to_dict()))
     else:
         print(card.summary())
+
+
+def _store_url(reference: str) -> str:
+    return reference if "://" in reference else f"sqlite:///{reference}"
 
 
 def _source(reference: str, name: str) -> str:
@@ -171,7 +235,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     loss.add_argument("--shapes", metavar="FILE.csv", help="many shapes: columns N, N_total, E, G, k, S, D")
     loss.add_argument("--tokens", type=_tokens, default=None, help="training tokens D, in the card's tokens")
     loss.add_argument(
-        "--precision", default="bf16", choices=("fp32", "bf16", "fp16", "int8", "int4"), help="deployment precision"
+        "--precision",
+        default=None,
+        choices=("fp32", "bf16", "fp16", "int8", "int4"),
+        help="deployment precision (default bf16; int8 and int4 are the int8 and int4-g32 schemes)",
+    )
+    loss.add_argument(
+        "--scheme", default=None, metavar="NAME|FILE", help="a precision scheme (built-in name or TOML file)"
+    )
+    loss.add_argument(
+        "--quant-method", choices=QUANT_METHODS, default="rtn", help="how a quantised deployment is made (rtn, gptq)"
     )
     loss.add_argument("--law-card", default=None, metavar="CARD", help="a card file or built-in name (default)")
     loss.add_argument("--samples", type=positive_int, default=200, help="parameter samples for the interval")
@@ -199,6 +272,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--sweep",
         default="runs/reference/reference.sqlite",
         help="a sweep store (path or URL) for the G, top-k and shared terms, or none",
+    )
+    fit.add_argument(
+        "--quantization",
+        default="sweep",
+        metavar="STORE",
+        help="a store whose quantisation measurements fit the penalty term (default: the --sweep store; none: "
+        "no penalty term, and the card refuses int8/int4)",
+    )
+    fit.add_argument(
+        "--penalty-form", default="auto", metavar="FORM", help="the penalty's form (auto: best out of sample)"
+    )
+    fit.add_argument(
+        "--penalty-min-tokens-per-param",
+        type=float,
+        default=50.0,
+        metavar="R",
+        help="fit the penalty on runs trained on at least R tokens per active parameter (the over-trained end)",
     )
     fit.add_argument("--base-source", default=None, help="describe the base data (default: its origin)")
     fit.add_argument("--routed-source", default=None, help="describe the routed data")

@@ -26,6 +26,11 @@ def _command_plan(args: argparse.Namespace) -> None:
         raise UserError(f"--memory-gb must be positive, got {args.memory_gb}")
     space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
     space.precision = (args.precision,)
+    if args.schemes is not None:
+        names = tuple(name.strip() for name in args.schemes.split(","))
+        if not all(names):
+            raise UserError(f"--schemes {args.schemes!r}: give comma-separated scheme names or files, none empty")
+        space.schemes = names
     space = space.validated()
     if args.fit and args.law_card:
         raise UserError("give one of --fit FIT.json or --law-card CARD, not both")
@@ -57,6 +62,7 @@ def _command_plan(args: argparse.Namespace) -> None:
         max_weight_bytes=None if args.max_weight_gb is None else args.max_weight_gb * 1e9,
         latency_oracle=measured_latency(args.store) if args.measure else None,
         backend=args.backend,
+        quant_method=args.quant_method,
     )
     document = plan(request)
     for warning in document["warnings"]:
@@ -77,6 +83,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--device", required=True)
     planner.add_argument("--memory-gb", type=float, default=None, help="budget in 10^9 bytes (default: usable DRAM)")
     planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
+    planner.add_argument(
+        "--schemes",
+        metavar="A,B,...",
+        default=None,
+        help="search these precision schemes (built-in names or TOML files) instead of --precision alone",
+    )
+    planner.add_argument(
+        "--quant-method", choices=("rtn", "gptq"), default="rtn", help="how quantised deployments are made"
+    )
     planner.add_argument(
         "--backend", choices=("cpu", "gpu", "npu"), default=None, help="the device's backend (default: recommended)"
     )
