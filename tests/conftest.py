@@ -224,6 +224,25 @@ def penalty_card_path(tmp_path_factory) -> Path:
     return path
 
 
+def card_without_penalty():
+    """The default card without its quantisation penalty term (as a card written before the term existed)."""
+    from scaling.laws.card import QUANT_TERM, LawCard, load_card
+
+    document = load_card().to_dict()
+    document["terms"].pop(QUANT_TERM, None)
+    card = LawCard.from_dict(document)
+    card.name = "without-penalty"
+    return card
+
+
+@pytest.fixture(scope="session")
+def penalty_free_card_path(tmp_path_factory) -> Path:
+    """A card file with no quantisation penalty (see :func:`card_without_penalty`)."""
+    path = tmp_path_factory.mktemp("cards") / "without-penalty.json"
+    path.write_text(card_without_penalty().to_json())
+    return path
+
+
 def requires_dataset(*names: str):
     """Skip a test whose published dataset is not here (the files whose licence forbids shipping them).
 

@@ -275,13 +275,14 @@ SMALL_SPACE = (
 
 def test_default_plan_reports_its_scheme_and_says_int4_is_lossless_without_a_penalty(tmp_path):
     from search.plan.outputs import write_outputs
+    from tests.conftest import card_without_penalty
 
     space = tmp_path / "space.toml"
     space.write_text(SMALL_SPACE)
     document = plan(
         PlanRequest(
             device=get_device("iphone-16-pro"), memory_budget_bytes=2e9, exhaustive=True,
-            space=SearchSpace.from_toml(space),
+            space=SearchSpace.from_toml(space), loss_model=card_without_penalty(),
         )
     )  # fmt: skip
     assert document["schemes"] == ["int4-g32"] and not document["loss_includes_quantisation"]
@@ -355,9 +356,12 @@ def test_the_front_can_hold_one_shape_at_two_schemes(tmp_path, penalty_card_path
     assert text.returncode == 0 and "scheme" in text.stdout and "int4-g32" in text.stdout and "int8" in text.stdout
 
 
-def test_bad_schemes_are_refused_in_one_line(tmp_path, penalty_card_path):
+def test_bad_schemes_are_refused_in_one_line(tmp_path, penalty_card_path, penalty_free_card_path):
     ask = ["plan", "--device", "iphone-16-pro", "--exhaustive"]
-    assert_user_error(run_cli(*ask, "--schemes", "int4-g32,int8"), "--schemes int4-g32,int8", "no quantisation penalty")
+    old = ["--law-card", str(penalty_free_card_path)]
+    assert_user_error(
+        run_cli(*ask, *old, "--schemes", "int4-g32,int8"), "--schemes int4-g32,int8", "no quantisation penalty"
+    )
     assert_user_error(run_cli(*ask, "--schemes", "nope"), "space.schemes[0]", "neither a built-in scheme nor a file")
     assert_user_error(run_cli(*ask, "--schemes", "int8,"), "--schemes")
     bad = tmp_path / "bad.toml"
