@@ -235,6 +235,17 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
+def _is_sqlite_file(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
+def _in_memory(url: str) -> bool:
+    """Whether a SQLite URL names an in-memory database (``sqlite://``, ``sqlite:///``, ``:memory:``)."""
+    path, _, query = url.split("://", 1)[1].partition("?")
+    return path in ("", "/") or ":memory:" in path or "mode=memory" in query
+
+
 class RunStore:
     """A handle on one store. Create it, then call its methods; each is one transaction."""
 
@@ -254,10 +265,21 @@ class RunStore:
             raise UserError(f"cannot open store {self.url!r}: {reason}; check --store / MOEPLAN_STORE") from None
 
     def _connect(self, create: bool) -> Engine:
+        if self.url.startswith("sqlite:") and _in_memory(self.url):
+            raise UserError(
+                f"store {self.url!r} is an in-memory database: it would throw every result away; "
+                "give a file, e.g. --store runs/moeplan.sqlite"
+            )
         if self.url.startswith("sqlite:///"):
-            path = Path(self.url.removeprefix("sqlite:///"))
+            path = Path(self.url.removeprefix("sqlite:///").split("?", 1)[0])
             if not create and not path.exists():
                 raise UserError(f"store {str(path)!r} does not exist; run a sweep first or pass --store")
+            if not create and path.is_file() and not _is_sqlite_file(path):  # a read never turns a file into a store
+                raise UserError(f"{str(path)!r} holds no moeplan run store (not a SQLite database); check --store")
+            if path.is_dir():
+                raise UserError(
+                    f"store {str(path)!r} is a folder; give a SQLite file, e.g. {str(path / 'moeplan.sqlite')!r}"
+                )
             if not path.parent.exists():
                 if create and self.url == resolve_url(DEFAULT_URL):  # the default store makes its folder
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,8 +297,22 @@ class RunStore:
                 cursor.close()
 
         self.engine = engine
+        if engine.dialect.name == "sqlite":
+            self._quick_check()
+        if not create and self._stored_version() is None:  # a read must not turn any file into a store
+            raise UserError(f"{self.url!r} holds no moeplan run store (no tables); check --store / MOEPLAN_STORE")
         self.migrate()
         return engine
+
+    def _quick_check(self) -> None:
+        """Refuse a damaged SQLite file when it opens, naming it, rather than fail later on a raw SQL error."""
+        with self.engine.connect() as connection:
+            problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise UserError(
+                f"store {self.url!r} is damaged (SQLite quick_check: {'; '.join(problems)}); restore it from a "
+                "backup, or recover what it holds with 'sqlite3 FILE .recover'"
+            )
 
     # --- schema ------------------------------------------------------------------------------
     def schema_version(self) -> int:
