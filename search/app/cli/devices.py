@@ -11,12 +11,14 @@ from search.app.cli.common import (
     PRECISION_CHOICES,
     Parser,
     add_arch_arguments,
+    check_output_file,
     positive_float,
     positive_int,
     print_json,
     read_table,
     resolve_arch,
 )
+from search.app.cli.progress import StderrProgress
 
 BACKEND_CHOICES = ("cpu", "gpu", "npu")
 
@@ -61,7 +63,7 @@ def _command_predict(args: argparse.Namespace) -> None:
 
 
 def _command_devices_list(args: argparse.Namespace) -> None:
-    from search.device.profiles import list_devices
+    from search.device.profiles import list_devices, user_devices_dir
 
     devices = [d.summary() for d in list_devices()]
     if args.json:
@@ -74,7 +76,7 @@ def _command_devices_list(args: argparse.Namespace) -> None:
         for name, backend in d["backends"].items():
             rows.append(
                 [
-                    d["name"],
+                    d["name"] + ("" if d["builtin"] else " (user)"),
                     name + (" *" if name == d["recommended_backend"] else ""),
                     f"{human_bytes(d['usable_bytes'])} / {human_bytes(d['dram_bytes'])}",
                     f"{backend['effective_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
@@ -84,21 +86,21 @@ def _command_devices_list(args: argparse.Namespace) -> None:
                 ]
             )
     print_table(
-        "Device profiles (* = recommended backend)",
+        "Device profiles (* = recommended backend; (user) = your own, in " + str(user_devices_dir()) + ")",
         ["name", "backend", "usable / DRAM", "eff. bandwidth", "fp16 peak", "measured", "calibrated"],
         rows,
     )
 
 
 def _command_devices_calibrate(args: argparse.Namespace) -> None:
-    from search.device.profiles import save_user_profile
+    from search.device.profiles import check_user_profile_name, save_user_profile
 
     if args.from_measurements:
         _calibrate_from_measurements(args)
         return
     if args.device or args.backend or args.soc or args.out:
         raise UserError("--device, --backend, --soc and --out go with --from-measurements FILE.csv")
-    name = args.name or "host"
+    name = check_user_profile_name(args.name or "host", args.replace)  # before measuring for a minute
     if args.measurements:
         from search.device.calibrate import calibrate
         from search.device.profiles import get_device
@@ -113,8 +115,8 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
     else:
         from search.app.host import calibrate_host
 
-        result = calibrate_host(name=name, budget_s=args.budget_s)
-    path = save_user_profile(result.profile)
+        result = calibrate_host(name=name, budget_s=args.budget_s, progress=StderrProgress(not args.json))
+    path = save_user_profile(result.profile, args.replace)
     document = {**result.to_dict(), "path": str(path)}
     if args.json:
         print_json(document)
@@ -129,10 +131,12 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
     """Fit one backend of a profile to published measurements (the published file's columns)."""
     from search.device.backend_fit import calibrate_backend
     from search.device.measurements import backend_of, load_measurements, read_measurements
-    from search.device.profiles import get_device, save_profile, save_user_profile
+    from search.device.profiles import check_user_profile_name, get_device, save_profile, save_user_profile
 
     if not args.device or not args.backend:
         raise UserError("--from-measurements needs --device NAME and --backend cpu|gpu|npu")
+    if args.out:
+        check_output_file(args.out, "--out")
     if args.measurements or args.base:
         raise UserError("--from-measurements does not combine with --measurements/--base")
     profile = get_device(args.device, args.backend)
@@ -147,12 +151,14 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
             f"no row of {args.from_measurements} ran on the {args.backend} of {' or '.join(socs) or 'an unnamed SoC'}; "
             f"rows on that backend come from: {', '.join(on_backend) or 'none'} (choose with --soc NAME)"
         )
+    if not args.out:  # the rows are read and checked first; the name before the fit
+        check_user_profile_name(args.name or profile.name, args.replace)
     origin = Path(args.from_measurements).name
     foreign = sorted(set(socs) - set(profile.socs))
     if foreign:
         origin += f", rows measured on {', '.join(foreign)}, not on this device's {profile.soc or 'SoC'}"
     result = calibrate_backend(profile, rows, name=args.name or profile.name, origin=origin)
-    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile)
+    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile, args.replace)
     if args.json:
         print_json({**result.to_dict(), "path": str(path)})
     else:
@@ -190,7 +196,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate = device_commands.add_parser(
         "calibrate", help="measure this machine, or fit a profile to phone measurements"
     )
-    calibrate.add_argument("--name", default=None, help="name of the saved profile (default: host, or --device)")
+    calibrate.add_argument("--name", default=None, help="plain name of the saved profile (default: host, or --device)")
+    calibrate.add_argument("--replace", action="store_true", help="allow a name that shadows a built-in profile")
     calibrate.add_argument("--measurements", metavar="CSV", help="measurements taken on a real device")
     calibrate.add_argument("--base", metavar="DEVICE", help="the profile the measurements calibrate")
     calibrate.add_argument(
