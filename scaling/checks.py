@@ -104,10 +104,19 @@ def check_number(
         or (below is not None and not value < below)
     )
     if out_of_range:
-        shown = value if integer or abs(float(value)) < 1e16 else f"{float(value):.3g}"
         limit = "" if maximum is None or value <= maximum else " (the limit)"
-        raise UserError(f"{name} must be {wanted}{limit}, got {shown}")
+        raise UserError(f"{name} must be {wanted}{limit}, got {_show(value)}")
     return int(value) if integer else value
+
+
+def _show(value: Any) -> str:
+    """A number as a user can read it: 12, 0.5, 1e+30, or the digit count of a huge integer."""
+    if abs(value) < 1e16:
+        return str(value)
+    try:
+        return f"{float(value):.3g}"
+    except OverflowError:
+        return f"a {len(str(abs(int(value))))}-digit number"
 
 
 def _describe(integer: bool, minimum, above, maximum, below) -> str:

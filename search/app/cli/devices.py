@@ -151,13 +151,15 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
             f"no row of {args.from_measurements} ran on the {args.backend} of {' or '.join(socs) or 'an unnamed SoC'}; "
             f"rows on that backend come from: {', '.join(on_backend) or 'none'} (choose with --soc NAME)"
         )
-    if not args.out:  # the rows are read and checked first; the name before the fit
-        check_user_profile_name(args.name or profile.name, args.replace)
     origin = Path(args.from_measurements).name
     foreign = sorted(set(socs) - set(profile.socs))
     if foreign:
         origin += f", rows measured on {', '.join(foreign)}, not on this device's {profile.soc or 'SoC'}"
-    result = calibrate_backend(profile, rows, name=args.name or profile.name, origin=origin)
+    if args.name:
+        check_user_profile_name(args.name, args.replace)
+    result = calibrate_backend(profile, rows, name=args.name or profile.name, origin=origin)  # checks each row
+    if not args.out:  # the default name is the profile's own: a built-in one is shadowed only on purpose
+        check_user_profile_name(result.profile.name, args.replace)
     path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile, args.replace)
     if args.json:
         print_json({**result.to_dict(), "path": str(path)})
@@ -178,20 +180,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_arch_arguments(predict)
     predict.add_argument("--device", required=True, help="a device name (devices list) or profile path")
     predict.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="default: the recommended one")
-    predict.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
-    predict.add_argument("--prompt-tokens", type=positive_int, default=512)
+    predict.add_argument("--precision", choices=PRECISION_CHOICES, default="int4", help="weight precision")
+    predict.add_argument("--prompt-tokens", type=positive_int, default=512, help="tokens prefilled in one pass")
     predict.add_argument("--context-tokens", type=positive_int, default=None, help="default: the prompt")
     predict.add_argument(
         "--expert-imbalance", type=positive_float, default=1.0, help="busiest expert's load over the mean (>= 1)"
     )
-    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.set_defaults(handler=_command_predict)
 
     devices = commands.add_parser("devices", help="device profiles")
     device_commands = devices.add_subparsers(dest="devices_command", metavar="COMMAND", parser_class=Parser)
     device_commands.required = True
     listing = device_commands.add_parser("list", help="list the device profiles and their backends")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
     listing.set_defaults(handler=_command_devices_list)
     calibrate = device_commands.add_parser(
         "calibrate", help="measure this machine, or fit a profile to phone measurements"
@@ -210,5 +212,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--out", metavar="PATH.toml", help="write the calibrated profile here")
     calibrate.add_argument("--budget-s", type=positive_float, default=55.0, help="time budget on this machine")
-    calibrate.add_argument("--json", action="store_true")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON document (no progress)")
     calibrate.set_defaults(handler=_command_devices_calibrate)
