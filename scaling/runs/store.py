@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -235,6 +236,26 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite connection waits for another's lock
+
+
+def _set_wal_mode(cursor, timeout_s: float) -> None:
+    """Put a SQLite database in WAL mode (persistent: a no-op once any connection did it).
+
+    Processes that open a fresh file at once race to switch it, and the loser gets "database is
+    locked" at once: SQLite's busy handler does not wait there. So retry until one has switched it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _is_sqlite_file(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(16) == b"SQLite format 3\x00"
@@ -291,8 +312,8 @@ class RunStore:
             @event.listens_for(engine, "connect")
             def _sqlite_pragmas(connection, _record):  # WAL: readers never block the writer
                 cursor = connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+                _set_wal_mode(cursor, SQLITE_BUSY_TIMEOUT_S)
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
 
