@@ -135,6 +135,17 @@ class PlanBody(BaseModel):
     def _trials(cls, value):
         return check_number(value, "trials", integer=True, minimum=1, maximum=MAX_TRIALS)
 
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value):
+        from search.plan.request import OBJECTIVES
+
+        unknown = [o for o in value if o not in OBJECTIVES]
+        if unknown or len(set(value)) != len(value):
+            problem = f"unknown {unknown}" if unknown else f"repeated in {value}"
+            raise UserError(f"objectives: {problem}; choose 2 or 3 distinct objectives of {', '.join(OBJECTIVES)}")
+        return value
+
     @field_validator("samples")
     @classmethod
     def _samples(cls, value):

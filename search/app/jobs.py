@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -133,7 +132,7 @@ def run_job(store_url: str, job_id: str, handler: str, request: dict[str, Any], 
     with contextlib.suppress(OSError):
         os.setpgrp()  # its own group: a cancel stops its helpers too
     if server_pid is not None:
-        threading.Thread(target=_die_with, args=(server_pid,), daemon=True, name="moeplan-watchdog").start()
+        _die_with(server_pid)
     store = RunStore(store_url)
     module, _, function = handler.partition(":")
     try:
@@ -161,9 +160,13 @@ def plain(value: Any) -> Any:
 
 def _die_with(server_pid: int, every_s: float = 1.0) -> None:
     """End this job's process group when the server is gone (a ``kill -9`` leaves no orphan working);
-    the restarted server runs the job again from the store."""
-    while True:
-        time.sleep(every_s)
+    the restarted server runs the job again from the store.
+
+    A timer signal, not a thread: the job stays single-threaded, so the bootstrap may fork its
+    workers (forking a threaded process can deadlock, so it would spawn them, seconds slower).
+    """
+
+    def check(_signum, _frame) -> None:
         try:
             os.kill(server_pid, 0)
         except ProcessLookupError:
@@ -172,6 +175,9 @@ def _die_with(server_pid: int, every_s: float = 1.0) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         except PermissionError:  # alive, under another user (a reused pid): keep watching
             pass
+
+    signal.signal(signal.SIGALRM, check)
+    signal.setitimer(signal.ITIMER_REAL, every_s, every_s)
 
 
 def _stop(process: multiprocessing.process.BaseProcess, grace_s: float = 2.0) -> None:
