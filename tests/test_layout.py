@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 # Which layers each layer may import (besides itself). Data flows runs -> store -> fits -> cost
 # model -> search; only the faces (search.app) import everything.
-BASE = {"scaling.errors", "scaling.cache"}
+BASE = {"scaling.errors", "scaling.cache", "scaling.checks"}
 ALLOWED = {
     "scaling.shape": BASE,
     "scaling.proxy": BASE | {"scaling.shape"},
@@ -26,7 +26,15 @@ ALLOWED = {
     "search.plan": BASE | {"scaling.shape", "scaling.laws", "search.device"},
     "search.app": None,  # anything
 }
-TORCH_FREE = ("scaling.errors", "scaling.cache", "scaling.shape", "scaling.laws", "search.device", "search.plan")
+TORCH_FREE = (
+    "scaling.errors",
+    "scaling.cache",
+    "scaling.checks",
+    "scaling.shape",
+    "scaling.laws",
+    "search.device",
+    "search.plan",
+)
 HEAVY = ("torch", "mlx")
 
 

@@ -18,6 +18,7 @@ import math
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +27,15 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
+from scaling.checks import check_number
 from scaling.errors import UserError
 from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
 from scaling.laws.units import common_unit
 
 CANONICAL_COLUMNS = ("N", "N_total", "E", "G", "S", "D", "C", "loss")
+
+Progress = Callable[[str, int, int], None]
+"""Long work reports ``(what, done, total)`` through this, e.g. ``("bootstrap", 120, 1000)``."""
 DEFAULT_DELTA = 1e-3
 
 
@@ -46,8 +51,19 @@ def validate_frame(frame: pd.DataFrame, law: Law) -> pd.DataFrame:
             f"law {law.name!r} needs column(s) {missing}, absent from the data "
             f"(present: {list(frame.columns)}); canonical columns: {', '.join(CANONICAL_COLUMNS)}"
         )
-    for column in needed + tuple(c for c in law.optional_columns if c in frame.columns):
-        values = pd.to_numeric(frame[column], errors="coerce")
+    check_columns(frame, needed + tuple(c for c in law.optional_columns if c in frame.columns))
+    if len(frame) <= len(law.params):
+        raise UserError(
+            f"law {law.name!r} has {len(law.params)} parameters but the data has only "
+            f"{len(frame)} points; give more points than parameters"
+        )
+    return frame
+
+
+def check_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Each column numeric, finite and positive (``S``, shared experts, may be 0)."""
+    for column in columns:
+        values = _numeric(frame[column], column)
         if values.isna().any():
             rows = list(frame.index[values.isna()][:5])
             raise UserError(f"column {column!r} has missing or non-numeric values (rows {rows})")
@@ -58,12 +74,28 @@ def validate_frame(frame: pd.DataFrame, law: Law) -> pd.DataFrame:
             rows = list(frame.index[values < minimum][:5])
             kind = "negative" if column == "S" else "non-positive"
             raise UserError(f"column {column!r} has {kind} values (rows {rows}); they must be > 0")
-    if len(frame) <= len(law.params):
+
+
+def _numeric(column: pd.Series, name: str) -> pd.Series:
+    """A column as floats (NaN where not a number); a number too large for a float is refused."""
+    try:
+        return pd.to_numeric(column, errors="coerce").astype(float)
+    except (OverflowError, TypeError, ValueError):
+        raise UserError(f"column {name!r} has a value too large to represent (or not a number)") from None
+
+
+def check_fit_data(frame: pd.DataFrame, law: str) -> None:
+    """Check data for a fit of ``law`` (for ``auto``: of every law it may choose) before the fit runs."""
+    if law != "auto":
+        validate_frame(frame, get_law(law))
+        return
+    candidates = applicable_laws(frame)
+    if not candidates or "loss" not in frame.columns:
         raise UserError(
-            f"law {law.name!r} has {len(law.params)} parameters but the data has only "
-            f"{len(frame)} points; give more points than parameters"
+            f"no law has its columns in the data (present: {list(frame.columns)}); "
+            f"canonical columns: {', '.join(CANONICAL_COLUMNS)}"
         )
-    return frame
+    check_columns(frame, tuple(dict.fromkeys(c for name in candidates for c in (*get_law(name).columns, "loss"))))
 
 
 def select_checkpoints(frame: pd.DataFrame, mode: str = "final", min_fraction: float = 0.25) -> pd.DataFrame:
@@ -149,6 +181,7 @@ class FitResult:
     unidentified: list[str] = field(default_factory=list)
     bootstrap_params: pd.DataFrame | None = None
     extrapolation: dict[str, Any] | None = None
+    bootstrap_theta: np.ndarray | None = field(default=None, repr=False)  # replicates' internal parameters
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -170,6 +203,17 @@ class FitResult:
         upper = self.bootstrap_params.quantile(1 - alpha / 2)
         return pd.DataFrame({"lower": lower, "upper": upper})
 
+    def predict_band(self, frame: pd.DataFrame, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
+        """The bootstrap replicates' ``level`` band of the predicted loss, or None without replicates
+        (a fit read back from JSON keeps only their published parameters)."""
+        if self.bootstrap_theta is None or not len(self.bootstrap_theta):
+            return None
+        law = self.law_object
+        data = prepare_data(frame, law.columns, law.optional_columns)
+        draws = np.exp(law.log_prediction(self.bootstrap_theta, data))
+        tail = (1 - level) / 2
+        return np.quantile(draws, tail, axis=0), np.quantile(draws, 1 - tail, axis=0)
+
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Predicted loss for rows with the law's columns."""
         law = self.law_object
@@ -186,20 +230,25 @@ class FitResult:
             f"Source: {law.citation}",
             f"Points: {self.n_points}   Huber delta: {self.delta:g}   Objective: {self.objective:.6g}   "
             f"Loss unit: {self.extra.get('loss_unit') or 'not given'}",
-            f"Converged: {'yes' if self.converged else 'NO'} ({self.message})",
+            f"Converged: {'yes' if self.converged else 'NO'} ({self.message})"
+            + (f"; {len(self.unidentified)} parameter(s) NOT identified by this data" if self.unidentified else ""),
         ]
         if self.at_bounds:
             lines.append(f"WARNING: parameters at a bound: {', '.join(self.at_bounds)} (widen it or add data)")
         if self.unidentified:
-            lines.append(f"NOTE: not identified by this data (held at their start): {', '.join(self.unidentified)}")
+            lines.append(
+                f"WARNING: not identified by this data: {', '.join(self.unidentified)}; other values fit it "
+                "equally well, so their values below mean nothing (vary the columns they multiply, e.g. N and D)"
+            )
         intervals = self.conf_int() if self.bootstrap_params is not None else None
         lines.append(f"{'param':>10} {'value':>14} {'2.5%':>14} {'97.5%':>14}")
         for name, value in self.params.items():
+            flag = "  (not identified)" if name in self.unidentified else ""
             if intervals is not None:
                 lo, hi = intervals.loc[name]
-                lines.append(f"{name:>10} {value:>14.6g} {lo:>14.6g} {hi:>14.6g}")
+                lines.append(f"{name:>10} {value:>14.6g} {lo:>14.6g} {hi:>14.6g}{flag}")
             else:
-                lines.append(f"{name:>10} {value:>14.6g}")
+                lines.append(f"{name:>10} {value:>14.6g}{flag}")
         if self.extra.get("law_selection"):
             lines.append("Chosen by rolling-origin backtests (mean |rel err| over origins):")
             for name, result in sorted(
@@ -256,7 +305,13 @@ class FitResult:
             raise UserError(f"fit file is not valid JSON: {error}") from None
         if not isinstance(document, dict) or document.get("law") not in LAWS or "theta" not in document:
             raise UserError("fit file is not a moeplan fit (needs 'law' and 'theta'); make one with moeplan fit --out")
-        samples = document.get("bootstrap", {}).get("samples")
+        theta = document["theta"]
+        expected = len(LAWS[document["law"]].params)
+        if not isinstance(theta, list) or len(theta) != expected:
+            raise UserError(f"fit: theta must be a list of {expected} numbers for law {document['law']!r}")
+        for index, value in enumerate(theta):
+            check_number(value, f"fit: theta[{index}]")
+        samples = (document.get("bootstrap") or {}).get("samples")
         known = {
             "law",
             "theta",
@@ -299,6 +354,7 @@ def fit_law(
     seed: int = 0,
     workers: int | None = None,
     extrapolate: bool = True,
+    progress: Progress | None = None,
 ) -> FitResult:
     """Fit a law to canonical-column data.
 
@@ -311,15 +367,15 @@ def fit_law(
         seed: Seeds the bootstrap.
         workers: Processes for the bootstrap (default: all cores).
         extrapolate: Also run the leave-largest-out check.
+        progress: Called as ``(what, done, total)`` while ``auto`` compares laws and while the
+            bootstrap runs.
     """
+    check_number(delta, "delta", above=0)
+    check_number(bootstrap, "bootstrap", integer=True, minimum=0)
     comparison = None
     if isinstance(law, str) and law == "auto":
-        law, comparison = choose_law(frame, delta=delta)
+        law, comparison = choose_law(frame, delta=delta, progress=progress)
     law = get_law(law) if isinstance(law, str) else law
-    if not (isinstance(delta, (int, float)) and delta > 0):
-        raise UserError(f"delta must be positive, got {delta!r}")
-    if bootstrap < 0:
-        raise UserError(f"bootstrap must be >= 0, got {bootstrap}")
     validate_frame(frame, law)
     unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the data to fit")
     data = prepare_data(frame, law.columns, law.optional_columns)
@@ -344,9 +400,11 @@ def fit_law(
         result.extra["law_selection"] = comparison
     if bootstrap:
         groups = _groups(frame)
-        result.bootstrap_params = _bootstrap(
-            law, data, log_loss, delta, grid, grid_huber, best.x, groups, bootstrap, seed, workers
+        result.bootstrap_theta = _bootstrap(
+            law, data, log_loss, delta, grid, grid_huber, best.x, groups, bootstrap, seed, workers, progress
         )
+        rows = [law.reported(theta) for theta in result.bootstrap_theta]
+        result.bootstrap_params = pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
     if extrapolate:
         result.extrapolation = _safe_extrapolation(frame, law, delta)
     return result
@@ -360,10 +418,39 @@ def _at_bounds(law: Law, theta: np.ndarray) -> list[str]:
     return names
 
 
-def _unidentified(law: Law, data: Data, theta: np.ndarray) -> list[str]:
-    """Parameters the data cannot move (a zero Jacobian column, e.g. G constant at 1)."""
+def _unidentified(law: Law, data: Data, theta: np.ndarray, tolerance: float = 1e-7) -> list[str]:
+    """Reported parameters the data cannot pin down, each named once.
+
+    A parameter is unidentified when it moves along a direction of parameter space that leaves
+    every prediction unchanged: a zero column of the Jacobian (G constant at 1), or columns that
+    are linearly dependent (with N and D both constant, E, A, alpha, B and beta all trade off
+    against one another). Such directions are the null space of the column-normalised Jacobian.
+    """
     jacobian = law.jacobian(theta, data)
-    return [name for name, column in zip(law.params, jacobian.T, strict=True) if np.abs(column).max() < 1e-12]
+    norms = np.linalg.norm(jacobian, axis=0)
+    flat = norms < 1e-12
+    scaled = jacobian[:, ~flat] / norms[~flat]
+    involved = np.zeros(len(law.params))
+    if scaled.size:
+        _, singular, rows = np.linalg.svd(scaled, full_matrices=True)
+        rank = int((singular > tolerance * max(singular.max(), 1e-300)).sum())
+        null = rows[rank:]  # directions along which the predictions do not change
+        involved[~flat] = (null**2).sum(axis=0)
+    internal = [name for name, zero, share in zip(law.params, flat, involved, strict=True) if zero or share > 0.05]
+    return _reported_names(law, theta, internal)
+
+
+def _reported_names(law: Law, theta: np.ndarray, internal: list[str]) -> list[str]:
+    """The reported parameters (A, not log A) that the internal ones ``internal`` move."""
+    base = law.reported(theta)
+    names: list[str] = []
+    for name in internal:
+        moved = theta.copy()
+        index = law.params.index(name)
+        moved[index] += 1e-3 * (1 + abs(moved[index]))
+        changed = [key for key, value in law.reported(moved).items() if not np.isclose(value, base[key], rtol=1e-9)]
+        names += [key for key in changed if key not in names] or ([name] if name not in names else [])
+    return [name for name in law.reported_names if name in names] + [n for n in names if n not in law.reported_names]
 
 
 def _groups(frame: pd.DataFrame) -> np.ndarray:
@@ -402,7 +489,8 @@ def _bootstrap_replicates(seeds: list[int]) -> list[np.ndarray]:
     return results
 
 
-def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, seed, workers):
+def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, seed, workers, progress=None):
+    """The replicates' fitted parameters (internal form), (n, p)."""
     state = {
         "law": law.name,
         "data": data,
@@ -415,13 +503,24 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
     }
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
     workers = workers or os.cpu_count() or 1
-    chunks = [c.tolist() for c in np.array_split(seeds, max(1, workers * 4)) if len(c)]
+    # small chunks, so that progress moves and the cores stay busy to the end
+    chunks = [c.tolist() for c in np.array_split(seeds, max(1, min(n, max(workers * 4, n // 10)))) if len(c)]
+    thetas: list[np.ndarray] = []
+    if progress is not None:
+        progress("bootstrap", 0, n)
+
+    def collect(part: list[np.ndarray]) -> None:
+        thetas.extend(part)
+        if progress is not None:
+            progress("bootstrap", len(thetas), n)
+
     if workers == 1:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):
             _WORKER_STATE.update(state)
-            thetas = [t for chunk in chunks for t in _bootstrap_replicates(chunk)]
+            for chunk in chunks:
+                collect(_bootstrap_replicates(chunk))
     else:
         # fork is fastest, but forking a process that runs other threads (a Jupyter kernel, a web
         # server) can deadlock; spawn is always safe.
@@ -430,9 +529,9 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
         with ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context(method), initializer=_bootstrap_init, initargs=(state,)
         ) as pool:
-            thetas = [t for part in pool.map(_bootstrap_replicates, chunks) for t in part]
-    rows = [law.reported(t) for t in thetas]
-    return pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
+            for part in pool.map(_bootstrap_replicates, chunks):
+                collect(part)
+    return np.array(thetas)
 
 
 # --- extrapolation ------------------------------------------------------------------------------
@@ -496,7 +595,9 @@ def applicable_laws(frame: pd.DataFrame) -> list[str]:
     return [name for name, law in LAWS.items() if all(c in frame.columns for c in law.columns)]
 
 
-def choose_law(frame: pd.DataFrame, delta: float = DEFAULT_DELTA) -> tuple[Law, dict[str, Any]]:
+def choose_law(
+    frame: pd.DataFrame, delta: float = DEFAULT_DELTA, progress: Progress | None = None
+) -> tuple[Law, dict[str, Any]]:
     """``--law auto``: the applicable law with the lowest rolling-origin backtest error.
 
     Each law is fitted on the sizes up to each origin and predicts the next size, for every
@@ -511,7 +612,9 @@ def choose_law(frame: pd.DataFrame, delta: float = DEFAULT_DELTA) -> tuple[Law, 
         raise UserError("data has no 'loss' column")
     column = "N" if "N" in frame.columns else "C"
     comparison: dict[str, Any] = {}
-    for name in candidates:
+    for done, name in enumerate(candidates):
+        if progress is not None:
+            progress(f"backtesting {name}", done, len(candidates))
 
         def fit_predict(train: pd.DataFrame, test: pd.DataFrame, law: str = name) -> np.ndarray:
             return fit_law(train, law, delta=delta, extrapolate=False).predict(test)
@@ -520,6 +623,8 @@ def choose_law(frame: pd.DataFrame, delta: float = DEFAULT_DELTA) -> tuple[Law, 
             comparison[name] = rolling_origin(frame, fit_predict, column)
         except UserError as error:
             comparison[name] = {"error": str(error)}
+    if progress is not None:
+        progress("backtests", len(candidates), len(candidates))
     scored = {name: result["mean_abs_rel_error"] for name, result in comparison.items() if "error" not in result}
     if not scored:
         raise UserError(

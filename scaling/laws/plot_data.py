@@ -36,7 +36,11 @@ def loss_vs_size(frame: pd.DataFrame, fit: FitResult, points: int = 50, bins: in
             template["D"] = tokens
         if "N_total" in template.columns:  # keep the group's sparsity along the curve
             template["N_total"] = grid * float(rows["N_total"].iloc[0] / rows["N"].iloc[0])
-        curves.append(pd.DataFrame({"N": grid, "loss": fit.predict(template), "D_group": tokens}))
+        curve = pd.DataFrame({"N": grid, "loss": fit.predict(template), "D_group": tokens})
+        band = fit.predict_band(template)
+        if band is not None:  # the bootstrap's 95% band around each curve
+            curve["lower"], curve["upper"] = band
+        curves.append(curve)
     return {
         "observed": observed[["N", "loss", "D_group"]],
         "fitted": pd.concat(curves, ignore_index=True),
@@ -46,6 +50,22 @@ def loss_vs_size(frame: pd.DataFrame, fit: FitResult, points: int = 50, bins: in
 def parity(frame: pd.DataFrame, fit: FitResult) -> pd.DataFrame:
     """Actual against predicted loss, one row per point."""
     return pd.DataFrame({"actual": frame["loss"].to_numpy(float), "predicted": fit.predict(frame)})
+
+
+def relative_errors(data: pd.DataFrame) -> dict[str, float]:
+    """Mean and largest |predicted / actual - 1| of a parity (or extrapolation) table's rows."""
+    errors = (data["predicted"] / data["actual"] - 1).abs()
+    return {"mean_abs_rel_error": float(errors.mean()), "max_abs_rel_error": float(errors.max())}
+
+
+def describe_data(frame: pd.DataFrame, fit: FitResult) -> str:
+    """The units and the token range of fitted data, for plot titles."""
+    unit = fit.extra.get("loss_unit") or "loss unit not given"
+    tokens = ""
+    if "D" in frame.columns:
+        low, high = float(frame["D"].min()), float(frame["D"].max())
+        tokens = f", D {low:.3g} tokens" if low == high else f", D {low:.3g}-{high:.3g} tokens"
+    return f"{len(frame)} runs, loss in {unit}{tokens}"
 
 
 def residuals(frame: pd.DataFrame, fit: FitResult) -> pd.DataFrame:

@@ -42,20 +42,33 @@ def draw_loss_vs_size(data: dict[str, pd.DataFrame], path: Path, title: str) -> 
         label = "fit" if pd.isna(tokens) else f"D ~ {tokens:.3g}"
         curve = fitted[_in_group(fitted, tokens)]
         axes.plot(curve["N"], curve["loss"], color=colour, label=label)
+        if "lower" in curve:  # bootstrap replicates: their 95% band
+            axes.fill_between(curve["N"], curve["lower"], curve["upper"], color=colour, alpha=0.2, linewidth=0)
         points = observed[_in_group(observed, tokens)]
         axes.scatter(points["N"], points["loss"], color=colour, s=14)
-    axes.set(xscale="log", xlabel="N (parameters)", ylabel="loss", title=title)
+    band = " (bands: bootstrap 95%)" if "lower" in fitted else ""
+    axes.set(xscale="log", xlabel="N (parameters)", ylabel="loss", title=title + band)
+    axes.title.set_fontsize(9)
     axes.legend(fontsize=7)
     return _save(plt, figure, path)
+
+
+def _error_note(axes, data: pd.DataFrame, label: str) -> None:
+    """The plot's error, printed in its corner."""
+    errors = plot_data.relative_errors(data)
+    note = f"{label}: mean |rel err| {errors['mean_abs_rel_error']:.2%}, max {errors['max_abs_rel_error']:.2%}"
+    axes.text(0.02, 0.97, note, transform=axes.transAxes, va="top", fontsize=8)
 
 
 def draw_parity(data: pd.DataFrame, path: Path, title: str) -> Path:
     plt, figure, axes = _figure()
     axes.scatter(data["actual"], data["predicted"], s=12)
+    _error_note(axes, data, "all points")
     low, high = data[["actual", "predicted"]].min().min(), data[["actual", "predicted"]].max().max()
     axes.plot([low, high], [low, high], color="grey", linestyle="--", label="y = x")
     axes.set(xlabel="actual loss", ylabel="predicted loss", title=title)
-    axes.legend()
+    axes.title.set_fontsize(9)
+    axes.legend(loc="lower right")
     return _save(plt, figure, path)
 
 
@@ -64,6 +77,7 @@ def draw_residuals(data: pd.DataFrame, path: Path, title: str) -> Path:
     axes.scatter(data["N"], data["log_residual"], s=12)
     axes.axhline(0, color="grey", linestyle="--")
     axes.set(xscale="log", xlabel="N (parameters)", ylabel="log(pred) - log(actual)", title=title)
+    axes.title.set_fontsize(9)
     return _save(plt, figure, path)
 
 
@@ -81,8 +95,10 @@ def draw_extrapolation(data: pd.DataFrame, path: Path, title: str) -> Path:
     )
     low, high = data[["actual", "predicted"]].min().min(), data[["actual", "predicted"]].max().max()
     axes.plot([low, high], [low, high], color="grey", linestyle="--")
+    _error_note(axes, held, "held out")
     axes.set(xlabel="actual loss", ylabel="predicted loss", title=title)
-    axes.legend()
+    axes.title.set_fontsize(9)
+    axes.legend(loc="lower right")
     return _save(plt, figure, path)
 
 
@@ -113,17 +129,28 @@ def write_fit_plots(
     """Write every plot for a fit into ``folder``; returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    about = plot_data.describe_data(frame, fit)
     written = [
-        draw_loss_vs_size(plot_data.loss_vs_size(frame, fit), folder / "loss_vs_n.png", f"{fit.law}: loss vs N"),
-        draw_parity(plot_data.parity(frame, fit), folder / "parity.png", f"{fit.law}: predicted vs actual"),
-        draw_residuals(plot_data.residuals(frame, fit), folder / "residuals.png", f"{fit.law}: residuals"),
+        draw_loss_vs_size(
+            plot_data.loss_vs_size(frame, fit), folder / "loss_vs_n.png", f"{fit.law}: loss vs N\n{about}"
+        ),
+        draw_parity(plot_data.parity(frame, fit), folder / "parity.png", f"{fit.law}: predicted vs actual\n{about}"),
+        draw_residuals(plot_data.residuals(frame, fit), folder / "residuals.png", f"{fit.law}: residuals\n{about}"),
     ]
     if frame["N"].nunique() >= 3:
         try:
             data = plot_data.extrapolation(frame, fit.law, fit.delta)
-            written.append(draw_extrapolation(data, folder / "extrapolation.png", f"{fit.law}: leave-largest-out"))
+            written.append(
+                draw_extrapolation(
+                    data,
+                    folder / "extrapolation.png",
+                    f"{fit.law}: leave-largest-out (fit without the largest N)\n{about}",
+                )
+            )
         except UserError:  # too few points to refit without the largest models
             pass
-    if isoflop is not None:
-        written.append(draw_isoflop(plot_data.isoflop_curves(frame, isoflop), folder / "isoflop.png", "isoFLOP curves"))
+    if isoflop is not None:  # only when the isoFLOP analysis was asked for
+        written.append(
+            draw_isoflop(plot_data.isoflop_curves(frame, isoflop), folder / "isoflop.png", f"isoFLOP curves\n{about}")
+        )
     return written

@@ -40,12 +40,13 @@ def run_row(run: RunConfig, sweep: str) -> dict[str, Any]:
     }
 
 
-def run_events(run: RunConfig, checkpoint_dir: Path) -> Iterator[tuple[str, Any]]:
+def run_events(run: RunConfig, checkpoint_dir: Path, discard_corrupt: bool = False) -> Iterator[tuple[str, Any]]:
     """Train one run, resuming from ``checkpoint_dir``, as a stream of events.
 
     Yields ``("history", points)`` first (the checkpoint's curve: the truth up to its step),
     then the trainer's ``("point", point)`` and ``("checkpoint", path)`` events, and last
-    ``("finished", summary)``. Every executor consumes this one stream.
+    ``("finished", summary)``. Every executor consumes this one stream. With ``discard_corrupt``
+    (a sweep's ``--retry-failed``), an unreadable checkpoint is set aside and the run starts over.
     """
     from scaling.train.corpus import prepare_corpus
     from scaling.train.trainer import Trainer
@@ -53,7 +54,7 @@ def run_events(run: RunConfig, checkpoint_dir: Path) -> Iterator[tuple[str, Any]
     if run.corpus not in _CORPORA:
         _CORPORA[run.corpus] = prepare_corpus(run.corpus)
     corpus = _CORPORA[run.corpus]
-    trainer = Trainer(run.arch, run.train, corpus, checkpoint_dir=checkpoint_dir)
+    trainer = Trainer(run.arch, run.train, corpus, checkpoint_dir=checkpoint_dir, discard_corrupt=discard_corrupt)
     yield "history", list(trainer.history)
     yield from trainer.iterate()
     result = trainer.result()
@@ -100,11 +101,13 @@ def record_event(store: RunStore, run_id: str, owner: str, kind: str, payload: A
         )
 
 
-def execute_run(store: RunStore, run: RunConfig, owner: str, checkpoint_root: Path) -> None:
+def execute_run(
+    store: RunStore, run: RunConfig, owner: str, checkpoint_root: Path, discard_corrupt: bool = False
+) -> None:
     """Train one claimed run to the end in this process (resuming from its checkpoint)."""
     folder = checkpoint_root / run.run_id
     try:
-        for kind, payload in run_events(run, folder):
+        for kind, payload in run_events(run, folder, discard_corrupt):
             record_event(store, run.run_id, owner, kind, payload, folder / "checkpoint.pt")
     except KeyboardInterrupt:
         raise

@@ -26,7 +26,9 @@ from scaling.runs.spec import RunConfig
 from scaling.runs.store import RunStore, owner_id
 
 
-def train_remotely(run: RunConfig, checkpoint: bytes | None, threads: int) -> Iterator[tuple[str, Any]]:
+def train_remotely(
+    run: RunConfig, checkpoint: bytes | None, threads: int, discard_corrupt: bool = False
+) -> Iterator[tuple[str, Any]]:
     """The body of a Ray task: train ``run`` from ``checkpoint`` and stream its events."""
     import torch
 
@@ -36,7 +38,7 @@ def train_remotely(run: RunConfig, checkpoint: bytes | None, threads: int) -> It
         if checkpoint is not None:
             (folder / "checkpoint.pt").write_bytes(checkpoint)
         try:
-            for kind, payload in run_events(run, folder):
+            for kind, payload in run_events(run, folder, discard_corrupt):
                 if kind == "checkpoint":
                     payload = Path(payload).read_bytes()
                 yield kind, payload
@@ -95,18 +97,20 @@ class RayCluster:
         def drive() -> None:  # one driver thread per run in flight
             for run in pending:
                 if store.claim(run.run_id, owner, retry_failed):
-                    self._drive(store, run, owner, checkpoint_root)
+                    self._drive(store, run, owner, checkpoint_root, retry_failed)
                     on_progress()
 
         with ThreadPoolExecutor(self.concurrency) as threads:
             for future in [threads.submit(drive) for _ in range(self.concurrency)]:
                 future.result()
 
-    def _drive(self, store: RunStore, run: RunConfig, owner: str, checkpoint_root: Path) -> None:
+    def _drive(
+        self, store: RunStore, run: RunConfig, owner: str, checkpoint_root: Path, discard_corrupt: bool = False
+    ) -> None:
         checkpoint = checkpoint_root / run.run_id / "checkpoint.pt"
         previous = checkpoint.read_bytes() if checkpoint.exists() else None
         try:
-            for reference in self.task.remote(run, previous, self.threads):
+            for reference in self.task.remote(run, previous, self.threads, discard_corrupt):
                 kind, payload = self.ray.get(reference)
                 if kind == "failed":
                     store.fail(run.run_id, owner, payload)

@@ -56,6 +56,7 @@ from typing import Any
 
 import tomllib
 
+from scaling.checks import LIMITS
 from scaling.errors import UserError
 from scaling.shape import accounting
 from scaling.shape.arch import ArchError, ArchSpec, field_names
@@ -212,13 +213,19 @@ def _check_budgets(budgets: Any, path: str) -> None:
         raise _fail(path, "must be a non-empty list of positive numbers")
 
 
+def _check_run_tokens(tokens: int, path: str) -> None:
+    """A run's token budget within :data:`scaling.checks.LIMITS` (a store holds it as a 64-bit integer)."""
+    if tokens > LIMITS["tokens"]:
+        raise _fail(path, f"a run of {tokens:.3g} tokens is over the limit of {LIMITS['tokens']:.0e} tokens")
+
+
 def _check_seeds(seeds: Any, path: str) -> None:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+        or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= LIMITS["seed"] for x in seeds)
     ):
-        raise _fail(path, "must be a non-empty list of non-negative integers")
+        raise _fail(path, f"must be a non-empty list of integers from 0 to {LIMITS['seed']}")
 
 
 def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
@@ -298,6 +305,7 @@ def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
                 tokens_total = int(budget * active)
             else:
                 tokens_total = int(budget / (6 * active))
+            _check_run_tokens(tokens_total, f"tokens.{mode}" if mode == default_mode else f"vary ({label}).{mode}")
             tokens_per_step = template.batch_size * template.seq_len
             steps = max(1, round(tokens_total / tokens_per_step))
             lr = template.lr * (base_spec.d_model / spec.d_model if lr_scaling == "inverse_width" else 1.0)
@@ -393,6 +401,7 @@ def _plan_lr_search(spec: SweepSpec, table: Any, lr_scaling: str, warmup_fractio
     for family, run in smallest.items():
         active = int(accounting.active_params(run.arch))
         tokens_total = int(budget * active) if budgets[0] == "tokens_per_param" else int(budget)
+        _check_run_tokens(tokens_total, f"lr_search.{budgets[0]}")
         tokens_per_step = run.train.batch_size * run.train.seq_len
         steps = max(1, round(tokens_total / tokens_per_step))
         for lr in grid:

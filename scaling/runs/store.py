@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -270,6 +271,37 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite connection waits for another's lock
+
+
+def _set_wal_mode(cursor, timeout_s: float) -> None:
+    """Put a SQLite database in WAL mode (persistent: a no-op once any connection did it).
+
+    Processes that open a fresh file at once race to switch it, and the loser gets "database is
+    locked" at once: SQLite's busy handler does not wait there. So retry until one has switched it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
+def _in_memory(url: str) -> bool:
+    """Whether a SQLite URL names an in-memory database (``sqlite://``, ``sqlite:///``, ``:memory:``)."""
+    path, _, query = url.split("://", 1)[1].partition("?")
+    return path in ("", "/") or ":memory:" in path or "mode=memory" in query
+
+
 class RunStore:
     """A handle on one store. Create it, then call its methods; each is one transaction."""
 
@@ -289,10 +321,21 @@ class RunStore:
             raise UserError(f"cannot open store {self.url!r}: {reason}; check --store / MOEPLAN_STORE") from None
 
     def _connect(self, create: bool) -> Engine:
+        if self.url.startswith("sqlite:") and _in_memory(self.url):
+            raise UserError(
+                f"store {self.url!r} is an in-memory database: it would throw every result away; "
+                "give a file, e.g. --store runs/moeplan.sqlite"
+            )
         if self.url.startswith("sqlite:///"):
-            path = Path(self.url.removeprefix("sqlite:///"))
+            path = Path(self.url.removeprefix("sqlite:///").split("?", 1)[0])
             if not create and not path.exists():
                 raise UserError(f"store {str(path)!r} does not exist; run a sweep first or pass --store")
+            if not create and path.is_file() and not _is_sqlite_file(path):  # a read never turns a file into a store
+                raise UserError(f"{str(path)!r} holds no moeplan run store (not a SQLite database); check --store")
+            if path.is_dir():
+                raise UserError(
+                    f"store {str(path)!r} is a folder; give a SQLite file, e.g. {str(path / 'moeplan.sqlite')!r}"
+                )
             if not path.parent.exists():
                 if create and self.url == resolve_url(DEFAULT_URL):  # the default store makes its folder
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,14 +347,28 @@ class RunStore:
             @event.listens_for(engine, "connect")
             def _sqlite_pragmas(connection, _record):  # WAL: readers never block the writer
                 cursor = connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+                _set_wal_mode(cursor, SQLITE_BUSY_TIMEOUT_S)
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
 
         self.engine = engine
+        if engine.dialect.name == "sqlite":
+            self._quick_check()
+        if not create and self._stored_version() is None:  # a read must not turn any file into a store
+            raise UserError(f"{self.url!r} holds no moeplan run store (no tables); check --store / MOEPLAN_STORE")
         self.migrate()
         return engine
+
+    def _quick_check(self) -> None:
+        """Refuse a damaged SQLite file when it opens, naming it, rather than fail later on a raw SQL error."""
+        with self.engine.connect() as connection:
+            problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise UserError(
+                f"store {self.url!r} is damaged (SQLite quick_check: {'; '.join(problems)}); restore it from a "
+                "backup, or recover what it holds with 'sqlite3 FILE .recover'"
+            )
 
     # --- schema ------------------------------------------------------------------------------
     def schema_version(self) -> int:

@@ -61,7 +61,7 @@ def _work(url: str, runs: list[RunConfig], retry_failed: bool, checkpoint_root: 
     owner, trained = owner_id(), 0
     for run in runs:
         if store.claim(run.run_id, owner, retry_failed):
-            execute_run(store, run, owner, Path(checkpoint_root))
+            execute_run(store, run, owner, Path(checkpoint_root), discard_corrupt=retry_failed)
             trained += 1
     return trained
 
@@ -93,6 +93,13 @@ def run_sweep(
         raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    from scaling.train.corpus import check_corpus
+
+    for corpus in sorted({run.corpus for run in (*spec.lr_stage, *spec.planned, *spec.runs)}):
+        try:
+            check_corpus(corpus)
+        except UserError as error:
+            raise UserError(f"sweep spec: run.corpus: {error}") from None
     cluster = None
     if executor == "ray":  # connect first: an unreachable cluster fails before the store changes
         from scaling.runs.ray_executor import RayCluster
@@ -113,7 +120,7 @@ def run_sweep(
             learning_rates = {family_label(family): lr for family, lr in chosen.items()}
             progress.note("learning rates: " + ", ".join(f"{k} {v:g}" for k, v in learning_rates.items()))
         progress.start(store.register_sweep(spec.name, spec.text, _rows(spec.runs, spec.name)), spec.runs)
-        _execute(store, spec.runs, cluster, workers or 1, retry_failed, root, progress)
+        _execute_until_settled(store, spec.runs, cluster, workers or 1, retry_failed, root, progress)
     finally:
         if cluster is not None:
             cluster.close()
@@ -161,7 +168,7 @@ def _execute(
         owner = owner_id()
         for run in runs:
             if store.claim(run.run_id, owner, retry_failed):
-                execute_run(store, run, owner, root)
+                execute_run(store, run, owner, root, discard_corrupt=retry_failed)
             progress.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -179,10 +186,18 @@ def _execute_until_settled(store, runs, cluster, workers, retry_failed, root, pr
     ids = {run.run_id for run in runs}
     while True:
         _execute(store, runs, cluster, workers, retry_failed, root, progress)
-        counts = store.counts(None, ids)
+        rows = [row for row in store.runs() if row["id"] in ids]
+        counts = status_counts(rows)
         if counts["pending"] + counts["running"] == 0:
             return
-        progress.note(f"waiting for {counts['running']} run(s) that another sweeper is training")
+        if not counts["running"]:  # a claim lost to a race: the run is pending again, take it
+            time.sleep(min(poll_s, 0.5))
+            continue
+        owners = sorted({row["owner"] for row in rows if row["status"] == "running"})
+        progress.note(
+            f"waiting for {counts['running']} run(s) that another sweeper is training ({', '.join(owners)}); "
+            "they count here once finished, and are taken over if that sweeper dies"
+        )
         time.sleep(poll_s)
 
 

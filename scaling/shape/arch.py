@@ -22,6 +22,7 @@ from typing import Any
 
 import tomllib
 
+from scaling.checks import LIMITS, check_number, read_text_file
 from scaling.errors import UserError
 
 
@@ -127,10 +128,11 @@ class ArchSpec:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ArchError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("rope_theta", "norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ArchError(f"{name} must be a positive number, got {value!r}")
+        for name in ("rope_theta", "norm_eps"):  # NaN or infinity here would train to a NaN loss later
+            try:
+                check_number(getattr(self, name), name, above=0, below=1.0 if name == "norm_eps" else None)
+            except UserError as error:
+                raise ArchError(str(error)) from None
         if self.n_heads % self.n_kv_heads:
             raise ArchError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}; allowed: {_divisors(self.n_heads)}"
@@ -142,6 +144,11 @@ class ArchSpec:
                 "router_renorm=true with one selected expert per token (top_k * granularity = 1) "
                 "renormalises a single weight to p/p = 1, so the router gets no gradient from the "
                 "language-model loss; set router_renorm=false (or leave it unset)"
+            )
+        if self.n_routed_experts > LIMITS["n_routed_experts"]:
+            raise ArchError(
+                f"n_experts * granularity = {self.n_routed_experts} routed experts is over the limit of "
+                f"{LIMITS['n_routed_experts']:.0f}"
             )
         if self.top_k > self.n_experts:
             raise ArchError(
@@ -264,10 +271,8 @@ def load_arch_file(path: str | Path) -> ArchSpec:
 
     The file holds ArchSpec fields at the top level, or under an ``[arch]`` table.
     """
+    text = read_text_file(path, "architecture file", "a TOML or JSON file of ArchSpec fields")
     path = Path(path)
-    if not path.is_file():
-        raise ArchError(f"architecture file {str(path)!r} does not exist")
-    text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
@@ -290,9 +295,12 @@ def _default_renorm(spec: ArchSpec) -> bool:
 
 
 def _require_int(spec: ArchSpec, name: str, minimum: int) -> None:
-    value = getattr(spec, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ArchError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    """An integer from ``minimum`` up to the field's limit (:data:`scaling.checks.LIMITS`)."""
+    try:
+        value = check_number(getattr(spec, name), name, integer=True, minimum=minimum)
+    except UserError as error:
+        raise ArchError(str(error)) from None
+    object.__setattr__(spec, name, value)  # a numpy integer becomes a plain int
 
 
 def _divisors(number: int) -> list[int]:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scaling.checks import read_text_file
 from scaling.shape.arch import ArchError, ArchSpec
 
 SUPPORTED_MODEL_TYPES = (
@@ -28,11 +29,10 @@ SUPPORTED_MODEL_TYPES = (
 
 def load_hf_config(path: str | Path) -> ArchSpec:
     """Read a Hugging Face ``config.json`` file into an :class:`ArchSpec`."""
+    text = read_text_file(path, "Hugging Face config", "a config.json file")
     path = Path(path)
-    if not path.is_file():
-        raise ArchError(f"Hugging Face config {str(path)!r} does not exist")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(text)
     except json.JSONDecodeError as error:
         raise ArchError(f"cannot parse {str(path)!r} as JSON: {error}") from None
     return from_hf_config(config, name=path.parent.name if path.name == "config.json" else path.stem)

@@ -13,6 +13,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -201,8 +202,12 @@ def bench_train(
     device: str = "auto",
     dispatch: str = "auto",
     warmup: int = 2,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Time full training steps (forward, backward, clip, AdamW) on random tokens.
+
+    ``progress`` is called as ``(what, done, total)``: once the matmul peak is known (its first
+    measurement on a processor takes up to a minute), then after every step.
 
     MFU is against the cached matmul peak. On a shared machine, neighbours' load lowers it
     without any change in the code, so up to ten untimed probes between steps time one square
@@ -233,7 +238,12 @@ def bench_train(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     before_probe = current_rss_bytes()
+    if progress is not None:
+        progress("matmul peak (cached after the first run)", 0, 1)
     probe = HostProbe(torch_device, steps, dtype)  # dtype is fp32 or bf16 (checked above)
+    if progress is not None:
+        progress("matmul peak (cached after the first run)", 1, 1)
+        progress("steps (warm-up included)", 0, warmup + steps)
     probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
     timings, rss = [], []
     for index in range(warmup + steps):
@@ -250,6 +260,8 @@ def bench_train(
             timings.append(time.perf_counter() - start)
             probe.maybe_probe(index - warmup)  # outside the timed step
         rss.append(current_rss_bytes() - probe_rss)
+        if progress is not None:
+            progress("steps (warm-up included)", index + 1, warmup + steps)
     step_s = statistics.median(timings)
     flops_per_step = accounting.training_flops_per_token(arch, seq_len) * batch_size * seq_len
     peak = max(probe.peak_by_size.values())

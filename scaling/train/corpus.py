@@ -317,6 +317,24 @@ class Corpus:
             )
 
 
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+def check_corpus(source: str | Path) -> None:
+    """Refuse a corpus that cannot be built, before any work starts (a sweep names it in its spec):
+    a built-in name, or a folder holding .txt, .jsonl or .parquet files."""
+    if str(source) in (DEFAULT_CORPUS, PROSE_CODE):
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise UserError(
+            f"corpus folder {str(source)!r} does not exist (nor is it a built-in corpus: {DEFAULT_CORPUS}, "
+            f"{PROSE_CODE}); give a folder of .txt, .jsonl or .parquet files"
+        )
+    if not any(p.suffix in CORPUS_SUFFIXES for p in folder.rglob("*")):
+        raise UserError(f"corpus folder {str(folder)!r} holds no .txt, .jsonl or .parquet files")
+
+
 def prepare_corpus(source: str | Path = DEFAULT_CORPUS, val_fraction: float = 0.1) -> Corpus:
     """Build (once) and open the token arrays of a corpus.
 
@@ -331,12 +349,9 @@ def prepare_corpus(source: str | Path = DEFAULT_CORPUS, val_fraction: float = 0.
     elif str(source) == PROSE_CODE:
         folder, name = fetch_prose_code(), PROSE_CODE
     else:
+        check_corpus(source)
         folder, name = Path(source), Path(source).name
-        if not folder.is_dir():
-            raise UserError(
-                f"corpus folder {str(folder)!r} does not exist; give a folder of .txt, .jsonl or .parquet files"
-            )
-    files = sorted(p for p in folder.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
+    files = sorted(p for p in folder.rglob("*") if p.suffix in CORPUS_SUFFIXES)
     if not files:
         raise UserError(f"corpus folder {str(folder)!r} holds no .txt, .jsonl or .parquet files")
     listing = "\n".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)

@@ -9,8 +9,11 @@ that needs torch's deterministic kernels, which a run turns on for its process
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,6 +82,26 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
+# Settings that shape the trajectory: a checkpoint resumes only under the same ones. Intervals of
+# logging, evaluation and checkpoints, the device, the thread count and the dispatch path do not
+# change what is trained, so a resume may change them.
+EXECUTION_ONLY = ("eval_interval", "log_interval", "checkpoint_interval", "device", "threads", "dispatch")
+
+
+def run_identity(arch: ArchSpec, config: TrainConfig, corpus_fingerprint: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the shape, the trajectory's settings, the corpus."""
+    train = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
+    return {"arch": arch.canonical(), "train": train, "corpus": corpus_fingerprint}
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed: unreadable, or made by a different run."""
+
+
 @dataclass
 class TrainResult:
     """What a finished run produced."""
@@ -104,7 +127,17 @@ class Trainer:
         config: TrainConfig,
         corpus: Corpus,
         checkpoint_dir: str | Path | None = None,
+        discard_corrupt: bool = False,
+        checkpoint_every_s: float | None = None,
     ) -> None:
+        """
+        Args:
+            arch, config, corpus: What to train, how, and on what text.
+            checkpoint_dir: Checkpoint here, and resume from the checkpoint found here.
+            discard_corrupt: A checkpoint that cannot be read is set aside (``checkpoint.pt.corrupt``)
+                and the run starts over, instead of being refused (a sweep's ``--retry-failed``).
+            checkpoint_every_s: Also checkpoint when this many seconds passed since the last one.
+        """
         if arch.vocab_size < 256:
             raise UserError(f"vocab_size={arch.vocab_size} is below the 256 byte tokens of the corpus")
         corpus.check_seq_len(config.seq_len)
@@ -115,6 +148,11 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+        if self.checkpoint_path is not None:
+            _check_writable(self.checkpoint_path.parent)
+        self.identity = run_identity(arch, config, corpus.fingerprint)
+        self.checkpoint_every_s = checkpoint_every_s
+        self.last_checkpoint = time.perf_counter()
         torch.manual_seed(config.seed)
         proxy = ProxyConfig(
             arch=arch,
@@ -131,7 +169,7 @@ class Trainer:
         self.last_routing: list[dict[str, Any]] = []
         self.resumed_from_step = 0
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self._load_checkpoint()
+            self._load_checkpoint(discard_corrupt)
 
     # --- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
@@ -145,25 +183,63 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "config": self.config.to_dict(),
             "arch": self.arch.to_dict(),
+            "identity": self.identity,
+            "identity_hash": identity_hash(self.identity),
         }
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.checkpoint_path.with_suffix(".partial")
         torch.save(state, partial)
         os.replace(partial, self.checkpoint_path)  # a kill mid-write leaves the old one intact
 
-    def _load_checkpoint(self) -> None:
-        # on the CPU: the RNG states must stay CPU byte tensors, and load_state_dict moves the
-        # model's and the optimizer's tensors to where the parameters are
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        if state["arch"] != self.arch.to_dict():
-            raise UserError(f"checkpoint {self.checkpoint_path} belongs to a different architecture")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.elapsed, self.history = state["step"], state["elapsed"], state["history"]
-        torch.set_rng_state(state["cpu_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
+    def _load_checkpoint(self, discard_corrupt: bool = False) -> None:
+        path = self.checkpoint_path
+        try:
+            # on the CPU: the RNG states must stay CPU byte tensors, and load_state_dict moves the
+            # model's and the optimizer's tensors to where the parameters are
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            fields = [state[key] for key in ("model", "optimizer", "step", "elapsed", "history", "cpu_rng", "arch")]
+        except Exception as error:  # truncated, empty or not a checkpoint: torch raises many types
+            if discard_corrupt:
+                os.replace(path, path.with_name(path.name + ".corrupt"))  # kept for a post-mortem
+                return
+            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} cannot be read (truncated or empty?): {reason}; delete it to start over "
+                "(a sweep: rerun with --retry-failed, which sets it aside)"
+            ) from None
+        self._check_identity(state)
+        model, optimizer, step, elapsed, history, cpu_rng, _ = fields
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict(optimizer)
+        self.step, self.elapsed, self.history = step, elapsed, history
+        torch.set_rng_state(cpu_rng)
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.resumed_from_step = self.step
+
+    def _check_identity(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another run, naming what differs (older checkpoints: by their config)."""
+        path = self.checkpoint_path
+        if state["arch"] != self.arch.to_dict() and state.get("identity", {}).get("arch") != self.arch.canonical():
+            raise CheckpointError(f"checkpoint {str(path)!r} belongs to a different architecture")
+        if state.get("identity_hash") == identity_hash(self.identity):
+            return
+        stored = state.get("identity") or {
+            "train": {k: v for k, v in state.get("config", {}).items() if k not in EXECUTION_ONLY},
+            "corpus": self.identity["corpus"],  # not recorded before: assume the same text
+        }
+        changes = [
+            f"{key} {stored['train'].get(key)!r} -> {value!r}"
+            for key, value in self.identity["train"].items()
+            if stored["train"].get(key) != value
+        ]
+        if stored.get("corpus") != self.identity["corpus"]:
+            changes.append("the corpus")
+        if changes:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was trained with other settings ({', '.join(changes)}); resuming would "
+                "continue a different run: give the same settings, or another --checkpoint-dir"
+            )
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -248,11 +324,15 @@ class Trainer:
                     point["routing"] = self.last_routing
                 self.history.append(point)
                 yield "point", point
+            due = self.checkpoint_every_s is not None and (
+                time.perf_counter() - self.last_checkpoint >= self.checkpoint_every_s
+            )
             if self.checkpoint_path is not None and (
-                last or (config.checkpoint_interval and self.step % config.checkpoint_interval == 0)
+                last or due or (config.checkpoint_interval and self.step % config.checkpoint_interval == 0)
             ):
                 self.elapsed = time.perf_counter() - started
                 self._save_checkpoint()
+                self.last_checkpoint = time.perf_counter()
                 yield "checkpoint", self.checkpoint_path
 
     def result(self) -> TrainResult:
@@ -274,6 +354,19 @@ class Trainer:
             if kind == "point" and callback is not None:
                 callback(payload)
         return self.result()
+
+
+def _check_writable(folder: Path) -> None:
+    """Make the checkpoint folder and write a scratch file in it, so that a place where no checkpoint
+    can be saved is refused before training, not at the first save."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moeplan-probe-"):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write checkpoints to {str(folder)!r}: {error.strerror or error}; choose a writable folder"
+        ) from None
 
 
 def train(

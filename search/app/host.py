@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,7 @@ def measure(
     decode_tokens: int = 8,
     repeats: int = 5,
     deadline: float | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[list[ArchSpec], pd.DataFrame]:
     """Time the torch inference bench on each shape and prompt length (fp32, CPU).
 
@@ -108,19 +110,27 @@ def measure(
         decode_tokens: Tokens generated after each prefill.
         repeats: Measured rounds (at least one runs, even past the deadline).
         deadline: ``time.perf_counter()`` value after which no new round starts.
+        progress: Called as ``(what, done, total)`` after each round.
     """
     from scaling.train.bench_infer import InferenceSession
 
     sessions = [InferenceSession(spec, "fp32", max(prompts), decode_tokens, "cpu") for spec in shapes]
     cells = [(session, prompt) for session in sessions for prompt in prompts]
     timings: list[list[tuple[float, float]]] = [[] for _ in cells]
-    for round_index in range(repeats + 1):
+    rounds = repeats + 1
+    if progress is not None:
+        progress("measuring rounds", 0, rounds)
+    for round_index in range(rounds):
         if round_index > 1 and deadline is not None and time.perf_counter() > deadline:
+            if progress is not None:
+                progress("measuring rounds", rounds, rounds)  # the time budget ends the rounds early
             break
         for cell, (session, prompt) in enumerate(cells):
             prefill_s, decode_rate = session.measure_once(prompt)
             if round_index > 0:  # round 0 warms up every model
                 timings[cell].append((prefill_s, decode_rate))
+        if progress is not None:
+            progress("measuring rounds", round_index + 1, rounds)
     rows = [
         {
             "arch": session.arch.name,
@@ -178,9 +188,16 @@ def host_profile(name: str = "host") -> DeviceProfile:
     )
 
 
-def calibrate_host(name: str = "host", budget_s: float = 55.0) -> Calibration:
-    """Measure this machine and fit its profile, within about ``budget_s`` seconds."""
+def calibrate_host(
+    name: str = "host", budget_s: float = 55.0, progress: Callable[[str, int, int], None] | None = None
+) -> Calibration:
+    """Measure this machine and fit its profile, within about ``budget_s`` seconds; ``progress`` is
+    called as ``(what, done, total)`` for each step and each round of measurements."""
     start = time.perf_counter()
+    if progress is not None:
+        progress("matmul peak and memory bandwidth", 0, 1)
     profile = host_profile(name)
-    specs, frame = measure(CALIBRATION_SHAPES, deadline=start + 0.7 * budget_s)  # a round takes ~4 s
+    if progress is not None:
+        progress("matmul peak and memory bandwidth", 1, 1)
+    specs, frame = measure(CALIBRATION_SHAPES, deadline=start + 0.7 * budget_s, progress=progress)  # ~4 s a round
     return calibrate(profile, specs, frame, name=name, source="calibrated by moeplan devices calibrate on this machine")

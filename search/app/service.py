@@ -1,167 +1,90 @@
 """``moeplan serve``: the JSON API under ``/v1`` (FastAPI + uvicorn).
 
-Request bodies mirror the command-line flags. Plans run as background jobs whose request,
-status and result persist in the run store, so a job interrupted by a restart is resumed and
-its result can be fetched afterwards. With ``MOEPLAN_API_TOKEN`` set, every request that
-changes state (the POST routes) needs ``Authorization: Bearer <token>``.
+Request bodies mirror the command-line flags and are checked by the same checker
+(:mod:`search.app.bodies`); a bad body gets a 422 naming the field, never a 500. Plans and
+fits run as background jobs (:mod:`search.app.jobs`) whose request, status and result persist
+in the run store, so a job interrupted by a restart is run again and its result can be fetched
+afterwards. ``GET /v1/jobs`` lists them, ``DELETE /v1/jobs/{id}`` cancels one, and a full
+queue answers 429.
+
+With a token (``MOEPLAN_API_TOKEN``), every request that changes state (POST, DELETE) needs
+``Authorization: Bearer <token>``; reads stay open. :func:`serve` refuses to listen beyond
+this machine without a token unless told ``insecure``.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import hmac
+import ipaddress
 import os
+import socket
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scaling.errors import UserError
-from scaling.runs.store import RunStore, run_listing
-from search.app.jobs import JobRunner
+from scaling.runs.store import run_listing
+from search.app.bodies import (
+    ArchRequest,
+    ArchSummary,
+    DeviceSummary,
+    FitBody,
+    Health,
+    Job,
+    JobListing,
+    JobSubmitted,
+    PlanBody,
+    Prediction,
+    PredictRequest,
+    Problem,
+    RunListing,
+)
+from search.app.jobs import JobRunner, QueueFull, plain
 
 MAX_BODY_BYTES = 2_000_000
-MAX_TRIALS = 5000
-MAX_BOOTSTRAP = 2000
-MAX_FIT_ROWS = 100_000
-
-Precision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
+DEFAULT_QUEUE_LIMIT = 32
+ERRORS = {422: {"model": Problem, "description": "a bad body: the detail names the field"}}
+SECURED = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
 
 
-class ArchSource(BaseModel):
-    """Exactly one of ``preset``, ``arch`` (moeplan fields) or ``hf_config`` (a config.json object)."""
-
-    model_config = ConfigDict(extra="forbid")
-    preset: str | None = None
-    arch: dict[str, Any] | None = None
-    hf_config: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        given = [name for name in ("preset", "arch", "hf_config") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of preset, arch or hf_config (got {given or 'none'})")
-        return self
-
-    def spec(self):
-        if self.preset is not None:
-            from scaling.shape.presets import get_preset
-
-            return get_preset(self.preset)
-        if self.arch is not None:
-            from scaling.shape.arch import ArchSpec
-
-            return ArchSpec.from_dict(self.arch)
-        from scaling.shape.hf_config import from_hf_config
-
-        return from_hf_config(self.hf_config)
+BEARER = HTTPBearer(auto_error=False, description="the server's MOEPLAN_API_TOKEN")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
-class ArchRequest(ArchSource):
-    precision: Precision = "bf16"
+def _field_errors(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's errors as one line naming each field (without the input, which may hold a NaN)."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(message if message.startswith(location.split(".")[-1]) else f"{location}: {message}")
+    return "; ".join(parts)
 
 
-Backend = Literal["cpu", "gpu", "npu"]
+def create_app(
+    store_url: str | None = None, token: str | None = None, queue_limit: int = DEFAULT_QUEUE_LIMIT
+) -> FastAPI:
+    """The application; ``token`` defaults to ``$MOEPLAN_API_TOKEN`` (an empty one means none)."""
+    from scaling.runs.store import RunStore
+    from search.app.job_handlers import HANDLERS
 
-
-class PredictRequest(ArchSource):
-    device: str
-    backend: Backend | None = None
-    precision: Precision = "int4"
-    prompt_tokens: int = Field(512, ge=1, le=1_000_000)
-    context_tokens: int | None = Field(None, ge=1, le=10_000_000)
-
-
-class FitRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_FIT_ROWS)
-    law: str = "chinchilla"
-    bootstrap: int = Field(0, ge=0, le=MAX_BOOTSTRAP)
-    delta: float = Field(1e-3, gt=0)
-
-
-class PlanBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str
-    backend: Backend | None = None
-    memory_gb: float | None = Field(None, gt=0)
-    precision: Precision = "int4"
-    trials: int = Field(500, ge=1, le=MAX_TRIALS)
-    objectives: list[str] = Field(default_factory=lambda: ["loss", "decode_ms"], min_length=2, max_length=3)
-    exhaustive: bool = False
-    fit: dict[str, Any] | None = None
-    law_card: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a built-in card's name")
-    samples: int = Field(200, ge=1, le=1000)
-    min_p_front: float | None = Field(None, ge=0, le=1)
-    seed: int = 0
-    max_weight_gb: float | None = Field(None, gt=0)
-    schemes: list[str | dict[str, Any]] | None = Field(
-        None,
-        min_length=1,
-        max_length=16,
-        description="precision schemes to search: built-in names or inline scheme tables (no server files)",
-    )
-    quant_method: Literal["rtn", "gptq"] = "rtn"
-
-    @model_validator(mode="after")
-    def _built_in_or_inline(self):
-        from scaling.shape.scheme import BUILTIN_SCHEMES
-
-        for index, entry in enumerate(self.schemes or []):
-            if isinstance(entry, str) and entry not in BUILTIN_SCHEMES:
-                raise ValueError(f"schemes[{index}]: unknown built-in scheme {entry!r}; give a name or a table")
-        return self
-
-
-def run_plan(body: dict[str, Any]) -> dict[str, Any]:
-    """Execute a stored plan request (used by the job runner)."""
-    from search.device.profiles import get_device
-    from search.plan.planner import plan
-    from search.plan.request import PlanRequest
-    from search.plan.space import SearchSpace
-
-    request = PlanBody(**body)
-    space = SearchSpace()
-    space.precision = (request.precision,)
-    if request.schemes:
-        space.schemes = tuple(request.schemes)
-    return plan(
-        PlanRequest(
-            device=get_device(request.device),
-            backend=request.backend,
-            memory_budget_bytes=None if request.memory_gb is None else request.memory_gb * 1e9,
-            objectives=tuple(request.objectives),
-            trials=request.trials,
-            exhaustive=request.exhaustive,
-            loss_model=_loss_model(request),
-            samples=request.samples,
-            min_p_front=request.min_p_front,
-            seed=request.seed,
-            space=space,
-            max_weight_bytes=None if request.max_weight_gb is None else request.max_weight_gb * 1e9,
-            quant_method=request.quant_method,
-        )
-    )
-
-
-def _loss_model(request: PlanBody):
-    from scaling.laws.card import DEFAULT_CARD, load_builtin_card
-    from scaling.laws.fit import FitResult
-    from search.plan.loss_model import FitLossModel
-
-    if request.fit is not None and request.law_card is not None:
-        raise UserError("give one of fit or law_card, not both")
-    if request.fit is not None:
-        return FitLossModel(FitResult.from_json(json.dumps(request.fit)))
-    return load_builtin_card(request.law_card or DEFAULT_CARD)  # names only: no server paths
-
-
-def create_app(store_url: str | None = None, token: str | None = None) -> FastAPI:
-    """The application; ``token`` defaults to ``$MOEPLAN_API_TOKEN``."""
     store = RunStore(store_url)
     token = token if token is not None else os.environ.get("MOEPLAN_API_TOKEN") or None
-    runner = JobRunner(store, {"plan": run_plan})
+    runner = JobRunner(store, HANDLERS, queue_limit=queue_limit)
+
+    def authorised(header: str | None) -> bool:
+        scheme, _, credentials = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+    def require_token(credentials: Credentials) -> None:
+        """Documents the scheme in /openapi.json, and checks again what the middleware checked first."""
+        if token and (credentials is None or not authorised(f"Bearer {credentials.credentials}")):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -177,88 +100,171 @@ def create_app(store_url: str | None = None, token: str | None = None) -> FastAP
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            return JSONResponse({"detail": "content-length must be an integer"}, status_code=400)
+        if length > MAX_BODY_BYTES:
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         changes_state = request.method not in ("GET", "HEAD", "OPTIONS")
-        if token and changes_state and request.headers.get("authorization") != f"Bearer {token}":
-            return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+        if token and changes_state and not authorised(request.headers.get("authorization")):
+            return JSONResponse(
+                {"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="moeplan"'},
+            )
         return await call_next(request)
 
     @app.exception_handler(UserError)
     async def _user_error(_request: Request, error: UserError):
         return JSONResponse({"detail": " ".join(str(error).split())}, status_code=422)
 
-    @app.get("/v1/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "store": store.url.split("://")[0], "auth": bool(token)}
+    @app.exception_handler(RequestValidationError)
+    async def _bad_body(_request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": _field_errors(error.errors())}, status_code=422)
 
-    @app.get("/v1/devices")
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_request: Request, error: QueueFull):
+        return JSONResponse(
+            {"detail": f"{error}; retry later, or cancel a job (DELETE /v1/jobs/ID)"},
+            status_code=429,
+            headers={"Retry-After": "10"},
+        )
+
+    secured = {"dependencies": [Depends(require_token)], "responses": {**ERRORS, **SECURED}}
+
+    @app.get("/v1/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "store": store.url.split("://")[0], "auth": bool(token), "queue_limit": queue_limit}
+
+    @app.get("/v1/devices", response_model=list[DeviceSummary])
     def devices() -> list[dict[str, Any]]:
         from search.device.profiles import list_devices
 
-        return [d.summary() for d in list_devices()]
+        return plain([d.summary() for d in list_devices()])
 
-    @app.post("/v1/arch")
+    @app.post("/v1/arch", response_model=ArchSummary, **secured)
     def arch(body: ArchRequest) -> dict[str, Any]:
         from scaling.shape.accounting import summary
 
-        return summary(body.spec(), body.precision)
+        return plain(summary(body.spec(), body.precision))
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", response_model=Prediction, **secured)
     def predict_route(body: PredictRequest) -> dict[str, Any]:
         from search.device.cost import predict, to_json_ready
         from search.device.profiles import get_device
 
-        spec, device = body.spec(), get_device(body.device, body.backend)
-        return to_json_ready(predict(spec, device, body.precision, body.prompt_tokens, body.context_tokens))
+        spec, device = body.spec(), get_device(body.device, body.backend, allow_path=False)
+        return plain(to_json_ready(predict(spec, device, body.precision, body.prompt_tokens, body.context_tokens)))
 
-    @app.post("/v1/fits")
-    def fits(body: FitRequest) -> dict[str, Any]:
-        import pandas as pd
+    @app.post("/v1/fits", status_code=202, response_model=JobSubmitted, **secured)
+    def fits(body: FitBody) -> dict[str, Any]:
+        body.frame()  # the data checked now: a bad column is a 422, not a failed job later
+        return {"id": runner.submit("fit", body.model_dump()), "kind": "fit", "status": "pending"}
 
-        from scaling.laws.fit import fit_law
+    @app.get("/v1/fits/{job_id}", response_model=Job, responses={404: {"model": Problem}})
+    def fit_status(job_id: str) -> dict[str, Any]:
+        return _job(job_id, "fit")
 
-        result = fit_law(pd.DataFrame(body.data), body.law, delta=body.delta, bootstrap=body.bootstrap)
-        document = result.to_dict()
-        document.pop("bootstrap", None)
-        return document
-
-    @app.post("/v1/plans", status_code=202)
+    @app.post("/v1/plans", status_code=202, response_model=JobSubmitted, **secured)
     def plans(body: PlanBody) -> dict[str, Any]:
-        from search.device.profiles import get_device
-        from search.plan.request import OBJECTIVES
+        body.request()  # validated in full: a bad body is a 422 now, not a failed job later
+        return {"id": runner.submit("plan", body.model_dump()), "kind": "plan", "status": "pending"}
 
-        get_device(body.device)  # an unknown device is a 422 now, not a failed job later
-        unknown = [o for o in body.objectives if o not in OBJECTIVES]
-        if unknown:
-            raise UserError(f"objectives: unknown {unknown}; choose 2 or 3 of {', '.join(OBJECTIVES)}")
-        if body.schemes:  # a bad scheme, or a card that cannot price one, is a 422 now
-            from search.plan.space import SearchSpace
-
-            menu = SearchSpace(schemes=tuple(body.schemes)).validated().scheme_menu
-            if "loss" in body.objectives and any(scheme.quantised_parts() for scheme in menu.values()):
-                model = _loss_model(body)
-                if not hasattr(model, "require_penalty"):
-                    raise UserError("schemes: a single fit has no quantisation penalty; use a law_card with one")
-                model.require_penalty(f"schemes {', '.join(menu)}", "a scheme's loss")
-        job_id = runner.submit("plan", body.model_dump())
-        return {"id": job_id, "status": "pending"}
-
-    @app.get("/v1/plans/{job_id}")
+    @app.get("/v1/plans/{job_id}", response_model=Job, responses={404: {"model": Problem}})
     def plan_status(job_id: str) -> dict[str, Any]:
+        return _job(job_id, "plan")
+
+    @app.get("/v1/jobs", response_model=list[JobListing])
+    def jobs(status: str | None = None) -> list[dict[str, Any]]:
+        """Every job, oldest first; ``?status=pending,running`` keeps those statuses."""
+        statuses = None if status is None else tuple(s.strip() for s in status.split(",") if s.strip())
+        return plain(runner.list(statuses))
+
+    @app.get("/v1/jobs/{job_id}", response_model=Job, responses={404: {"model": Problem}})
+    def job_status(job_id: str) -> dict[str, Any]:
+        return _job(job_id, None)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobListing, **secured)
+    def cancel(job_id: str) -> dict[str, Any]:
+        """Cancel a pending or running job (a running one's process is stopped); 409 if it has ended."""
         job = runner.get(job_id)
         if job is None:
-            raise HTTPException(status_code=404, detail=f"no plan with id {job_id!r}")
-        return job
+            raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
+        if not runner.cancel(job_id):
+            raise HTTPException(status_code=409, detail=f"job {job_id!r} has already ended ({job['status']})")
+        job = runner.get(job_id)
+        job.pop("result", None)
+        return plain(job)
 
-    @app.get("/v1/runs")
+    @app.get("/v1/runs", response_model=list[RunListing])
     def runs() -> list[dict[str, Any]]:
-        return [run_listing(r) for r in store.runs()]
+        return plain([run_listing(r) for r in store.runs()])
+
+    def _job(job_id: str, kind: str | None) -> dict[str, Any]:
+        job = runner.get(job_id, kind)
+        if job is None:
+            raise HTTPException(status_code=404, detail=f"no {kind or 'job'} with id {job_id!r}")
+        return plain(job)
 
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, store_url: str | None = None) -> None:
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond this machine without a token, unless ``insecure`` says so on purpose."""
+    if not is_loopback(host) and not token and not insecure:
+        raise UserError(
+            f"--host {host} serves beyond this machine, but no token is set: anyone could queue work; set "
+            "MOEPLAN_API_TOKEN to a secret (clients send Authorization: Bearer <token>), or pass --insecure"
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now so that a port in use is one clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is in use (another server?); choose another with --port") from None
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}; check --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    store_url: str | None = None,
+    insecure: bool = False,
+    queue_limit: int = DEFAULT_QUEUE_LIMIT,
+    announce=None,
+) -> None:
+    """Check the exposure, bind the port, open the store, then serve until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(store_url), host=host, port=port, log_level="warning")
+    token = os.environ.get("MOEPLAN_API_TOKEN") or None
+    check_exposure(host, token, insecure)
+    sock = bind(host, port)
+    app = create_app(store_url, token=token, queue_limit=queue_limit)
+    if announce is not None:
+        announce()
+    config = uvicorn.Config(app, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])

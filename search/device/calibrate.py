@@ -24,7 +24,7 @@ from scaling.errors import UserError
 from scaling.shape.accounting import ArchArrays
 from scaling.shape.arch import ArchSpec
 from search.device.cost import forward_seconds
-from search.device.profiles import DeviceProfile
+from search.device.profiles import PRECISIONS, DeviceProfile
 
 CALIBRATED = (
     "efficiency.compute",
@@ -113,6 +113,11 @@ def calibrate(
         raise UserError(f"measurements lack column(s) {missing}; needed: {', '.join(MEASUREMENT_COLUMNS)} and arch")
     if len(frame) < 2:
         raise UserError("calibration needs at least 2 measurements")
+    for row, precision in enumerate(frame["precision"], start=1):
+        if precision not in PRECISIONS:
+            raise UserError(
+                f"measurement row {row}: precision {precision!r} is unknown; allowed: {', '.join(PRECISIONS)}"
+            )
     values = frame[list(MEASUREMENT_COLUMNS[1:])].to_numpy(float)
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise UserError(

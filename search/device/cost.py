@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from scaling.checks import check_number, check_tokens
 from scaling.errors import UserError
 from scaling.shape import accounting
 from scaling.shape.accounting import QUANTISED, ArchArrays, Shape
@@ -236,11 +237,19 @@ def peak_memory_bytes(
 
 
 def _check_tokens(prompt_tokens: Any, context_tokens: Any) -> Any:
-    if np.any(np.asarray(prompt_tokens) < 1):
-        raise UserError("prompt tokens must be >= 1")
+    """Token counts at least 1, finite, within :data:`scaling.checks.LIMITS`, and a context that
+    holds the prompt; the checker of the CLI and the service, applied to scalars and arrays alike."""
     context = prompt_tokens if context_tokens is None else context_tokens
-    if np.any(np.asarray(context) < 1):
-        raise UserError("context tokens must be >= 1")
+    for name, values in (("prompt_tokens", prompt_tokens), ("context_tokens", context)):
+        values = np.asarray(values, dtype=float)
+        if values.size:
+            check_number(float(values.min()), name, minimum=1)
+            check_number(float(values.max()), name, minimum=1)
+    prompt, cached = np.broadcast_arrays(np.asarray(prompt_tokens, dtype=float), np.asarray(context, dtype=float))
+    short = cached < prompt
+    if short.any():
+        first = int(np.argmax(short))
+        check_tokens(int(prompt.flat[first]), int(cached.flat[first]))
     return context
 
 
@@ -338,7 +347,8 @@ def predict(
         prediction["prefill_ms_ci90"] = [float(v[0]) for v in prefill] if single else prefill.T
         rates = 1e3 / decode[::-1]
         prediction["decode_tokens_per_s_ci90"] = [float(v[0]) for v in rates] if single else rates.T
-    return prediction
+    # one shape: plain Python numbers (the dict passes json.dumps); many shapes: numpy arrays
+    return to_json_ready(prediction) if isinstance(shape, ArchSpec) else prediction
 
 
 def _as_arrays(shapes: Shape) -> ArchArrays:

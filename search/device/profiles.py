@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,7 @@ class DeviceProfile:
             "compute_flops_fp16": self.compute_flops("fp16"),
             "measured": sorted({*shared_measured, *self.backends[self.backend].measured()}),
             "path": self.path,
+            "builtin": bool(self.path) and Path(self.path).resolve().parent == SHIPPED,
         }
 
     def to_toml(self) -> str:
@@ -429,10 +431,33 @@ def profile_paths() -> dict[str, Path]:
     return paths
 
 
-def get_device(name_or_path: str, backend: str | None = None) -> DeviceProfile:
-    """A profile by name (shipped or user) or by path to a TOML file, resolved for ``backend``."""
+PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""A profile's name: a plain file stem, never a path (no folder, no ``..``, no suffix)."""
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` if it is a plain profile name (:data:`PROFILE_NAME`), else a :class:`UserError`."""
+    if not isinstance(name, str) or not re.fullmatch(PROFILE_NAME, name):
+        raise UserError(
+            f"profile name {name!r} is not a plain name; use 1 to 64 letters, digits, '-' or '_', starting with "
+            "a letter or digit (a name, never a path)"
+        )
+    return name
+
+
+def is_builtin(name: str) -> bool:
+    return (SHIPPED / f"{name}.toml").is_file()
+
+
+def get_device(name_or_path: str, backend: str | None = None, allow_path: bool = True) -> DeviceProfile:
+    """A profile by name (shipped or user) or, when ``allow_path``, by path to a TOML file, resolved for
+    ``backend``. The HTTP service passes ``allow_path=False``: a client names profiles, never server files."""
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if not allow_path and not (isinstance(name_or_path, str) and re.fullmatch(PROFILE_NAME, name_or_path)):
+        raise UserError(
+            f"device must be a profile name, not a path; known devices: {', '.join(sorted(profile_paths()))}"
+        )
     if name_or_path.endswith(".toml"):
         path = Path(name_or_path)
         if not path.is_file():
@@ -459,7 +484,23 @@ def save_profile(profile: DeviceProfile, path: Path) -> Path:
     return path
 
 
-def save_user_profile(profile: DeviceProfile) -> Path:
+def save_user_profile(profile: DeviceProfile, replace_builtin: bool = False) -> Path:
+    """Save under the user's profile folder, by the profile's (plain) name.
+
+    A user profile named like a shipped one shadows it everywhere, so that takes ``replace_builtin``.
+    """
+    check_user_profile_name(profile.name, replace_builtin)
     folder = user_devices_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return save_profile(profile, folder / f"{profile.name}.toml")
+
+
+def check_user_profile_name(name: str, replace_builtin: bool = False) -> str:
+    """The checks of :func:`save_user_profile`, before any measuring starts."""
+    check_profile_name(name)
+    if is_builtin(name) and not replace_builtin:
+        raise UserError(
+            f"{name!r} is a built-in profile; saving under its name would shadow it everywhere: choose another "
+            "--name, or pass --replace to shadow it on purpose"
+        )
+    return name

@@ -174,12 +174,35 @@ def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:
 
 
 def _no_fit_message(request: PlanRequest, frame: pd.DataFrame) -> str:
-    smallest = frame["peak_memory_bytes"].min()
-    return (
-        f"no shape in the space fits {request.budget / 1e9:.3g} GB on {request.device.name}; the smallest "
-        f"needs {smallest / 1e9:.3g} GB at {request.context_tokens} tokens of context "
-        "(raise --memory-gb or narrow the space)"
-    )
+    """Why no shape is feasible, naming the constraint that binds (alone, or only in combination)."""
+    budget = f"--memory-gb {request.budget / 1e9:.3g}" + ("" if request.memory_budget_bytes else " (usable DRAM)")
+    constraints = [
+        (budget, frame["peak_memory_bytes"] <= request.budget,
+         f"the smallest needs {frame['peak_memory_bytes'].min() / 1e9:.3g} GB at {request.context_tokens} tokens of "
+         "context", "raise --memory-gb or narrow the space"),
+    ]  # fmt: skip
+    if request.max_decode_ms is not None:
+        constraints.append(
+            (f"--max-decode-ms {request.max_decode_ms:g}", frame["decode_ms"] <= request.max_decode_ms,
+             f"the fastest decodes in {frame['decode_ms'].min():.3g} ms per token", "raise --max-decode-ms")
+        )  # fmt: skip
+    if request.max_active_params is not None:
+        constraints.append(
+            (f"--max-active-params {request.max_active_params:g}", frame["active_params"] <= request.max_active_params,
+             f"the smallest has {frame['active_params'].min():.3g} active parameters", "raise --max-active-params")
+        )  # fmt: skip
+    if request.max_weight_bytes is not None:
+        constraints.append(
+            (f"--max-weight-gb {request.max_weight_bytes / 1e9:g}", frame["weight_bytes"] <= request.max_weight_bytes,
+             f"the lightest weighs {frame['weight_bytes'].min() / 1e9:.3g} GB", "raise --max-weight-gb")
+        )  # fmt: skip
+    where = f"in the space on {request.device.name}"
+    for flag, met, closest, fix in constraints:
+        if not met.any():
+            return f"no shape {where} meets {flag}: {closest} ({fix})"
+    flags = " and ".join(flag for flag, *_ in constraints)
+    each = ", ".join(f"{int(met.sum())} meet {flag}" for flag, met, *_ in constraints)
+    return f"no shape {where} meets {flags} at once ({each}); relax one of them or widen the space"
 
 
 def _extrapolation_warnings(report: dict[str, dict[str, float]], limit: float) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scaling.checks import LIMITS, check_number, check_tokens
 from scaling.errors import UserError
 from scaling.laws.card import LawCard, load_card
 from scaling.shape.scheme import METHODS
@@ -78,27 +79,32 @@ class PlanRequest:
 
     def validated(self) -> PlanRequest:
         """A checked copy, with the default fit filled in (the request itself is left as given)."""
-        if self.memory_budget_bytes is not None and not self.memory_budget_bytes > 0:
-            raise UserError(f"the memory budget must be positive, got {self.memory_budget_bytes / 1e9:g} GB")
+        if self.memory_budget_bytes is not None:
+            check_number(self.memory_budget_bytes / 1e9, "memory_gb", above=0)
+        check_number(self.trials, "trials", integer=True, minimum=1)
+        check_number(self.samples, "samples", integer=True, minimum=1)
+        check_number(self.seed, "seed", integer=True, minimum=0)
+        check_number(self.train_tokens, "train_tokens", above=0, maximum=LIMITS["tokens"])
+        check_number(self.prompt_tokens, "prompt_tokens", integer=True, minimum=1)
+        check_number(self.context_tokens, "context_tokens", integer=True, minimum=1)
+        check_tokens(self.prompt_tokens, self.context_tokens)
+        check_number(self.max_decode_ms, "max_decode_ms", above=0, allow_none=True)
+        check_number(self.max_active_params, "max_active_params", above=0, allow_none=True)
+        if self.max_weight_bytes is not None:
+            check_number(self.max_weight_bytes / 1e9, "max_weight_gb", above=0, maximum=LIMITS["memory_gb"])
+        check_number(self.min_p_front, "min_p_front", minimum=0, maximum=1, allow_none=True)
+        check_number(self.max_extrapolation, "max_extrapolation", minimum=1)
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if unknown:
             raise UserError(f"unknown objective(s) {unknown}; choose 2 or 3 of {', '.join(OBJECTIVES)}")
         if not 2 <= len(self.objectives) <= 3 or len(set(self.objectives)) != len(self.objectives):
             raise UserError(f"choose 2 or 3 distinct objectives of {', '.join(OBJECTIVES)}")
-        if self.trials < 1:
-            raise UserError("trials must be >= 1")
         if self.latency_oracle is not None and self.exhaustive:
             raise UserError(
                 "--measure and --exhaustive do not combine: measuring every shape is what the sampler avoids"
             )
         if self.backend is not None:
             self.device.for_backend(self.backend)  # an unknown backend is refused before any work
-        if self.samples < 1:
-            raise UserError(f"samples must be >= 1, got {self.samples}")
-        if self.min_p_front is not None and not 0 <= self.min_p_front <= 1:
-            raise UserError(f"--min-p-front must be within [0, 1], got {self.min_p_front}")
-        if not self.max_extrapolation >= 1:
-            raise UserError(f"--max-extrapolation must be >= 1, got {self.max_extrapolation}")
         if self.quant_method not in METHODS:
             raise UserError(f"unknown quantisation method {self.quant_method!r}; known: {', '.join(METHODS)}")
         model = self.loss_model if self.loss_model is not None else load_card()

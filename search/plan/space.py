@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from scaling.checks import check_number, read_text_file
 from scaling.errors import UserError
 from scaling.shape.accounting import PRECISIONS, ArchArrays
 from scaling.shape.arch import ArchSpec
@@ -52,13 +53,21 @@ class SearchSpace:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"search space file {str(path)!r} does not exist")
+        """Choices under a ``[space]`` table, or at the top level of the file (as ``--arch`` files allow)."""
+        text = read_text_file(path, "search space file", "a TOML file with a [space] table")
         try:
-            table = tomllib.loads(path.read_text()).get("space", {})
+            document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"search space file {str(path)!r} is not valid TOML: {error}") from None
+        table = document.get("space", document)
+        if not isinstance(table, dict):
+            raise UserError("space: must be a table of choices ([space])")
+        outside = sorted(set(document) - {"space"}) if "space" in document else []
+        if outside:  # silently ignored, they would widen the search to the whole default space
+            raise UserError(
+                f"search space file {str(path)!r}: key(s) {outside} sit outside the [space] table; move them under "
+                "[space] (or drop the [space] line to give every choice at the top level)"
+            )
         known = {f.name for f in fields(cls)}
         for key, value in table.items():
             if key not in known:
@@ -71,14 +80,21 @@ class SearchSpace:
         return cls(**values).validated()
 
     def validated(self) -> SearchSpace:
+        """Every choice checked by :func:`scaling.checks.check_number`, with the limits of ``ArchSpec``."""
+        check_number(self.vocab_size, "space.vocab_size", integer=True, minimum=1)
         for precision in self.precision:
             if precision not in PRECISIONS:
                 raise UserError(f"space.precision: unknown {precision!r}; allowed: {', '.join(PRECISIONS)}")
-        for name in ("n_layers", "d_model", "n_experts", "top_k", "granularity"):
-            if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
-                raise UserError(f"space.{name}: values must be positive integers")
+        for name in ("n_layers", "d_model", "n_experts", "top_k", "granularity", "n_shared_experts"):
+            minimum = 0 if name == "n_shared_experts" else 1
+            for value in getattr(self, name):
+                check_number(value, f"space.{name}", integer=True, minimum=minimum)
+        for value in self.ffn_ratio:
+            check_number(value, "space.ffn_ratio", above=0, maximum=64)
         if any(d % HEAD_DIM for d in self.d_model):
             raise UserError(f"space.d_model: values must be multiples of the head size {HEAD_DIM}")
+        if any(int(round(r * d / 64)) < 1 for r in self.ffn_ratio for d in self.d_model):
+            raise UserError("space.ffn_ratio: ffn_ratio * d_model must be at least 64 (one width unit)")
         self._menu = self._scheme_menu()
         return self
 

@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +19,9 @@ pytestmark = pytest.mark.slow  # starts HTTP servers
 
 
 class Server:
-    def __init__(self, store: str, token: str | None = None) -> None:
-        self.port, self.store, self.token = free_port(), store, token
+    def __init__(self, store: str, token: str | None = None, *extra: str) -> None:
+        self.port, self.store, self.token, self.extra = free_port(), store, token, extra
+        self.marker = uuid.uuid4().hex
         self.process: subprocess.Popen | None = None
 
     @property
@@ -28,10 +31,11 @@ class Server:
     def start(self) -> Server:
         env = dict(os.environ)
         env.pop("MOEPLAN_API_TOKEN", None)
+        env["MOEPLAN_TEST_SERVER"] = self.marker  # inherited by its job processes, to find them
         if self.token:
             env["MOEPLAN_API_TOKEN"] = self.token
         self.process = subprocess.Popen(
-            [str(MOEPLAN), "serve", "--port", str(self.port), "--store", self.store],
+            [str(MOEPLAN), "serve", "--port", str(self.port), "--store", self.store, *self.extra],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -58,10 +62,10 @@ def server(tmp_path):
     running.kill()
 
 
-def wait_for(url: str, job: str, timeout: float = 120, headers=None) -> dict:
+def wait_for(url: str, job: str, timeout: float = 600, headers=None, kind: str = "plans") -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        document = httpx.get(f"{url}/v1/plans/{job}", headers=headers, timeout=10).json()
+        document = httpx.get(f"{url}/v1/{kind}/{job}", headers=headers, timeout=10).json()
         if document["status"] in ("finished", "failed"):
             return document
         time.sleep(0.5)
@@ -95,15 +99,28 @@ def test_every_route(server):
         for n in (1e7, 3e7, 1e8, 3e8, 1e9)
         for d in (1e9, 1e10, 1e11)
     ]
-    fit = httpx.post(f"{url}/v1/fits", json={"data": rows, "law": "chinchilla", "bootstrap": 20}, timeout=120).json()
+    submitted_fit = httpx.post(f"{url}/v1/fits", json={"data": rows, "law": "chinchilla", "bootstrap": 20})
+    assert submitted_fit.status_code == 202 and submitted_fit.json()["kind"] == "fit"  # a background job
+    fit = wait_for(url, submitted_fit.json()["id"], kind="fits")["result"]
     assert fit["params"]["alpha"] == pytest.approx(0.34, rel=0.01) and "ci95" in fit
+    assert httpx.get(f"{url}/v1/plans/{submitted_fit.json()['id']}").status_code == 404  # a fit is no plan
     submitted = httpx.post(f"{url}/v1/plans", json={"device": "galaxy-s25", "memory_gb": 2, "trials": 60})
     assert submitted.status_code == 202
     done = wait_for(url, submitted.json()["id"])
     assert done["status"] == "finished" and done["result"]["pareto"]
     assert httpx.get(f"{url}/v1/plans/nope").status_code == 404
     assert httpx.get(f"{url}/v1/runs").json() == []
-    assert "/v1/plans" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    listed = {job["id"]: job["status"] for job in httpx.get(f"{url}/v1/jobs").json()}
+    assert listed == {submitted.json()["id"]: "finished", submitted_fit.json()["id"]: "finished"}
+    schema = httpx.get(f"{url}/openapi.json").json()
+    expected = {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/fits", "/v1/fits/{job_id}", "/v1/plans", "/v1/plans/{job_id}"}
+    assert expected <= set(schema["paths"])
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    plans = schema["paths"]["/v1/plans"]["post"]
+    assert plans["security"] == [{"HTTPBearer": []}] and {"202", "401", "422"} <= set(plans["responses"])
+    answered = plans["responses"]["202"]["content"]["application/json"]["schema"]["$ref"]
+    assert answered.endswith("/JobSubmitted")  # typed responses
+    assert schema["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
 
 
 @pytest.mark.parametrize(
@@ -120,12 +137,53 @@ def test_every_route(server):
         ("/v1/plans", {"device": "iphone-16-pro", "trials": 10**9}, "trials"),
         ("/v1/plans", {"device": "iphone-16-pro", "memory_gb": -1}, "memory_gb"),
         ("/v1/plans", {"device": "iphone-16-pro", "objectives": ["loss", "speed"]}, "objectives"),
+        # issue 25: validated before the 202, never a failed job later
+        ("/v1/plans", {"device": "iphone-16-pro", "objectives": ["loss", "loss"]}, "distinct objectives"),
+        ("/v1/plans", {"device": "iphone-16-pro", "fit": {"law": "chinchilla", "theta": [1.0]}}, "fit: theta"),
+        ("/v1/plans", {"device": "iphone-16-pro", "fit": {"law": "nope"}}, "not a moeplan fit"),
+        ("/v1/plans", {"device": "iphone-16-pro", "seed": -1}, "seed must be"),
+        ("/v1/plans", {"device": "iphone-16-pro", "seed": 2**32}, "seed must be"),
+        ("/v1/plans", '{"device": "iphone-16-pro", "memory_gb": Infinity}', "memory_gb"),
+        ("/v1/plans", '{"device": "iphone-16-pro", "memory_gb": NaN}', "memory_gb"),
+        ("/v1/plans", {"device": "iphone-16-pro", "prompt_tokens": 4096, "context_tokens": 100}, "context_tokens"),
+        ("/v1/predict", '{"preset": "phone-moe-a0.3b", "device": "iphone-16-pro", "prompt_tokens": NaN}',
+         "prompt_tokens"),
+        ("/v1/predict", {"preset": "phone-moe-a0.3b", "device": "iphone-16-pro", "context_tokens": 1,
+                         "prompt_tokens": 8}, "context_tokens"),
+        ("/v1/arch", '{"arch": {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128, '
+         '"rope_theta": Infinity}}', "rope_theta"),
+        ("/v1/arch", '{"arch": {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128, '
+         '"norm_eps": NaN}}', "norm_eps"),
+        ("/v1/arch", {"arch": {"vocab_size": 256, "d_model": 10**9, "n_layers": 2, "n_heads": 1, "head_dim": 64,
+                               "d_ff": 128}}, "d_model"),
+        ("/v1/fits", '{"data": [{"N": 1e6, "D": 1e9, "loss": NaN}, {"N": 2e6, "D": 1e9, "loss": 3}]}', "loss"),
+        ("/v1/fits", '{"data": [{"N": 1' + "0" * 400 + ', "D": 1, "loss": 1}], "law": "chinchilla"}', "'N'"),
+        ("/v1/fits", {"data": [{"N": 1.0, "D": 1.0, "loss": 1.0}] * 9, "delta": 0}, "delta"),
     ],
-)
+)  # fmt: skip
 def test_bad_bodies_are_422_with_the_field(server, route, body, field):
-    response = httpx.post(f"{server.url}{route}", json=body, timeout=30)
+    if isinstance(body, str):  # raw JSON text: NaN and Infinity, which json= cannot send
+        response = httpx.post(
+            f"{server.url}{route}", content=body, headers={"content-type": "application/json"}, timeout=30
+        )
+    else:
+        response = httpx.post(f"{server.url}{route}", json=body, timeout=30)
     assert response.status_code == 422, response.text
-    assert field in response.text
+    assert field in response.json()["detail"]
+    assert httpx.get(f"{server.url}/v1/jobs").json() == []  # nothing was queued
+
+
+def test_devices_are_names_and_errors_reveal_no_file(server, tmp_path):
+    existing = tmp_path / "secret.toml"
+    existing.write_text("name = 'x'\n")
+    answers = []
+    for device in (str(existing), str(tmp_path / "missing.toml"), "../../etc/passwd", "iphone-16-pro.toml"):
+        response = httpx.post(f"{server.url}/v1/predict", json={"preset": "phone-moe-a0.3b", "device": device})
+        assert response.status_code == 422, response.text
+        answers.append(response.json()["detail"].replace(device, "DEVICE"))
+    assert len(set(answers)) == 1 and "secret" not in answers[0]  # the same answer, whether the file exists or not
+    plan = httpx.post(f"{server.url}/v1/plans", json={"device": str(existing)})
+    assert plan.status_code == 422
 
 
 def test_a_plan_body_searches_precision_schemes(server):
@@ -167,6 +225,13 @@ def test_auth(tmp_path):
         assert httpx.post(f"{secured.url}/v1/arch", json=body, headers=wrong).status_code == 401
         right = {"Authorization": "Bearer s3cret"}
         assert httpx.post(f"{secured.url}/v1/arch", json=body, headers=right).status_code == 200
+        for scheme in ("bearer", "BEARER"):  # the scheme is case-insensitive (RFC 7235)
+            response = httpx.post(f"{secured.url}/v1/arch", json=body, headers={"Authorization": f"{scheme} s3cret"})
+            assert response.status_code == 200
+        refused = httpx.post(f"{secured.url}/v1/arch", json=body, headers=wrong)
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.delete(f"{secured.url}/v1/jobs/nope").status_code == 401  # DELETE changes state
+        assert httpx.delete(f"{secured.url}/v1/jobs/nope", headers=right).status_code == 404
     finally:
         secured.kill()
 
@@ -175,16 +240,82 @@ def test_restart_mid_job_keeps_the_result(tmp_path):
     store = f"sqlite:///{tmp_path / 'restart.sqlite'}"
     first = Server(store).start()
     job = httpx.post(f"{first.url}/v1/plans", json={"device": "iphone-16-pro", "trials": 1500}).json()["id"]
-    deadline = time.time() + 30
+    fit = httpx.post(f"{first.url}/v1/fits", json={"data": FIT_ROWS, "bootstrap": 200}).json()["id"]
+    deadline = time.time() + 60
     while httpx.get(f"{first.url}/v1/plans/{job}").json()["status"] != "running" and time.time() < deadline:
         time.sleep(0.2)
-    first.kill()  # mid-job
+    first.kill()  # kill -9 mid-job: its process stops too, and the job is run again after the restart
+    deadline = time.time() + 15
+    while _job_processes(first.marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _job_processes(first.marker)  # no orphan keeps working
     second = Server(store).start()
     try:
-        done = wait_for(second.url, job, timeout=180)
+        done = wait_for(second.url, job, timeout=300)
         assert done["status"] == "finished" and done["result"]["n_trials"] == 1500
+        fitted = wait_for(second.url, fit, timeout=300, kind="fits")
+        assert fitted["status"] == "finished" and set(fitted["result"]["ci95"]) == {"E", "A", "B", "alpha", "beta"}
     finally:
         second.kill()
+
+
+def _job_processes(marker: str) -> list[int]:
+    """Processes a server started (its fork server, its jobs) that are still alive."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"MOEPLAN_TEST_SERVER={marker}".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+FIT_ROWS = [
+    {"N": n, "D": d, "loss": 1.7 + 400 / n**0.34 + 410 / d**0.28}
+    for n in (1e7, 3e7, 1e8, 3e8, 1e9)
+    for d in (1e9, 1e10, 1e11)
+]
+
+
+def test_jobs_are_listed_cancelled_and_capped(tmp_path):
+    server = Server(f"sqlite:///{tmp_path / 'jobs.sqlite'}", None, "--queue-limit", "2").start()
+    try:
+        url = server.url
+        long = {"device": "iphone-16-pro", "trials": 5000}
+        first = httpx.post(f"{url}/v1/plans", json=long).json()["id"]
+        second = httpx.post(f"{url}/v1/fits", json={"data": FIT_ROWS, "bootstrap": 50}).json()["id"]
+        full = httpx.post(f"{url}/v1/plans", json=long)
+        assert full.status_code == 429 and "queue is full" in full.json()["detail"] and full.headers["retry-after"]
+        listed = httpx.get(f"{url}/v1/jobs", params={"status": "pending,running"}).json()
+        assert [job["id"] for job in listed] == [first, second]
+        deadline = time.time() + 60
+        while httpx.get(f"{url}/v1/jobs/{first}").json()["status"] != "running" and time.time() < deadline:
+            time.sleep(0.2)
+        cancelled = httpx.delete(f"{url}/v1/jobs/{first}")  # running: its process is stopped
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert httpx.delete(f"{url}/v1/jobs/{second}").json()["status"] == "cancelled"  # pending
+        assert httpx.delete(f"{url}/v1/jobs/{second}").status_code == 409  # it has ended
+        assert httpx.delete(f"{url}/v1/jobs/nope").status_code == 404
+        third = httpx.post(f"{url}/v1/plans", json={"device": "iphone-16-pro", "trials": 20})
+        assert third.status_code == 202  # room again
+        assert wait_for(url, third.json()["id"])["status"] == "finished"
+        assert httpx.get(f"{url}/v1/jobs/{first}").json()["status"] == "cancelled"  # stays cancelled
+    finally:
+        server.kill()
+
+
+def test_serving_beyond_loopback_with_insecure(tmp_path):
+    env_token = os.environ.pop("MOEPLAN_API_TOKEN", None)
+    try:
+        server = Server(f"sqlite:///{tmp_path / 'open.sqlite'}", None, "--host", "0.0.0.0", "--insecure").start()
+        try:
+            assert httpx.get(f"{server.url}/v1/health").json()["auth"] is False
+        finally:
+            server.kill()
+    finally:
+        if env_token is not None:
+            os.environ["MOEPLAN_API_TOKEN"] = env_token
 
 
 def _serve_and_plan(store_url: str) -> list[dict]:

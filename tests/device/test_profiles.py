@@ -159,3 +159,28 @@ def test_devices_list_shows_backends_and_measured_counts():
     assert galaxy["backends"]["cpu"]["measured"] and not galaxy["backends"]["gpu"]["measured"]
     table = run_cli("devices", "list")
     assert table.returncode == 0 and "npu *" in table.stdout and "calibrated" in table.stdout
+
+
+def test_user_profiles_are_marked_named_plainly_and_shadow_only_on_purpose(tmp_path, monkeypatch):
+    import dataclasses
+    import os
+
+    from search.device.profiles import SHIPPED, save_user_profile
+
+    folder = tmp_path / "devices"
+    folder.mkdir()
+    text = (SHIPPED / "pixel-9-pro.toml").read_text().replace('name = "pixel-9-pro"', 'name = "my-pixel"')
+    (folder / "my-pixel.toml").write_text(text)
+    env = {**os.environ, "MOEPLAN_DEVICES": str(folder)}
+    listed = {d["name"]: d["builtin"] for d in run_cli("devices", "list", "--json", env=env).json()}
+    assert listed["my-pixel"] is False and listed["pixel-9-pro"] is True
+    assert "my-pixel (user)" in run_cli("devices", "list", env=env).stdout
+    monkeypatch.setenv("MOEPLAN_DEVICES", str(folder))
+    pixel = get_device("pixel-9-pro")
+    with pytest.raises(UserError, match="built-in profile"):
+        save_user_profile(pixel)
+    for bad in ("../../x", "a/b", "x.toml", "", ".hidden"):
+        with pytest.raises(UserError, match="plain name"):
+            save_user_profile(dataclasses.replace(pixel, name=bad))
+    assert sorted(p.name for p in folder.iterdir()) == ["my-pixel.toml"]  # nothing written by the refusals
+    assert save_user_profile(pixel, replace_builtin=True) == folder / "pixel-9-pro.toml"  # on purpose

@@ -241,3 +241,52 @@ def test_fit_command_errors(tmp_path):
     assert_user_error(run_cli("fit", str(bad), "--law", "nope"), "unknown law")
     (tmp_path / "x.txt").write_text("N,loss\n1,2\n")
     assert_user_error(run_cli("fit", str(tmp_path / "x.txt")), ".csv or .parquet")
+
+
+# --- issue 25: what the data cannot identify, predictions, progress, plots ------------------------
+def test_parameters_the_data_cannot_identify_are_all_flagged():
+    constant = pd.DataFrame({"N": [1e8] * 8, "D": [1e10] * 8, "loss": 2.5 + 0.01 * np.arange(8)})
+    fit = fit_law(constant, "chinchilla", extrapolate=False)
+    assert fit.unidentified == ["E", "A", "B", "alpha", "beta"]  # N and D constant: everything trades off
+    assert "5 parameter(s) NOT identified" in fit.summary() and fit.summary().count("(not identified)") == 5
+    only_n = synthetic(4).assign(D=1e10)  # D constant: B and beta trade off against E, but A and alpha do not
+    assert set(fit_law(only_n, "chinchilla", extrapolate=False).unidentified) == {"E", "B", "beta"}
+    assert fit_law(synthetic(4), "chinchilla", extrapolate=False).unidentified == []
+
+
+def test_bootstrap_bands_titles_and_errors_of_the_plots():
+    frame = synthetic(5)
+    fit = fit_law(frame, "chinchilla", bootstrap=20, workers=1, extrapolate=False)
+    curves = plot_data.loss_vs_size(frame, fit)["fitted"]
+    assert (curves["lower"] <= curves["loss"] + 1e-9).all() and (curves["loss"] <= curves["upper"] + 1e-9).all()
+    assert (curves["upper"] > curves["lower"]).any()
+    assert FitResult.from_json(fit.to_json()).predict_band(frame) is None  # replicates' thetas are not saved
+    errors = plot_data.relative_errors(plot_data.parity(frame, fit))
+    assert 0 < errors["mean_abs_rel_error"] <= errors["max_abs_rel_error"] < 0.05
+    about = plot_data.describe_data(frame.assign(loss_unit="nats/byte"), fit)
+    assert "48 runs" in about and "tokens" in about
+
+
+def test_fit_command_prints_predictions_progress_and_draws_isoflop_only_when_asked(tmp_path):
+    data, other, plots = tmp_path / "runs.csv", tmp_path / "other.csv", tmp_path / "plots"
+    synthetic(6).to_csv(data, index=False)
+    synthetic(7).head(3).to_csv(other, index=False)
+    args = ("fit", str(data), "--bootstrap", "12", "--workers", "1", "--predict", str(other), "--plot", str(plots))
+    table = run_cli(*args)
+    assert table.returncode == 0, table.stderr
+    assert "Predictions for" in table.stdout and table.stdout.count("\n") > 15  # not dropped without --json
+    assert "bootstrap: 0/12" in table.stderr and "bootstrap: 12/12 (100%)" in table.stderr  # progress on stderr
+    assert "isoflop.png" not in {p.name for p in plots.iterdir()}  # drawn only with --isoflop
+    quiet = run_cli(*args, "--json")
+    assert quiet.returncode == 0 and "bootstrap:" not in quiet.stderr and len(quiet.json()["predictions"]) == 3
+
+
+@pytest.mark.slow  # every law backtested at every origin
+def test_fit_law_auto_shows_progress_and_the_laws_it_compared(tmp_path):
+    data = tmp_path / "runs.csv"
+    synthetic(3).to_csv(data, index=False)
+    result = run_cli("fit", str(data), "--law", "auto")
+    assert result.returncode == 0, result.stderr
+    assert "Chosen by rolling-origin backtests" in result.stdout
+    assert "chinchilla" in result.stdout and "kaplan_n" in result.stdout
+    assert "backtesting chinchilla" in result.stderr and "backtests: " in result.stderr

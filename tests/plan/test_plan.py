@@ -102,7 +102,7 @@ def test_study_storage_resumes(tmp_path):
 
 def test_impossible_budget_and_bad_inputs(tmp_path):
     assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--memory-gb", "0.01"), "smallest needs")
-    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--memory-gb", "-1"), "must be positive")
+    assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--memory-gb", "-1"), "--memory-gb", "> 0")
     assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--objectives", "loss,speed"), "unknown objective")
     assert_user_error(run_cli("plan", "--device", "iphone-16-pro", "--objectives", "loss"), "2 or 3")
     assert_user_error(run_cli("plan", "--device", "nokia"), "known devices")
@@ -381,3 +381,14 @@ def test_bad_schemes_are_refused_in_one_line(tmp_path, penalty_card_path, penalt
     runs = REPO / "runs" / "reference" / "reference_runs.csv"
     assert run_cli("fit", str(runs), "--law", "chinchilla", "--out", str(fit)).returncode == 0
     assert_user_error(run_cli(*ask, "--schemes", "int4-g32", "--fit", str(fit)), "single fit has no quantisation")
+
+
+def test_space_choices_at_the_top_level_are_applied(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text("n_layers = [8]\nd_model = [512]\nn_experts = [1, 8]\n")  # no [space] line
+    result = run_cli("plan", "--device", "iphone-16-pro", "--space", str(space), "--exhaustive", "--json")
+    assert result.returncode == 0, result.stderr
+    document = result.json()
+    assert document["pareto"] and all(e["arch"]["n_layers"] == 8 and e["arch"]["d_model"] == 512
+                                      for e in document["pareto"])  # fmt: skip
+    assert document["space_size"] < 100  # not the whole default space

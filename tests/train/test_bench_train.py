@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 
 from scaling.shape.arch import ArchSpec
 from scaling.train.bench import (
+    MAX_MATMUL_SECONDS,
     PEAK_SIZES,
     bench_train,
     machine_key,
@@ -44,10 +46,16 @@ def test_bench_train_json_contract():
     for key in ("tokens_per_s", "step_ms", "mfu", "peak_rss_bytes", "matmul_probe_flops_per_s"):
         assert document[key] > 0, key
     assert 0 < document["mfu"] < 1  # against this machine's own measured matmul peak
-    # the probe is compared with the cached rate of its own size: near 1 on an idle host
-    assert 0.05 < document["host_delivered_fraction"] < 2
+    # the share of the cached peak the host delivers now: near 1 on an idle host, but on a shared one
+    # the cached rate and the probe are each taken under whatever load there was, so no range holds
+    delivered = document["host_delivered_fraction"]
+    assert isinstance(delivered, float) and math.isfinite(delivered) and delivered > 0
     tokens_per_step = document["tokens_per_s"] * document["step_ms"] / 1e3
     assert abs(tokens_per_step - 2 * 64) < 1e-6
+    assert "steps (warm-up included)" not in result.stderr  # --json: no progress
+    table = run_cli("bench", "--preset", "proxy-moe-d128", "--mode", "train", "--steps", "3", "--batch-size", "2",
+                    "--seq-len", "64")  # fmt: skip
+    assert table.returncode == 0 and "steps (warm-up included): 5/5 (100%)" in table.stderr  # progress on stderr
 
 
 def test_matmul_peak_is_cached_per_size_and_replaces_old_entries(tmp_path, monkeypatch):
@@ -61,7 +69,11 @@ def test_matmul_peak_is_cached_per_size_and_replaces_old_entries(tmp_path, monke
     assert stored["another machine"] == 2.0
     assert stored[key]["flops_per_s"] == first
     by_size = matmul_peak_by_size()
-    assert sorted(by_size) == [256, 512, 1024, 2048, 4096]
+    # every size from 256 up to 4096, unless the host is so loaded that the next one would be slow
+    sizes, all_sizes = sorted(by_size), list(PEAK_SIZES["cpu"])
+    assert sizes == all_sizes[: len(sizes)] and len(sizes) >= 2
+    if len(sizes) < len(all_sizes):
+        assert 2 * all_sizes[len(sizes)] ** 3 / by_size[sizes[-1]] > MAX_MATMUL_SECONDS
     assert max(by_size.values()) == first
     assert matmul_peak_flops() == first  # now from the cache
 

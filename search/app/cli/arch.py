@@ -7,7 +7,14 @@ import json
 import sys
 
 from scaling.errors import UserError
-from search.app.cli.common import PRECISION_CHOICES, add_arch_arguments, print_json, resolve_arch, write_text
+from search.app.cli.common import (
+    PRECISION_CHOICES,
+    add_arch_arguments,
+    check_output_file,
+    print_json,
+    resolve_arch,
+    write_text,
+)
 
 
 # --- command: arch ------------------------------------------------------------------------------
@@ -24,11 +31,13 @@ def _command_arch(args: argparse.Namespace) -> None:
         return
     if not (args.hf_config or args.arch or args.preset):
         raise UserError("give one of --hf-config PATH, --arch PATH or --preset NAME")
+    if args.to_hf_config:
+        check_output_file(args.to_hf_config, "--to-hf-config")
     spec = resolve_arch(args)
     if args.to_hf_config:
         from scaling.shape.hf_config import to_hf_config
 
-        write_text(args.to_hf_config, json.dumps(to_hf_config(spec), indent=2) + "\n")
+        write_text(args.to_hf_config, json.dumps(to_hf_config(spec), indent=2) + "\n", "--to-hf-config")
         print(f"wrote {args.to_hf_config}", file=sys.stderr)
         return
     from scaling.shape.accounting import summary
@@ -44,7 +53,7 @@ def _command_arch(args: argparse.Namespace) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     arch = commands.add_parser("arch", help="parameters, FLOPs and bytes of a shape")
     add_arch_arguments(arch, required=False)
-    arch.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16")
+    arch.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16", help="weight precision for the bytes")
     arch.add_argument("--json", action="store_true", help="print one JSON document")
     arch.add_argument("--list-presets", action="store_true", help="list the built-in shapes")
     arch.add_argument("--to-hf-config", metavar="OUT.json", help="write a Hugging Face config")

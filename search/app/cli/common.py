@@ -13,16 +13,35 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, NoReturn
 
+from scaling.checks import argument
 from scaling.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless it has none (None, False) or says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage problem as one ``error: ...`` line with exit code 2."""
+    """argparse that reports a usage problem as one ``error: ...`` line with exit code 2, and shows
+    every flag's default in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
@@ -64,18 +83,59 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UserError(f"cannot write {path!r}: the folder {directory!r} does not exist")
-    with open(path, "w") as handle:
-        handle.write(text)
+def check_output_file(path: str, flag: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder, a missing folder
+    above it, or a place this user may not write."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path!r} is a folder; give a file path inside it")
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {flag} {path!r}: the folder {str(folder)!r} does not exist; create it first")
+    _probe(folder, flag, path)
+    return target
+
+
+def check_output_folder(path: str, flag: str) -> Path:
+    """Make the output folder ``path`` (only its last level, as files get only their own name) and
+    check it is writable, before any work. A missing parent or a file in the way is refused."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {path!r} is a file; give a folder (it is created if its parent exists)")
+    parent = folder.resolve().parent
+    if not folder.exists() and not parent.is_dir():
+        raise UserError(f"cannot create {flag} {path!r}: the folder {str(parent)!r} does not exist; create it first")
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {flag} {path!r}: {error.strerror}; choose a writable folder") from None
+    _probe(folder, flag, path)
+    return folder
+
+
+def _probe(folder: Path, flag: str, path: str) -> None:
+    """Write and remove a scratch file: the only check of permission that also holds for root."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moeplan-probe-"):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write {flag} {path!r}: {error.strerror}; choose a writable place") from None
+
+
+def write_text(path: str, text: str, flag: str = "--out") -> None:
+    """Write a whole file atomically (a kill mid-write leaves the old file or none, never half of one)."""
+    target = check_output_file(path, flag)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, target)
 
 
 def read_table(path: str) -> Any:
     """A CSV or Parquet file as a DataFrame, with one-line errors."""
     import pandas as pd
 
+    if os.path.isdir(path):
+        raise UserError(f"data file {path!r} is a folder; give a .csv or .parquet file")
     if not os.path.isfile(path):
         raise UserError(f"data file {path!r} does not exist")
     try:
@@ -88,24 +148,10 @@ def read_table(path: str) -> Any:
     raise UserError(f"data file {path!r} must end in .csv or .parquet")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+positive_int = argument(integer=True, minimum=1)
+positive_float = argument(above=0)
+non_negative_int = argument(integer=True, minimum=0)
+seed_int = argument("seed", integer=True, minimum=0)
 
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "int4")

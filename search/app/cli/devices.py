@@ -11,12 +11,14 @@ from search.app.cli.common import (
     PRECISION_CHOICES,
     Parser,
     add_arch_arguments,
+    check_output_file,
     positive_float,
     positive_int,
     print_json,
     read_table,
     resolve_arch,
 )
+from search.app.cli.progress import StderrProgress
 
 BACKEND_CHOICES = ("cpu", "gpu", "npu")
 
@@ -61,7 +63,7 @@ def _command_predict(args: argparse.Namespace) -> None:
 
 
 def _command_devices_list(args: argparse.Namespace) -> None:
-    from search.device.profiles import list_devices
+    from search.device.profiles import list_devices, user_devices_dir
 
     devices = [d.summary() for d in list_devices()]
     if args.json:
@@ -74,7 +76,7 @@ def _command_devices_list(args: argparse.Namespace) -> None:
         for name, backend in d["backends"].items():
             rows.append(
                 [
-                    d["name"],
+                    d["name"] + ("" if d["builtin"] else " (user)"),
                     name + (" *" if name == d["recommended_backend"] else ""),
                     f"{human_bytes(d['usable_bytes'])} / {human_bytes(d['dram_bytes'])}",
                     f"{backend['effective_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
@@ -84,21 +86,21 @@ def _command_devices_list(args: argparse.Namespace) -> None:
                 ]
             )
     print_table(
-        "Device profiles (* = recommended backend)",
+        "Device profiles (* = recommended backend; (user) = your own, in " + str(user_devices_dir()) + ")",
         ["name", "backend", "usable / DRAM", "eff. bandwidth", "fp16 peak", "measured", "calibrated"],
         rows,
     )
 
 
 def _command_devices_calibrate(args: argparse.Namespace) -> None:
-    from search.device.profiles import save_user_profile
+    from search.device.profiles import check_user_profile_name, save_user_profile
 
     if args.from_measurements:
         _calibrate_from_measurements(args)
         return
     if args.device or args.backend or args.soc or args.out:
         raise UserError("--device, --backend, --soc and --out go with --from-measurements FILE.csv")
-    name = args.name or "host"
+    name = check_user_profile_name(args.name or "host", args.replace)  # before measuring for a minute
     if args.measurements:
         from search.device.calibrate import calibrate
         from search.device.profiles import get_device
@@ -113,8 +115,8 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
     else:
         from search.app.host import calibrate_host
 
-        result = calibrate_host(name=name, budget_s=args.budget_s)
-    path = save_user_profile(result.profile)
+        result = calibrate_host(name=name, budget_s=args.budget_s, progress=StderrProgress(not args.json))
+    path = save_user_profile(result.profile, args.replace)
     document = {**result.to_dict(), "path": str(path)}
     if args.json:
         print_json(document)
@@ -129,10 +131,12 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
     """Fit one backend of a profile to published measurements (the published file's columns)."""
     from search.device.backend_fit import calibrate_backend
     from search.device.measurements import backend_of, load_measurements, read_measurements
-    from search.device.profiles import get_device, save_profile, save_user_profile
+    from search.device.profiles import check_user_profile_name, get_device, save_profile, save_user_profile
 
     if not args.device or not args.backend:
         raise UserError("--from-measurements needs --device NAME and --backend cpu|gpu|npu")
+    if args.out:
+        check_output_file(args.out, "--out")
     if args.measurements or args.base:
         raise UserError("--from-measurements does not combine with --measurements/--base")
     profile = get_device(args.device, args.backend)
@@ -151,8 +155,12 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
     foreign = sorted(set(socs) - set(profile.socs))
     if foreign:
         origin += f", rows measured on {', '.join(foreign)}, not on this device's {profile.soc or 'SoC'}"
-    result = calibrate_backend(profile, rows, name=args.name or profile.name, origin=origin)
-    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile)
+    if args.name:
+        check_user_profile_name(args.name, args.replace)
+    result = calibrate_backend(profile, rows, name=args.name or profile.name, origin=origin)  # checks each row
+    if not args.out:  # the default name is the profile's own: a built-in one is shadowed only on purpose
+        check_user_profile_name(result.profile.name, args.replace)
+    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile, args.replace)
     if args.json:
         print_json({**result.to_dict(), "path": str(path)})
     else:
@@ -172,25 +180,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_arch_arguments(predict)
     predict.add_argument("--device", required=True, help="a device name (devices list) or profile path")
     predict.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="default: the recommended one")
-    predict.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
-    predict.add_argument("--prompt-tokens", type=positive_int, default=512)
+    predict.add_argument("--precision", choices=PRECISION_CHOICES, default="int4", help="weight precision")
+    predict.add_argument("--prompt-tokens", type=positive_int, default=512, help="tokens prefilled in one pass")
     predict.add_argument("--context-tokens", type=positive_int, default=None, help="default: the prompt")
     predict.add_argument(
         "--expert-imbalance", type=positive_float, default=1.0, help="busiest expert's load over the mean (>= 1)"
     )
-    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.set_defaults(handler=_command_predict)
 
     devices = commands.add_parser("devices", help="device profiles")
     device_commands = devices.add_subparsers(dest="devices_command", metavar="COMMAND", parser_class=Parser)
     device_commands.required = True
     listing = device_commands.add_parser("list", help="list the device profiles and their backends")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
     listing.set_defaults(handler=_command_devices_list)
     calibrate = device_commands.add_parser(
         "calibrate", help="measure this machine, or fit a profile to phone measurements"
     )
-    calibrate.add_argument("--name", default=None, help="name of the saved profile (default: host, or --device)")
+    calibrate.add_argument("--name", default=None, help="plain name of the saved profile (default: host, or --device)")
+    calibrate.add_argument("--replace", action="store_true", help="allow a name that shadows a built-in profile")
     calibrate.add_argument("--measurements", metavar="CSV", help="measurements taken on a real device")
     calibrate.add_argument("--base", metavar="DEVICE", help="the profile the measurements calibrate")
     calibrate.add_argument(
@@ -203,5 +212,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--out", metavar="PATH.toml", help="write the calibrated profile here")
     calibrate.add_argument("--budget-s", type=positive_float, default=55.0, help="time budget on this machine")
-    calibrate.add_argument("--json", action="store_true")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON document (no progress)")
     calibrate.set_defaults(handler=_command_devices_calibrate)

@@ -8,7 +8,16 @@ import sys
 from typing import Any
 
 from scaling.errors import UserError
-from search.app.cli.common import add_arch_arguments, positive_int, print_json, read_table, resolve_arch, write_text
+from search.app.cli.common import (
+    add_arch_arguments,
+    check_output_file,
+    positive_int,
+    print_json,
+    read_table,
+    resolve_arch,
+    seed_int,
+    write_text,
+)
 
 PRECISION_FREE = ("fp32", "bf16", "fp16")
 QUANT_METHODS = ("rtn", "gptq")
@@ -171,6 +180,7 @@ def _command_laws_fit(args: argparse.Namespace) -> None:
     from scaling.laws import datasets
     from scaling.laws.build_card import build_card
 
+    check_output_file(args.out, "--out")  # before fitting every term
     base = datasets.overtraining_runs(args.data_dir) if args.base == "overtraining" else read_table(args.base)
     routed = None
     if args.routed != "none":
@@ -248,7 +258,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     loss.add_argument("--law-card", default=None, metavar="CARD", help="a card file or built-in name (default)")
     loss.add_argument("--samples", type=positive_int, default=200, help="parameter samples for the interval")
-    loss.add_argument("--seed", type=int, default=0, help="seed of the parameter samples")
+    loss.add_argument("--seed", type=seed_int, default=0, help="seed of the parameter samples")
     loss.add_argument(
         "--max-extrapolation", type=float, default=100.0, help="warn when a term reaches this far past its data"
     )
@@ -295,6 +305,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--sweep-source", default=None, help="describe the sweep")
     fit.add_argument("--data-dir", default=None, help="where the published datasets are (default: MOEPLAN_DATA)")
     fit.add_argument("--bootstrap", type=positive_int, default=200, help="bootstrap replicates per term")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--json", action="store_true")
+    fit.add_argument("--seed", type=seed_int, default=0, help="seeds the bootstrap")
+    fit.add_argument("--json", action="store_true", help="print the card as JSON")
     fit.set_defaults(handler=_command_laws_fit)

@@ -6,8 +6,15 @@ import argparse
 import os
 import sys
 
+from scaling.checks import argument
 from scaling.errors import UserError
-from search.app.cli.common import PRECISION_CHOICES, positive_float, positive_int, print_json
+from search.app.cli.common import (
+    PRECISION_CHOICES,
+    check_output_folder,
+    positive_float,
+    print_json,
+    seed_int,
+)
 
 
 # --- command: plan -------------------------------------------------------------------------------
@@ -22,8 +29,8 @@ def _command_plan(args: argparse.Namespace) -> None:
     from search.plan.request import PlanRequest
     from search.plan.space import SearchSpace
 
-    if args.memory_gb is not None and not args.memory_gb > 0:
-        raise UserError(f"--memory-gb must be positive, got {args.memory_gb}")
+    if args.out:
+        check_output_folder(args.out, "--out")  # before the search, not after it
     space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
     space.precision = (args.precision,)
     if args.schemes is not None:
@@ -79,10 +86,19 @@ def _command_plan(args: argparse.Namespace) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    planner = commands.add_parser("plan", help="Pareto-optimal shapes for a device memory budget")
-    planner.add_argument("--device", required=True)
-    planner.add_argument("--memory-gb", type=float, default=None, help="budget in 10^9 bytes (default: usable DRAM)")
-    planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4")
+    planner = commands.add_parser(
+        "plan",
+        help="Pareto-optimal shapes for a device memory budget",
+        description="Search the space for the shapes on the Pareto front of the objectives, within the budget.",
+    )
+    planner.add_argument("--device", required=True, help="a device profile name (see 'moeplan devices list')")
+    planner.add_argument(
+        "--memory-gb",
+        type=argument("memory_gb", above=0),
+        default=None,
+        help="bound on peak memory, in 10^9 bytes (default: the device's usable DRAM)",
+    )
+    planner.add_argument("--precision", choices=PRECISION_CHOICES, default="int4", help="weight precision")
     planner.add_argument(
         "--schemes",
         metavar="A,B,...",
@@ -99,36 +115,51 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--law-card", metavar="CARD", help="the loss law: a card file or built-in name (default: the default card)"
     )
     planner.add_argument("--fit", metavar="FIT.json", help="a single law from moeplan fit --out, instead of a card")
-    planner.add_argument("--samples", type=positive_int, default=200, help="loss-law samples for intervals and p_front")
+    planner.add_argument(
+        "--samples", type=argument("samples", integer=True, minimum=1), default=200,
+        help="loss-law samples for intervals and p_front",
+    )  # fmt: skip
     planner.add_argument(
         "--min-p-front",
-        type=float,
+        type=argument(minimum=0, maximum=1),
         default=None,
         metavar="P",
-        help="keep only shapes non-dominated in at least this share of samples",
+        help="keep only shapes non-dominated in at least this share of samples (0 to 1)",
     )
     planner.add_argument(
-        "--max-extrapolation", type=float, default=100.0, help="warn when a law term reaches this far past its data"
+        "--max-extrapolation", type=argument(minimum=1), default=100.0,
+        help="warn when a law term reaches this many times past its data",
+    )  # fmt: skip
+    planner.add_argument(
+        "--trials", type=argument("trials", integer=True, minimum=1), default=500, help="Optuna trials"
     )
-    planner.add_argument("--trials", type=positive_int, default=500)
     planner.add_argument(
         "--objectives", default="loss,decode_ms", help="2 or 3 of loss,decode_ms,prefill_ms,active_flops"
     )
     planner.add_argument("--storage", default=None, help="Optuna storage: RDB URL or a journal file (*.log)")
     planner.add_argument("--study", default=None, help="study name (resumes it when it exists)")
     planner.add_argument("--exhaustive", action="store_true", help="enumerate the whole space (exact front)")
-    planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space")
+    planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space ([space] table)")
     planner.add_argument("--measure", action="store_true", help="measure latency on this machine (cached per shape)")
     planner.add_argument("--store", default=None, help="run store caching measured shapes (with --measure)")
     planner.add_argument(
-        "--train-tokens", type=positive_float, default=1e12, help="planned training tokens, in the law card's tokens"
+        "--train-tokens", type=argument("tokens", above=0), default=1e12,
+        help="planned training tokens, in the law card's tokens",
+    )  # fmt: skip
+    tokens = argument("prompt_tokens", integer=True, minimum=1)
+    planner.add_argument("--prompt-tokens", type=tokens, default=512, help="tokens prefilled in one pass")
+    planner.add_argument(
+        "--context-tokens", type=tokens, default=2048, help="tokens in the KV cache at decode (>= --prompt-tokens)"
     )
-    planner.add_argument("--prompt-tokens", type=positive_int, default=512)
-    planner.add_argument("--context-tokens", type=positive_int, default=2048)
-    planner.add_argument("--max-decode-ms", type=positive_float, default=None)
-    planner.add_argument("--max-active-params", type=positive_float, default=None)
-    planner.add_argument("--max-weight-gb", type=positive_float, default=None, help="bound on weight bytes alone")
-    planner.add_argument("--seed", type=int, default=0)
-    planner.add_argument("--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot")
-    planner.add_argument("--json", action="store_true")
+    planner.add_argument("--max-decode-ms", type=positive_float, default=None, help="bound on decode ms per token")
+    planner.add_argument("--max-active-params", type=positive_float, default=None, help="bound on active parameters")
+    planner.add_argument(
+        "--max-weight-gb", type=argument("memory_gb", above=0), default=None,
+        help="bound on weight bytes alone, in 10^9 bytes",
+    )  # fmt: skip
+    planner.add_argument("--seed", type=seed_int, default=0, help="sampler seed, 0 to 2^32-1")
+    planner.add_argument(
+        "--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot (DIR is created)"
+    )
+    planner.add_argument("--json", action="store_true", help="print one JSON document")
     planner.set_defaults(handler=_command_plan)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from scaling.errors import UserError
-from search.app.cli.common import EXIT_RUNTIME_ERROR, Parser, positive_int, print_json
+from search.app.cli.common import EXIT_RUNTIME_ERROR, Parser, check_output_file, positive_int, print_json
 
 
 # --- commands: sweep and runs -------------------------------------------------------------------
@@ -102,9 +101,7 @@ def _command_runs_export(args: argparse.Namespace) -> None:
 
     if not args.out.endswith((".csv", ".parquet")):
         raise UserError(f"--out must end in .csv or .parquet, got {args.out!r}")
-    directory = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(directory):
-        raise UserError(f"cannot write {args.out!r}: the folder {directory!r} does not exist")
+    check_output_file(args.out, "--out")
     frame = fit_frame(args.store, finished_only=args.aggregate)
     if args.aggregate:
         frame = aggregate_seeds(frame)
@@ -126,32 +123,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     sweep_run.add_argument(
         "--workers", type=positive_int, default=None, help="runs at once (default: 1; with Ray, every CPU)"
     )
-    sweep_run.add_argument("--executor", choices=("local", "ray"), default="local")
+    sweep_run.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="local processes, or a Ray cluster"
+    )
     sweep_run.add_argument(
         "--ray-address", default=None, help="HOST:PORT, ray://HOST:PORT or auto (default: start Ray on this machine)"
     )
     sweep_run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     sweep_run.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/ beside the store")
     sweep_run.add_argument("--quiet", action="store_true", help="no live display (batch logs)")
-    sweep_run.add_argument("--json", action="store_true")
+    sweep_run.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     sweep_run.set_defaults(handler=_command_sweep_run)
 
     runs = commands.add_parser("runs", help="inspect and export the run store")
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", parser_class=Parser)
     runs_commands.required = True
     runs_list = runs_commands.add_parser("list", help="list runs")
-    runs_list.add_argument("--store")
-    runs_list.add_argument("--sweep", default=None)
-    runs_list.add_argument("--json", action="store_true")
+    runs_list.add_argument("--store", help="run store URL (default: runs/moeplan.sqlite or $MOEPLAN_STORE)")
+    runs_list.add_argument("--sweep", default=None, help="only this sweep's runs")
+    runs_list.add_argument("--json", action="store_true", help="print one JSON document")
     runs_list.set_defaults(handler=_command_runs_list)
     runs_show = runs_commands.add_parser("show", help="one run with its loss curve")
     runs_show.add_argument("id")
-    runs_show.add_argument("--store")
-    runs_show.add_argument("--json", action="store_true")
+    runs_show.add_argument("--store", help="run store URL (default: runs/moeplan.sqlite or $MOEPLAN_STORE)")
+    runs_show.add_argument("--json", action="store_true", help="print one JSON document")
     runs_show.set_defaults(handler=_command_runs_show)
     runs_export = runs_commands.add_parser("export", help="one row per run, canonical fit columns")
-    runs_export.add_argument("--store")
-    runs_export.add_argument("--out", required=True, metavar="FILE.csv|FILE.parquet")
+    runs_export.add_argument("--store", help="run store URL (default: runs/moeplan.sqlite or $MOEPLAN_STORE)")
+    runs_export.add_argument(
+        "--out", required=True, metavar="FILE.csv|FILE.parquet", help="the file to write (its folder must exist)"
+    )
     runs_export.add_argument(
         "--aggregate",
         action="store_true",
@@ -162,7 +163,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "prune", help="delete a sweep's stored runs that its spec no longer produces (after a spec or default change)"
     )
     runs_prune.add_argument("spec", metavar="SPEC.toml")
-    runs_prune.add_argument("--store")
+    runs_prune.add_argument("--store", help="run store URL (default: runs/moeplan.sqlite or $MOEPLAN_STORE)")
     runs_prune.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/ beside the store")
-    runs_prune.add_argument("--json", action="store_true")
+    runs_prune.add_argument("--json", action="store_true", help="print one JSON document")
     runs_prune.set_defaults(handler=_command_runs_prune)

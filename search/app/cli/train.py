@@ -10,16 +10,21 @@ from scaling.proxy.dispatch import DISPATCH_MODES, INFERENCE_PATHS
 from search.app.cli.common import (
     PRECISION_CHOICES,
     add_arch_arguments,
+    check_output_folder,
+    non_negative_int,
     positive_float,
     positive_int,
     print_json,
     resolve_arch,
+    seed_int,
 )
+from search.app.cli.progress import StderrProgress
 
 
 # --- command: bench ----------------------------------------------------------------------------
 def _command_bench(args: argparse.Namespace) -> None:
     spec = resolve_arch(args)
+    progress = StderrProgress(enabled=not (args.json or args.quiet))
     if args.mode == "train":
         from scaling.train.bench import bench_train
 
@@ -31,6 +36,7 @@ def _command_bench(args: argparse.Namespace) -> None:
             dtype=args.dtype,
             device=args.device,
             dispatch=args.dispatch,
+            progress=progress,
         )
         _warn(result)
         if args.json:
@@ -55,6 +61,7 @@ def _command_bench(args: argparse.Namespace) -> None:
         return
     from scaling.train.bench_infer import bench_infer
 
+    progress(f"inference: {args.repeats} timed repeats of prefill and decode", 0, 1)
     result = bench_infer(
         spec,
         backend=args.backend,
@@ -65,6 +72,7 @@ def _command_bench(args: argparse.Namespace) -> None:
         repeats=args.repeats,
         inference_path=args.inference_path,
     )
+    progress(f"inference: {args.repeats} timed repeats of prefill and decode", 1, 1)
     _warn(result)
     if args.json:
         print_json(result)
@@ -97,9 +105,12 @@ def _warn(result: dict) -> None:
 
 # --- command: train ----------------------------------------------------------------------------
 def _command_train(args: argparse.Namespace) -> None:
-    from scaling.train.corpus import prepare_corpus
+    from scaling.train.corpus import check_corpus, prepare_corpus
     from scaling.train.trainer import TrainConfig, Trainer
 
+    if args.checkpoint_dir:
+        check_output_folder(args.checkpoint_dir, "--checkpoint-dir")  # before the corpus and the model
+    check_corpus(args.corpus)
     spec = resolve_arch(args)
     config = TrainConfig(
         steps=args.steps,
@@ -116,15 +127,20 @@ def _command_train(args: argparse.Namespace) -> None:
         device=args.device,
     )
     corpus = prepare_corpus(args.corpus)
-    trainer = Trainer(spec, config, corpus, checkpoint_dir=args.checkpoint_dir)
+    trainer = Trainer(
+        spec, config, corpus, checkpoint_dir=args.checkpoint_dir, checkpoint_every_s=args.checkpoint_every_s
+    )
+    if trainer.resumed_from_step and not (args.json or args.quiet):
+        print(f"resumed from step {trainer.resumed_from_step} of {args.steps}", file=sys.stderr)
+    progress = StderrProgress(enabled=not (args.json or args.quiet), every_s=0.0)
+    progress("step", trainer.step, args.steps)  # the clock of the ETA starts here
 
     def emit(point: dict) -> None:
         if args.jsonl:
             sys.stdout.write(json.dumps(point) + "\n")
             sys.stdout.flush()
-        else:
-            val = f" val {point['val_loss']:.4f}" if point["val_loss"] is not None else ""
-            print(f"step {point['step']:>6} train {point['train_loss']:.4f}{val}", file=sys.stderr)
+        val = f" val {point['val_loss']:.4f}" if point["val_loss"] is not None else ""
+        progress("step", point["step"], args.steps, f"train {point['train_loss']:.4f}{val}")
 
     result = trainer.run(callback=emit)
     if args.json:
@@ -143,43 +159,57 @@ def _command_train(args: argparse.Namespace) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure training or inference on this machine")
     add_arch_arguments(bench)
-    bench.add_argument("--mode", choices=("train", "infer"), required=True)
+    bench.add_argument("--mode", choices=("train", "infer"), required=True, help="time training or inference")
     bench.add_argument("--steps", type=positive_int, default=10, help="timed training steps")
-    bench.add_argument("--batch-size", type=positive_int, default=16)
-    bench.add_argument("--seq-len", type=positive_int, default=256)
-    bench.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    bench.add_argument("--dispatch", choices=DISPATCH_MODES, default="auto")
-    bench.add_argument("--backend", choices=("torch", "mlx"), default="torch")
-    bench.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
-    bench.add_argument("--prompt-tokens", type=positive_int, default=128)
-    bench.add_argument("--decode-tokens", type=positive_int, default=32)
-    bench.add_argument("--repeats", type=positive_int, default=5)
+    bench.add_argument("--batch-size", type=positive_int, default=16, help="sequences per training step")
+    bench.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence")
+    bench.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="training precision")
+    bench.add_argument("--dispatch", choices=DISPATCH_MODES, default="auto", help="MoE dispatch implementation")
+    bench.add_argument("--backend", choices=("torch", "mlx"), default="torch", help="inference backend")
+    bench.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32", help="inference weight precision")
+    bench.add_argument("--prompt-tokens", type=positive_int, default=128, help="tokens prefilled")
+    bench.add_argument("--decode-tokens", type=positive_int, default=32, help="tokens decoded after the prompt")
+    bench.add_argument("--repeats", type=positive_int, default=5, help="timed inference repeats")
     bench.add_argument(
         "--inference-path",
         choices=INFERENCE_PATHS,
         default="auto",
         help="infer: how MoE layers run (auto: the path measured fastest per shape regime; off: the training forward)",
     )
-    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    bench.add_argument("--json", action="store_true", help="print one JSON document")
+    bench.add_argument("--quiet", action="store_true", help="no progress on stderr")
     bench.set_defaults(handler=_command_bench)
 
     train = commands.add_parser("train", help="train one proxy on real text")
     add_arch_arguments(train)
-    train.add_argument("--steps", type=positive_int, default=200)
-    train.add_argument("--batch-size", type=positive_int, default=16)
-    train.add_argument("--seq-len", type=positive_int, default=256)
-    train.add_argument("--lr", type=positive_float, default=3e-3)
-    train.add_argument("--warmup-steps", type=int, default=20)
-    train.add_argument("--schedule", choices=("cosine", "wsd", "constant"), default="cosine")
-    train.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--eval-interval", type=positive_int, default=50)
-    train.add_argument("--log-interval", type=positive_int, default=10)
-    train.add_argument("--checkpoint-interval", type=int, default=50)
-    train.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint here; resume if present")
-    train.add_argument("--corpus", default="shakespeare", help="'shakespeare' or a folder of text")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--jsonl", action="store_true", help="stream logged points as JSON lines")
+    train.add_argument("--steps", type=positive_int, default=200, help="optimizer steps")
+    train.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step")
+    train.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence")
+    train.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate")
+    train.add_argument("--warmup-steps", type=non_negative_int, default=20, help="linear warm-up steps")
+    train.add_argument(
+        "--schedule", choices=("cosine", "wsd", "constant"), default="cosine", help="learning-rate schedule"
+    )
+    train.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="fp32, or bf16 autocast")
+    train.add_argument("--seed", type=seed_int, default=0, help="seeds the weights and the batch order")
+    train.add_argument("--eval-interval", type=positive_int, default=50, help="steps between validation losses")
+    train.add_argument("--log-interval", type=positive_int, default=10, help="steps between logged points")
+    train.add_argument(
+        "--checkpoint-interval", type=non_negative_int, default=50, help="steps between checkpoints (0: at the end)"
+    )
+    train.add_argument(
+        "--checkpoint-every-s",
+        type=positive_float,
+        default=60.0,
+        help="also checkpoint when this many seconds passed since the last one",
+    )
+    train.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="checkpoint here; resume if present (same settings only)"
+    )
+    train.add_argument("--corpus", default="shakespeare", help="'shakespeare', 'prose-code' or a folder of text")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    train.add_argument("--jsonl", action="store_true", help="stream logged points as JSON lines on stdout")
     train.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    train.add_argument("--quiet", action="store_true", help="no progress on stderr")
     train.set_defaults(handler=_command_train)
