@@ -115,7 +115,8 @@ def test_bench_user_errors():
     assert_user_error(run_cli("bench", "--preset", "proxy-dense-d128"), "--mode")
     assert_user_error(
         run_cli("bench", "--preset", "proxy-dense-d128", "--mode", "train", "--steps", "0"),
-        "positive integer",
+        "--steps",
+        "an integer >= 1",
     )
     assert_user_error(run_cli("bench", "--mode", "train"), "--preset")
 
