@@ -199,11 +199,13 @@ def test_a_plan_body_searches_precision_schemes(server):
         (["nope"], "schemes[0]"),
         ([{"name": "x", "experts": {"bits": 4}}], "unknown part"),
         ([{"name": "x", "default": {"bits": 5}}], "not in the menu"),
-        (["int4-g32"], "no quantisation penalty term"),  # the built-in card cannot price int4 yet
         (["/etc/passwd.toml"], "schemes[0]"),  # names and tables only: no server paths
     ):
         response = httpx.post(f"{url}/v1/plans", json={"device": "galaxy-s25", "schemes": schemes}, timeout=30)
         assert response.status_code == 422 and fragment in response.text, (schemes, response.text)
+    # the default card carries a penalty, so it prices int4; a single fit has none
+    priced = httpx.post(f"{url}/v1/plans", json={"device": "galaxy-s25", "schemes": ["int4-g32"], "trials": 10})
+    assert priced.status_code == 202, priced.text
 
 
 def test_oversized_and_malformed_bodies(server):

@@ -114,7 +114,7 @@ def test_calibration_recovers_known_factors():
         {
             "precision": ["int4"] * 4 + ["int8"] * 4,
             "prompt_tokens": [64, 256, 512, 1024] * 2,
-            "context_tokens": [512] * 8,
+            "context_tokens": [2048] * 8,  # holds every prompt
         }
     )
     rows = [

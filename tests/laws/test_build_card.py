@@ -103,6 +103,7 @@ def test_laws_fit_takes_the_penalty_from_the_stores_quantisation_table(tmp_path)
     """The command that rebuilds the default card picks up the store's quantisation measurements."""
     import json
     import shutil
+    import sqlite3
 
     from scaling.laws.quant_penalty import FORMS, PARAMS, design_from_frame, predict_design
     from scaling.runs.store import RunStore
@@ -112,6 +113,8 @@ def test_laws_fit_takes_the_penalty_from_the_stores_quantisation_table(tmp_path)
 
     store_path = tmp_path / "reference.sqlite"
     shutil.copy(REPO / "runs" / "reference" / "reference.sqlite", store_path)
+    with sqlite3.connect(store_path) as connection:  # its real measurements out: known truth only
+        connection.execute("DELETE FROM quantization")
     store = RunStore(f"sqlite:///{store_path}")
     truth = dict.fromkeys(PARAMS, 0.0) | {"log_C": np.log(0.03), "beta_bits": 1.5, "gamma_N": 0.4}
     rng = np.random.default_rng(0)
@@ -121,6 +124,8 @@ def test_laws_fit_takes_the_penalty_from_the_stores_quantisation_table(tmp_path)
         try:
             ArchSpec.from_dict(arch)
         except ArchError:  # some of this older sweep's shapes are refused by today's checks
+            continue
+        if arch["d_model"] % 32:  # group 32 must divide the width (the d48 dense rung)
             continue
         runs.append(run)
         for name in ("int8", "int4-g32", "int3-g32"):

@@ -61,7 +61,6 @@ def _command_bench(args: argparse.Namespace) -> None:
         return
     from scaling.train.bench_infer import bench_infer
 
-    progress(f"inference: {args.repeats} timed repeats of prefill and decode", 0, 1)
     result = bench_infer(
         spec,
         backend=args.backend,
