@@ -76,7 +76,7 @@ class SearchSpace:
                 raise UserError(f"space.{key}: must be a non-empty list")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in table.items()}
         if "schemes" in values:  # scheme files are relative to the space file
-            values["schemes"] = tuple(_relative(entry, path.parent) for entry in values["schemes"])
+            values["schemes"] = tuple(_relative(entry, Path(path).parent) for entry in values["schemes"])
         return cls(**values).validated()
 
     def validated(self) -> SearchSpace:
