@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scaling.proxy import native_mlp
@@ -21,7 +23,8 @@ def test_the_json_reports_spread_host_load_and_each_phases_moe_path():
     for phase in ("prefill", "decode"):
         samples = result[f"{phase}_ms_all" if phase == "prefill" else "decode_tokens_per_s_all"]
         assert result[f"{phase}_spread"] == pytest.approx(spread(samples)) and result[f"{phase}_spread"] >= 0
-    assert 0.05 < result["host_delivered_fraction"] < 2 and result["matmul_probe_size"] >= 256
+    fraction = result["host_delivered_fraction"]  # against a cached rate: load-dependent, any value > 0
+    assert math.isfinite(fraction) and fraction > 0 and result["matmul_probe_size"] >= 256
     assert isinstance(result["warnings"], list)
     assert bool(result["warnings"]) == (result["host_delivered_fraction"] < CONTENDED_BELOW)
     expected = "native" if native_mlp.load() else "grouped"
