@@ -178,13 +178,6 @@ class PlanBody(BaseModel):
         space.precision = (self.precision,)
         if self.schemes:
             space.schemes = tuple(self.schemes)
-        loss_model = self._loss_model()
-        if self.schemes and "loss" in self.objectives:  # a card that cannot price a scheme is a 422 now
-            menu = SearchSpace(schemes=tuple(self.schemes)).validated().scheme_menu
-            if any(scheme.quantised_parts() for scheme in menu.values()):
-                if not hasattr(loss_model, "require_penalty"):
-                    raise UserError("schemes: a single fit has no quantisation penalty; use a law_card with one")
-                loss_model.require_penalty(f"schemes {', '.join(menu)}", "a scheme's loss")
         return PlanRequest(
             device=get_device(self.device, allow_path=False),
             backend=self.backend,
@@ -192,7 +185,7 @@ class PlanBody(BaseModel):
             objectives=tuple(self.objectives),
             trials=self.trials,
             exhaustive=self.exhaustive,
-            loss_model=loss_model,
+            loss_model=self._loss_model(),
             samples=self.samples,
             min_p_front=self.min_p_front,
             seed=self.seed,
