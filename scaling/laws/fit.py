@@ -30,6 +30,7 @@ from scipy.optimize import minimize
 from scaling.checks import check_number
 from scaling.errors import UserError
 from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
+from scaling.laws.threads import blas_threads, limited_blas
 from scaling.laws.units import common_unit
 
 CANONICAL_COLUMNS = ("N", "N_total", "E", "G", "S", "D", "C", "loss")
@@ -377,6 +378,12 @@ def fit_law(
         law, comparison = choose_law(frame, delta=delta, progress=progress)
     law = get_law(law) if isinstance(law, str) else law
     validate_frame(frame, law)
+    with limited_blas():
+        return _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison)
+
+
+def _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison):
+    """:func:`fit_law` on validated data, under the fit's BLAS thread limit."""
     unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the data to fit")
     data = prepare_data(frame, law.columns, law.optional_columns)
     log_loss = np.log(np.asarray(frame["loss"], dtype=float))
@@ -465,10 +472,12 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _bootstrap_init(state: dict[str, Any]) -> None:
-    from threadpoolctl import threadpool_limits
-
     # One BLAS thread per worker: the matrices are small and processes already fill the cores.
-    threadpool_limits(1)
+    threads = blas_threads()
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
     _WORKER_STATE.update(state)
 
 
@@ -515,9 +524,7 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
             progress("bootstrap", len(thetas), n)
 
     if workers == 1:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
+        with limited_blas():
             _WORKER_STATE.update(state)
             for chunk in chunks:
                 collect(_bootstrap_replicates(chunk))
