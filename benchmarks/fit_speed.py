@@ -27,6 +27,7 @@ from scaling.laws.fit import fit_law
 from scaling.laws.registry import get_law
 from scaling.laws.threads import ENV
 
+
 def _spin() -> None:  # pragma: no cover - runs in a child process until terminated
     while True:
         pass
@@ -48,7 +49,8 @@ def _loadavg() -> str:
 
 def run_arms(frame: pd.DataFrame, repeats: int, busy: int) -> dict[str, list[float]]:
     """Interleaved timings: quiet limited/unlimited, then the same with ``busy`` spinners."""
-    times: dict[str, list[float]] = {f"{load}_{arm}": [] for load in ("quiet", "busy") for arm in ("limited", "unlimited")}
+    arms = [f"{load}_{arm}" for load in ("quiet", "busy") for arm in ("limited", "unlimited")]
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
     _timed_fit(frame, True)  # warm caches and imports
     for _ in range(repeats):
         for limited in (True, False):
