@@ -54,6 +54,7 @@ LIMITS: dict[str, float] = {
     "samples": 100_000,
     "trials": 10**7,
     "bootstrap": 100_000,
+    "delta": 10.0,  # a Huber threshold on log residuals: past a few units it is least squares already
 }
 
 

@@ -29,6 +29,7 @@ from scipy.optimize import minimize
 
 from scaling.checks import check_number
 from scaling.errors import UserError
+from scaling.laws.fit_checks import check_document
 from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
 from scaling.laws.units import common_unit
 
@@ -77,7 +78,10 @@ def check_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
 
 
 def _numeric(column: pd.Series, name: str) -> pd.Series:
-    """A column as floats (NaN where not a number); a number too large for a float is refused."""
+    """A column as floats (NaN where not a number); a number too large for a float is refused, and
+    true/false are not numbers (pandas would read them as 1 and 0)."""
+    if column.dtype == bool or (column.dtype == object and column.map(lambda v: isinstance(v, bool)).any()):
+        raise UserError(f"column {name!r} holds true/false values; give numbers")
     try:
         return pd.to_numeric(column, errors="coerce").astype(float)
     except (OverflowError, TypeError, ValueError):
@@ -303,14 +307,7 @@ class FitResult:
             document = json.loads(text)
         except json.JSONDecodeError as error:
             raise UserError(f"fit file is not valid JSON: {error}") from None
-        if not isinstance(document, dict) or document.get("law") not in LAWS or "theta" not in document:
-            raise UserError("fit file is not a moeplan fit (needs 'law' and 'theta'); make one with moeplan fit --out")
-        theta = document["theta"]
-        expected = len(LAWS[document["law"]].params)
-        if not isinstance(theta, list) or len(theta) != expected:
-            raise UserError(f"fit: theta must be a list of {expected} numbers for law {document['law']!r}")
-        for index, value in enumerate(theta):
-            check_number(value, f"fit: theta[{index}]")
+        check_document(document)
         samples = (document.get("bootstrap") or {}).get("samples")
         known = {
             "law",

@@ -1,0 +1,73 @@
+"""What the service checks before it accepts a job (202): that the job can succeed, and what it costs.
+
+A body that passes :mod:`search.app.bodies` is well-formed; these checks refuse (422) the jobs
+that would then fail, or finish with nothing: a plan where no shape fits the memory bound, a fit
+whose rows mix loss units or whose laws cannot be backtested, and work past a per-job bound.
+They are cheap next to the job: the plan check evaluates the space's costs once (tens of ms,
+no loss samples, no study), the fit check reads the columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from scaling.errors import UserError
+
+# A fit's work in row-fits: each bootstrap replicate refits every row; a named law's own fit,
+# grid and leave-largest-out check count as BASE_FITS replicates, ``auto``'s backtests (every
+# applicable law at every origin) as AUTO_FITS. At about 1 ms per row-fit on one core, the bound
+# keeps one job to a few minutes (198 reference rows: bootstrap up to about 1200).
+MAX_FIT_WORK = 250_000
+BASE_FITS = 20
+AUTO_FITS = 200
+
+
+def admit_fit(frame: pd.DataFrame, law: str, bootstrap: int) -> None:
+    """Refuse a fit that would fail (mixed loss units) or cost more than :data:`MAX_FIT_WORK`."""
+    from scaling.laws.units import common_unit
+
+    if "loss_unit" in frame.columns:
+        units = frame["loss_unit"]
+        if not all(u is None or isinstance(u, str) for u in units):
+            raise UserError("data: loss_unit must be text such as 'nats/byte' or 'nats/token:<tokenizer>'")
+        common_unit(units, "data")
+    work = len(frame) * (bootstrap + (AUTO_FITS if law == "auto" else BASE_FITS))
+    if work > MAX_FIT_WORK:
+        fixed = AUTO_FITS if law == "auto" else BASE_FITS
+        raise UserError(
+            f"bootstrap: {len(frame)} rows x ({bootstrap} replicates + {fixed} fits"
+            f"{' for law auto' if law == 'auto' else ''}) = {work} row-fits, over the limit of {MAX_FIT_WORK} "
+            f"per job; lower bootstrap to {max(0, MAX_FIT_WORK // len(frame) - fixed)} or send fewer rows"
+        )
+    if law == "auto":
+        _admit_auto(frame)
+
+
+def _admit_auto(frame: pd.DataFrame) -> None:
+    """``auto`` backtests on sizes: it needs at least three distinct ones (two to fit, one to predict)."""
+    column = "N" if "N" in frame.columns else "C"
+    if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").nunique() < 3:
+        raise UserError(
+            f"law auto: the data has fewer than 3 distinct {column} values, so no law can be backtested; "
+            "name a law, or add sizes"
+        )
+
+
+def admit_plan(request: Any) -> None:
+    """Refuse a plan where no shape of the space meets the memory and other bounds."""
+    from search.plan.evaluate import evaluate
+    from search.plan.planner import _no_fit_message
+
+    space = request.space
+    choices = space.choices()
+    if not choices:
+        raise UserError("the search space has no valid shape (every top-k reaches its E); widen it")
+    precisions, schemes = space.deployments(choices)
+    frame = evaluate(request, space.arrays(choices), precisions, schemes)
+    if not frame["feasible"].any():
+        message = _no_fit_message(request, frame)
+        for flag in ("--memory-gb", "--max-weight-gb", "--max-decode-ms", "--max-active-params"):
+            message = message.replace(flag, flag[2:].replace("-", "_"))  # the body's field names
+        raise UserError(message)
