@@ -9,6 +9,9 @@ no loss samples, no study), the fit check reads the columns.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from typing import Any
 
 import pandas as pd
@@ -57,17 +60,51 @@ def _admit_auto(frame: pd.DataFrame) -> None:
 
 def admit_plan(request: Any) -> None:
     """Refuse a plan where no shape of the space meets the memory and other bounds."""
+    key = _plan_key(request)
+    with _LOCK:
+        known = key in _PLAN_PROBLEMS
+        problem = _PLAN_PROBLEMS.get(key)
+    if not known:
+        problem = _plan_problem(request)
+        with _LOCK:
+            if len(_PLAN_PROBLEMS) >= 64:
+                _PLAN_PROBLEMS.pop(next(iter(_PLAN_PROBLEMS)))  # the oldest
+            _PLAN_PROBLEMS[key] = problem
+    if problem:
+        raise UserError(problem)
+
+
+_PLAN_PROBLEMS: dict[tuple, str | None] = {}  # clients repeat a plan: its verdict is kept
+_LOCK = threading.Lock()  # the service's handlers run in a thread pool
+
+
+def _plan_key(request: Any) -> tuple:
+    """What feasibility depends on: the space, the device (its file's state), the bounds, the tokens."""
+    device = request.device
+    stamp = None
+    if device.path:
+        with contextlib.suppress(OSError):
+            stamp = os.stat(device.path).st_mtime_ns
+    bounds = (request.budget, request.max_decode_ms, request.max_active_params, request.max_weight_bytes)
+    tokens = (request.prompt_tokens, request.context_tokens, request.quant_method)
+    return repr(request.space), device.name, device.path, stamp, request.backend, bounds, tokens
+
+
+def _plan_problem(request: Any) -> str | None:
+    """Why no shape fits (in the body's field names), or None (~0.1 s of CPU in the server's
+    process, which answers predictions too: hence the cache)."""
     from search.plan.evaluate import evaluate
     from search.plan.planner import _no_fit_message
 
     space = request.space
     choices = space.choices()
     if not choices:
-        raise UserError("the search space has no valid shape (every top-k reaches its E); widen it")
+        return "the search space has no valid shape (every top-k reaches its E); widen it"
     precisions, schemes = space.deployments(choices)
     frame = evaluate(request, space.arrays(choices), precisions, schemes)
-    if not frame["feasible"].any():
-        message = _no_fit_message(request, frame)
-        for flag in ("--memory-gb", "--max-weight-gb", "--max-decode-ms", "--max-active-params"):
-            message = message.replace(flag, flag[2:].replace("-", "_"))  # the body's field names
-        raise UserError(message)
+    if frame["feasible"].any():
+        return None
+    message = _no_fit_message(request, frame)
+    for flag in ("--memory-gb", "--max-weight-gb", "--max-decode-ms", "--max-active-params"):
+        message = message.replace(flag, flag[2:].replace("-", "_"))  # the body's field names
+    return message
