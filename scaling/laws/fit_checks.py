@@ -50,3 +50,67 @@ def check_document(document: Any) -> None:
     for name, values in samples.items():
         for index, value in enumerate(values):
             check_number(value, f"fit: bootstrap.samples.{name}[{index}]")
+
+
+MOE_COLUMNS = ("E", "G", "N_total")
+
+
+def screen_rows(frame: Any, law: Any) -> tuple[Any, list[str]]:
+    """The rows one law can describe, and a warning naming each kind left out.
+
+    Learning-rate-search runs (``stage`` ``lr_search``) are not points of a scaling law: most ran at
+    a wrong learning rate on purpose. A dense law (no E, G or N_total column) cannot describe MoE
+    rows (E or G above 1): fitted on both, its exponents absorb the experts' effect.
+    """
+    import pandas as pd
+
+    warnings = []
+    if "stage" in frame.columns:
+        search = frame["stage"].astype(str) == "lr_search"
+        if search.any():
+            warnings.append(f"left out {int(search.sum())} learning-rate-search rows ({_rows(frame, search)})")
+            frame = frame[~search]
+    if law is None:  # law auto: its candidates are screened when each is fitted
+        return frame, warnings
+    dense_law = not any(column in law.columns for column in MOE_COLUMNS)
+    moe = pd.Series(False, index=frame.index)
+    for column in ("E", "G"):
+        if column in frame.columns:
+            moe |= pd.to_numeric(frame[column], errors="coerce") > 1
+    if dense_law and moe.any():
+        if (~moe).sum() <= len(law.params):
+            raise UserError(
+                f"law {law.name!r} is a dense law, and {int(moe.sum())} of the {len(frame)} rows are MoE (E or G > 1), "
+                f"leaving {int((~moe).sum())} dense rows; fit an MoE law (clark2022, krajewski2024, joint_moe, "
+                "ondevice) or --law auto"
+            )
+        warnings.append(f"left out {int(moe.sum())} MoE rows (E or G > 1) that the dense law {law.name!r} cannot "
+                        f"describe ({_rows(frame, moe)}); fit an MoE law to use them")  # fmt: skip
+        frame = frame[~moe]
+    return frame, warnings
+
+
+def _rows(frame: Any, mask: Any) -> str:
+    """The first few rows of ``mask``, by run id when there is one."""
+    picked = frame[mask]
+    labels = picked["run"].astype(str).str[:8].tolist() if "run" in frame.columns else picked.index.tolist()
+    shown = ", ".join(str(label) for label in labels[:3])
+    return f"{'runs' if 'run' in frame.columns else 'rows'} {shown}" + (", ..." if len(labels) > 3 else "")
+
+
+def interval_flags(law: Any, replicates: Any, share: float = 0.5) -> tuple[list[str], list[str]]:
+    """Internal parameters whose bootstrap interval (2.5-97.5%) reaches a bound, and those whose
+    interval spans more than ``share`` of their bounded range (the data barely constrains them)."""
+    import numpy as np
+
+    if replicates is None or not len(replicates):
+        return [], []
+    low, high = np.quantile(replicates, 0.025, axis=0), np.quantile(replicates, 0.975, axis=0)
+    at_bounds, wide = [], []
+    for name, lo, hi, (bound_low, bound_high) in zip(law.params, low, high, law.bounds, strict=True):
+        span = bound_high - bound_low
+        if lo - bound_low < 1e-3 * span or bound_high - hi < 1e-3 * span:
+            at_bounds.append(name)
+        if hi - lo > share * span:
+            wide.append(name)
+    return at_bounds, wide

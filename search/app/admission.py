@@ -49,12 +49,15 @@ def admit_fit(frame: pd.DataFrame, law: str, bootstrap: int) -> None:
 
 
 def _admit_auto(frame: pd.DataFrame) -> None:
-    """``auto`` backtests on sizes: it needs at least three distinct ones (two to fit, one to predict)."""
+    """``auto`` backtests on sizes: two to fit the first origin, and one more per origin it needs."""
+    from scaling.laws.auto import MIN_ORIGINS
+
     column = "N" if "N" in frame.columns else "C"
-    if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").nunique() < 3:
+    needed = MIN_ORIGINS + 2
+    if column in frame.columns and pd.to_numeric(frame[column], errors="coerce").nunique() < needed:
         raise UserError(
-            f"law auto: the data has fewer than 3 distinct {column} values, so no law can be backtested; "
-            "name a law, or add sizes"
+            f"law auto: the data has fewer than {needed} distinct {column} values, so no law can be backtested "
+            f"on {MIN_ORIGINS} origins; name a law, or add sizes"
         )
 
 

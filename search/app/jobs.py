@@ -29,8 +29,8 @@ from scaling.errors import UserError
 from scaling.runs.store import RunStore
 
 ACTIVE = ("pending", "running")
-PRELOAD = ["search.app.job_handlers"]
-JOB_NICENESS = 10  # jobs (and the bootstrap's workers, which inherit it) yield the cores to requests  # imported once by the fork server, not by every job
+PRELOAD = ["search.app.job_handlers"]  # imported once by the fork server, not by every job
+JOB_NICENESS = 10  # jobs (and the bootstrap's workers, which inherit it) yield the cores to requests
 
 
 class QueueFull(Exception):

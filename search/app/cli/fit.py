@@ -57,6 +57,9 @@ def _command_fit(args: argparse.Namespace) -> None:
         workers=args.workers,
         progress=progress,
     )
+    if args.json and not args.quiet:  # the table prints them; under --json they go to stderr as well
+        for warning in fit.extra.get("warnings", []):
+            sys.stderr.write(f"warning: {warning}\n")
     document = fit.to_dict()
     document.pop("bootstrap", None)
     document["predictions"] = None
