@@ -64,8 +64,8 @@ def test_a_fit_body_of_the_wrong_type_in_a_plan_is_422(url):
     fit = {"law": "chinchilla", "theta": [0.5, 6.0, 6.0, 0.3, 0.3], "bootstrap": "x"}
     answer = httpx.post(f"{url}/v1/plans", json={"device": "iphone-16-pro", "fit": fit}, timeout=30)
     assert answer.status_code == 422 and "bootstrap" in answer.json()["detail"], answer.text
-    for fit in ({"law": ["x"], "theta": 1}, {**fit, "bootstrap": {"samples": {"E": ["a"]}}}):
-        answer = httpx.post(f"{url}/v1/plans", json={"device": "iphone-16-pro", "fit": fit}, timeout=30)
+    for wrong in ({"law": ["x"], "theta": 1}, {**fit, "bootstrap": {"samples": {"E": ["a"]}}}):
+        answer = httpx.post(f"{url}/v1/plans", json={"device": "iphone-16-pro", "fit": wrong}, timeout=30)
         assert answer.status_code == 422, answer.text
 
 
