@@ -14,7 +14,7 @@ def check_document(document: Any) -> None:
     if not isinstance(document, dict) or not isinstance(document.get("law"), str) or "theta" not in document:
         raise UserError("fit file is not a moeplan fit (needs 'law' and 'theta'); make one with moeplan fit --out")
     if document["law"] not in LAWS:
-        raise UserError(f"fit: unknown law {document['law'][:60]!r}; laws: {', '.join(LAWS)}")
+        raise UserError(f"fit file is not a moeplan fit: unknown law {document['law'][:60]!r}; laws: {', '.join(LAWS)}")
     law = LAWS[document["law"]]
     theta = document["theta"]
     if not isinstance(theta, list) or len(theta) != len(law.params):
