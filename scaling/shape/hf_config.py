@@ -58,18 +58,11 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
         "n_layers": read.int("num_hidden_layers", "n_layers"),
         "n_heads": n_heads,
         "n_kv_heads": n_kv_heads,
-        "head_dim": read.int("head_dim", "head_dim", default=None),
+        "head_dim": read.int("head_dim", "head_dim", default=None) or _head_dim(model_type, hidden, n_heads),
         "tie_embeddings": read.bool("tie_word_embeddings", model_type == "granitemoe"),
         "rope_theta": read.float("rope_theta", "rope_theta", 10000.0),
         "norm_eps": read.float("rms_norm_eps", "norm_eps", 1e-6),
     }
-    if fields["head_dim"] is None:
-        if hidden % n_heads:
-            raise ArchError(
-                f"{model_type} config: num_attention_heads={n_heads} does not divide hidden_size={hidden} "
-                "and head_dim is not given; set head_dim"
-            )
-        fields["head_dim"] = hidden // n_heads
     if config.get("mlp_bias"):
         raise ArchError(f"{model_type} config sets mlp_bias=true, which moeplan does not model")
     if model_type in ("llama", "mistral", "mixtral", "granitemoe", "olmoe") and config.get("attention_bias"):
@@ -125,6 +118,16 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
 
 
 _MISSING = object()
+
+
+def _head_dim(model_type: str, hidden: int, n_heads: int) -> int:
+    """hidden_size / num_attention_heads, when the config gives no head_dim."""
+    if hidden % n_heads:
+        raise ArchError(
+            f"{model_type} config: num_attention_heads={n_heads} does not divide hidden_size={hidden} "
+            "and head_dim is not given; set head_dim"
+        )
+    return hidden // n_heads
 
 
 def _text(value: Any) -> str:

@@ -473,8 +473,7 @@ def get_device(name_or_path: str, backend: str | None = None, allow_path: bool =
 
 @functools.lru_cache(maxsize=64)
 def _parsed(text: str, origin: str) -> DeviceProfile:
-    """:func:`parse_profile`, kept by the file's text: the service reads a profile per request, and
-    parsing its TOML is most of a prediction's cost (profiles are frozen; an edited file is new text)."""
+    """:func:`parse_profile` kept by text: parsing was most of a prediction's cost (profiles are frozen)."""
     return parse_profile(text, origin)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from scaling.errors import UserError
 from scaling.laws import plot_data
-from scaling.laws.datasets import chinchilla_points, routed_moe_runs
 from scaling.laws.auto import MAX_ORIGINS
+from scaling.laws.datasets import chinchilla_points, routed_moe_runs
 from scaling.laws.fit import FitResult, choose_law, extrapolation_check, fit_law
 from scaling.laws.isoflop import chinchilla_allocation, isoflop_analysis
 from scaling.laws.registry import LAWS
