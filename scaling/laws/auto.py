@@ -35,11 +35,9 @@ def _has_moe_rows(frame: pd.DataFrame) -> bool:
 
 def candidates(frame: pd.DataFrame) -> tuple[list[str], dict[str, Any]]:
     """The laws ``auto`` compares, and why others are left out (a dense law on MoE rows)."""
-    from scaling.laws.fit import applicable_laws
-
     names, skipped = [], {}
     moe = _has_moe_rows(frame)
-    for name in applicable_laws(frame):
+    for name in [n for n, law in LAWS.items() if all(c in frame.columns for c in law.columns)]:
         if moe and _is_dense_law(get_law(name)):
             skipped[name] = {"error": "a dense law, and the data has MoE rows (E or G > 1)"}
         else:
@@ -47,10 +45,12 @@ def candidates(frame: pd.DataFrame) -> tuple[list[str], dict[str, Any]]:
     return names, skipped
 
 
-def choose_law(frame: pd.DataFrame, delta: float, progress=None) -> tuple[Law, dict[str, Any]]:
-    """The chosen law and the comparison (each law's mean error and origins, or why it was not scored)."""
+def choose_law(frame: pd.DataFrame, delta: float, fit_law, progress=None) -> tuple[Law, dict[str, Any]]:
+    """The chosen law and the comparison (each law's mean error and origins, or why it was not scored).
+
+    ``fit_law`` is :func:`scaling.laws.fit.fit_law` (passed in: that module calls this one).
+    """
     from scaling.laws.backtest import rolling_origin
-    from scaling.laws.fit import fit_law
 
     if "loss" not in frame.columns:
         raise UserError("data has no 'loss' column")
@@ -81,12 +81,11 @@ def choose_law(frame: pd.DataFrame, delta: float, progress=None) -> tuple[Law, d
         if len(scored) < MIN_ORIGINS:
             result = {**result, "error": f"scored on {len(scored)} origin(s); a choice needs {MIN_ORIGINS}"}
         comparison[name] = result
-    return _identified_best(frame, delta, comparison), comparison
+    return _identified_best(frame, delta, comparison, fit_law), comparison
 
 
-def _identified_best(frame: pd.DataFrame, delta: float, comparison: dict[str, Any]) -> Law:
+def _identified_best(frame: pd.DataFrame, delta: float, comparison: dict[str, Any], fit_law) -> Law:
     """The best-scored law whose fit on all the data identifies every parameter (noted in ``comparison``)."""
-    from scaling.laws.fit import fit_law
 
     scored = {name: r["mean_abs_rel_error"] for name, r in comparison.items() if "error" not in r}
     for name in sorted(scored, key=scored.get):

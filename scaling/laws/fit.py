@@ -616,4 +616,4 @@ def choose_law(
     """``--law auto`` (see :func:`scaling.laws.auto.choose_law`)."""
     from scaling.laws.auto import choose_law as choose
 
-    return choose(frame, delta=delta, progress=progress)
+    return choose(frame, delta=delta, fit_law=fit_law, progress=progress)
