@@ -381,7 +381,10 @@ def fit_law(
         row_warnings += more
     validate_frame(frame, law)
     with limited_blas():
-        return _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison)
+        result = _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison)
+    if row_warnings:
+        result.extra["warnings"] = row_warnings
+    return result
 
 
 def _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison):
@@ -415,8 +418,6 @@ def _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapol
         rows = [law.reported(theta) for theta in result.bootstrap_theta]
         result.bootstrap_params = pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
         _flag_intervals(result, law)
-    if row_warnings:
-        result.extra["warnings"] = row_warnings
     if extrapolate:
         result.extrapolation = _safe_extrapolation(frame, law, delta)
     return result
