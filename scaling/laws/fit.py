@@ -31,6 +31,7 @@ from scaling.checks import check_number
 from scaling.errors import UserError
 from scaling.laws.fit_checks import check_document, interval_flags, screen_rows
 from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
+from scaling.laws.threads import blas_threads, limited_blas
 from scaling.laws.units import common_unit
 
 CANONICAL_COLUMNS = ("N", "N_total", "E", "G", "S", "D", "C", "loss")
@@ -379,6 +380,15 @@ def fit_law(
         frame, more = screen_rows(frame, law)
         row_warnings += more
     validate_frame(frame, law)
+    with limited_blas():
+        result = _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison)
+    if row_warnings:
+        result.extra["warnings"] = row_warnings
+    return result
+
+
+def _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison):
+    """:func:`fit_law` on validated data, under the fit's BLAS thread limit."""
     unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the data to fit")
     data = prepare_data(frame, law.columns, law.optional_columns)
     log_loss = np.log(np.asarray(frame["loss"], dtype=float))
@@ -408,8 +418,6 @@ def fit_law(
         rows = [law.reported(theta) for theta in result.bootstrap_theta]
         result.bootstrap_params = pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
         _flag_intervals(result, law)
-    if row_warnings:
-        result.extra["warnings"] = row_warnings
     if extrapolate:
         result.extrapolation = _safe_extrapolation(frame, law, delta)
     return result
@@ -480,10 +488,12 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _bootstrap_init(state: dict[str, Any]) -> None:
-    from threadpoolctl import threadpool_limits
-
     # One BLAS thread per worker: the matrices are small and processes already fill the cores.
-    threadpool_limits(1)
+    threads = blas_threads()
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
     _WORKER_STATE.update(state)
 
 
@@ -530,9 +540,7 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
             progress("bootstrap", len(thetas), n)
 
     if workers == 1:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
+        with limited_blas():
             _WORKER_STATE.update(state)
             for chunk in chunks:
                 collect(_bootstrap_replicates(chunk))

@@ -136,6 +136,10 @@ class PlanBody(BaseModel):
         description="precision schemes to search: built-in names or inline scheme tables (no server files)",
     )
     quant_method: Literal["rtn", "gptq"] = "rtn"
+    train_tokens: float = Field(1e12, gt=0, description="planned training tokens (the law's D)")
+    max_decode_ms: float | None = Field(None, gt=0, description="bound on decode latency per token, ms")
+    max_active_params: float | None = Field(None, gt=0, description="bound on active parameters")
+    max_extrapolation: float = Field(100.0, ge=1, description="warn when a law term reaches this far past its data")
 
     @field_validator("schemes")
     @classmethod
@@ -194,6 +198,10 @@ class PlanBody(BaseModel):
             prompt_tokens=self.prompt_tokens,
             context_tokens=self.context_tokens,
             quant_method=self.quant_method,
+            train_tokens=self.train_tokens,
+            max_decode_ms=self.max_decode_ms,
+            max_active_params=self.max_active_params,
+            max_extrapolation=self.max_extrapolation,
         ).validated()
 
     def _loss_model(self):

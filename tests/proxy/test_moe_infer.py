@@ -130,8 +130,8 @@ def test_decode_reads_only_the_selected_experts(path):
     x = torch.randn(1, 1, 64)
     with torch.inference_mode():
         reference = moe(x).clone()
-        experts = moe.router(x.view(1, 64)).topk(moe.top_k).indices[0].tolist()
-    unselected = [e for e in range(moe.n_experts) if e not in experts]
+        experts = moe.router(x.view(1, 64)).topk(moe.routed_top_k).indices[0].tolist()
+    unselected = [e for e in range(moe.n_routed_experts) if e not in experts]
     with torch.no_grad():
         moe.gate_up[unselected] = float("nan")
         moe.down[unselected] = float("nan")
