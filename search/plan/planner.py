@@ -23,6 +23,7 @@ from scaling.laws.card import LawCard
 from scaling.shape import accounting
 from search.plan.engine import optuna_front
 from search.plan.evaluate import deployment_groups, evaluate, loss_samples, objective_samples, penalised
+from search.plan.evidence import entry_fields, evidence_shares
 from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
 from search.plan.request import PlanRequest
@@ -159,7 +160,22 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
         front = feasible[feasible["p_front"] >= request.min_p_front]
         document["min_p_front"] = request.min_p_front
-    document["pareto"] = evaluated.entries(front)
+    unvalidated = request.loss_model.unvalidated(extrapolation) if isinstance(request.loss_model, LawCard) else {}
+    shares = evidence_shares(request, evaluated, front, unvalidated)
+    document["unvalidated_terms"] = unvalidated
+    document["interval_level"] = 0.9
+    if "best_dense" in shares.attrs:
+        document["best_dense"] = evaluated.entries(frame.loc[[shares.attrs["best_dense"]]])[0]["arch"]["name"]
+    if request.max_unvalidated_share is not None:
+        keep = shares["evidence"].fillna(0.0) <= request.max_unvalidated_share + 1e-12
+        front, shares = front[keep.to_numpy()], shares[keep]
+        document["max_unvalidated_share"] = request.max_unvalidated_share
+    entries = evaluated.entries(front)  # sorted; match each back to its row by name and scheme
+    fields = {(evaluated.entries(front.loc[[i]])[0]["arch"]["name"], front.loc[i, "scheme"]): entry_fields(shares.loc[i])
+              for i in front.index}  # fmt: skip
+    for entry in entries:
+        entry.update(fields[(entry["arch"]["name"], entry["scheme"])])
+    document["pareto"] = entries
     return document
 
 
