@@ -169,8 +169,10 @@ def fit_expansion_term(
             "bound, and at the planner's R (<= 64) any E_max above 1e3 changes ln M by under 3%; the point fit and "
             "the median of m0, m1 agree within their intervals",
         },
-        notes="ln M = ln Ê(E/k) (m0 - m1 ln(N/1e8)), Ê saturating at E_max (Clark et al. 2022); fitted with "
-        "the dense law of the same runs held fixed; bootstrap over runs and the dense law's replicates",
+        notes="ln M = ln Ê(R) (m0 - m1 ln(N/1e8)), R = E·G/k·G routed over active routed experts, Ê saturating "
+        "at E_max (Clark et al. 2022); fitted on every checkpoint from 50k steps (28 per run) with the dense law of "
+        "the same runs held fixed; bootstrap over runs and the dense law's replicates; Clark's runs route every "
+        "other layer (the card does not price the MoE layer fraction)",
     )
 
 

@@ -115,10 +115,8 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     low, high = values.min(axis=0), values.max(axis=0)
     exact_front = feasible[pareto_mask(values)]
     model = describe(request.loss_model)
-    shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
-    shapes["N_eq"] = frame["dense_equivalent_params"]
     quantised = _quantised_schemes(request, frame)
-    feasible_shapes = shapes[frame["feasible"].to_numpy()]
+    feasible_shapes = law_shapes(request, evaluated, feasible)
     if isinstance(request.loss_model, LawCard):
         extrapolation = request.loss_model.extrapolation(feasible_shapes, with_penalty=bool(quantised))
     else:
@@ -177,6 +175,13 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         entry.update(fields[(entry["arch"]["name"], entry["scheme"])])
     document["pareto"] = entries
     return document
+
+
+def law_shapes(request: PlanRequest, evaluated: EvaluatedSpace, rows: pd.DataFrame) -> pd.DataFrame:
+    """The law's columns (and N_eq) of ``rows`` of the evaluated frame: what extrapolation reads."""
+    shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
+    shapes["N_eq"] = evaluated.frame["dense_equivalent_params"]
+    return shapes.loc[rows.index]
 
 
 def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:
