@@ -152,6 +152,9 @@ def fit_expansion_term(
         return effective.chinchilla_loss(test["N"].to_numpy() * np.exp(log_m[:, 0]), test["D"], **dense)[:, 0]
 
     backtest = rolling_origin(moe_rows, fit_predict, "N", min_sizes=2)
+    from scaling.laws.expansion_forms import compare
+
+    forms_compared = compare(moe_rows, dense)
     expansion = moe_rows["E"] / moe_rows["k"]
     return Term(
         kind="expansion",
@@ -164,6 +167,14 @@ def fit_expansion_term(
         backtest=backtest,
         evidence={
             "dense_law_on_the_same_data": dense,
+            "forms_compared": forms_compared,
+            "checks_text": [
+                "forms by rolling origin over N (gain over the dense law, nats): clark "
+                f"{forms_compared['clark']['mean_abs_gain_error']:.4f}, joint (MoE on the data term too, Ludziejewski "
+                f"et al. 2025) {forms_compared['joint']['mean_abs_gain_error']:.4f}, on a mean gain of "
+                f"{forms_compared['mean_actual_gain']:.3f}: the card carries {forms_compared['chosen']} (a form with "
+                "one parameter more must win by over 10%)"
+            ],
             "bounds": {"E_max": [2.0, 1e5]},
             "point_vs_median": "E_max is not identified above the data's R (<= 512): its replicates run to the "
             "bound, and at the planner's R (<= 64) any E_max above 1e3 changes ln M by under 3%; the point fit and "
