@@ -31,8 +31,8 @@ from scaling.errors import UserError
 from scaling.laws import effective, published
 from scaling.laws.backtest import rolling_origin
 from scaling.laws.card import QUANT_TERM, LawCard, Term, TermForm
-from scaling.laws.proxy_check import matched_deltas, posterior_predictive, sign_agreement  # noqa: F401
 from scaling.laws.fit import fit_law
+from scaling.laws.proxy_check import matched_deltas, posterior_predictive, sign_agreement  # noqa: F401
 from scaling.laws.units import NATS_PER_BYTE, LossUnit, common_unit
 from scaling.shape import accounting
 from scaling.shape.arch import ArchSpec

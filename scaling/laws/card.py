@@ -356,7 +356,9 @@ class LawCard:
             )
         return float(self.unit.bytes_per_token)
 
-    def unvalidated(self, extrapolation: dict[str, dict[str, float]], limit: float = MAX_EXTRAPOLATION) -> dict[str, str]:
+    def unvalidated(
+        self, extrapolation: dict[str, dict[str, float]], limit: float = MAX_EXTRAPOLATION
+    ) -> dict[str, str]:
         """The terms a plan must call unvalidated, with why: no out-of-sample check, or data more than
         ``limit`` times from the shapes (an :meth:`extrapolation` report)."""
         reasons = {}
@@ -494,5 +496,3 @@ def load_card(reference: str | Path | None = None) -> LawCard:
 
 def _plain(value: float) -> float | None:
     return None if not math.isfinite(value) else float(value)
-
-

@@ -47,7 +47,8 @@ def _parameter_lines(term) -> list[str]:
             lines.append(f"  {label:>24} {row.param:>11} = {row.value:<10.5g} fixed (not estimated)")
             continue
         median = float(np.median(values))
-        text = f"  {label:>24} {row.param:>11} = {row.value:<10.5g} median {median:<10.5g} 90% [{row.lower:.5g}, {row.upper:.5g}]"
+        text = f"  {label:>24} {row.param:>11} = {row.value:<10.5g} median {median:<10.5g} "
+        text += f"90% [{row.lower:.5g}, {row.upper:.5g}]"
         if not row.lower <= row.value <= row.upper:
             text += "  point outside its replicates' interval"
         if row.param in bounds:

@@ -137,9 +137,15 @@ def _why(row: Any) -> str:
     if row.inside:
         return ""
     if row.tokens_per_param <= 20 and row.observed > row.predicted_upper:
-        return "20 tokens per parameter: each expert sees D/E tokens and is under-trained; the card's terms are for the over-trained regime"
+        return (
+            "20 tokens per parameter: each expert sees D/E tokens and is under-trained; the card's terms are "
+            "for the over-trained regime"
+        )
     if "shared" in row.contrast:
-        return "the proxies' shared expert loses (its learning rate sat at the grid's edge); the card's prior holds the published split, not this"
+        return (
+            "the proxies' shared expert loses (its learning rate sat at the grid's edge); the card's prior "
+            "holds the published split, not this"
+        )
     if row.observed > row.predicted_upper:
         return "the proxies gain less than the card predicts at this size"
     return "the proxies gain more than the card predicts at this size"

@@ -122,10 +122,12 @@ def granularity_term(base: dict[str, float], replicates: int = 200, seed: int = 
     draws["kappa"] = kappa.tolist()
     point = {**{p: KRAJEWSKI_FITS[names[0]][p] for p in ("a", "alpha", "g", "gamma")}, "kappa": float(np.median(kappa))}
     uncalibrated, calibrated = _granularity_checks(base, 1.0), _granularity_checks(base, point["kappa"])
-    optimal = [
-        {"active": n, "flops": f, "published_G": g, "published_loss": loss, **dict(zip(("G", "loss"), compute_optimal_granularity(KRAJEWSKI_FITS[names[0]], n, f), strict=True))}
-        for n, f, g, loss in KRAJEWSKI_TABLE2
-    ]  # fmt: skip
+    optimal = []
+    for n, f, g, loss in KRAJEWSKI_TABLE2:
+        best_g, best_loss = compute_optimal_granularity(KRAJEWSKI_FITS[names[0]], n, f)
+        optimal.append(
+            {"active": n, "flops": f, "published_G": g, "published_loss": loss, "G": best_g, "loss": best_loss}
+        )
     held_out = calibrated[2:]  # OLMoE set kappa's range; DeepSeekMoE is the check left out of it
     return Term(
         kind="granularity",
@@ -144,14 +146,16 @@ def granularity_term(base: dict[str, float], replicates: int = 200, seed: int = 
             "compute_optimal_G": optimal,
             "checks_text": [
                 *(
-                    f"kappa 1 (Krajewski alone): {c['what']} predicted {c['predicted']:+.3f}, observed {c['observed']:+.3f}"
+                    f"kappa 1 (Krajewski alone): {c['what']} predicted {c['predicted']:+.3f}, "
+                    f"observed {c['observed']:+.3f}"
                     for c in uncalibrated[:2]
                 ),
                 "Krajewski's compute-optimal G refitted from Table 1 and their FLOPs model: "
                 + ", ".join(f"{o['active']:.0e} active {o['G']} (paper {o['published_G']})" for o in optimal),
             ],
-            "point_vs_median": "point = Table 1 with kappa at its replicates' median; the replicates mix the three fits",
-        },  # fmt: skip
+            "point_vs_median": "point = Table 1 with kappa at its replicates' median; the replicates mix the "
+            "three fits",
+        },
         notes="ln M_G = kappa/alpha ln((g + a)/(g A^-gamma + a)), A = k·G active routed experts (Krajewski's G at "
         "top-1 routing; top-k at fixed E/k is the same axis); 0 when every expert is active; kappa log-uniform in "
         f"[{KAPPA_RANGE[0]}, {KAPPA_RANGE[1]}]: Krajewski's size down to below OLMoE's (about half); losses turned "
@@ -183,8 +187,8 @@ def shared_term(base: dict[str, float], replicates: int = 200, seed: int = 0) ->
             "published": published,
             "checks_text": [
                 "OLMoE: a shared expert costs "
-                f"{SHARED_EVIDENCE[0].delta_loss:+.3f} (ln M {published[0]['log_m']:+.3f}); DeepSeekMoE: 1, 2 or 4 shared "
-                "experts within 0.003 of each other, and its gain over GShard comes with fine-grained experts; "
+                f"{SHARED_EVIDENCE[0].delta_loss:+.3f} (ln M {published[0]['log_m']:+.3f}); DeepSeekMoE: 1, 2 or 4 "
+                "shared experts within 0.003 of each other, and its gain over GShard comes with fine-grained experts; "
                 "Qwen3-MoE dropped shared experts"
             ],
         },

@@ -154,10 +154,14 @@ def _mobilemoe_section() -> list[str]:
         for label, entry in (("stand-in", paper), ("planner", best)):
             parts = ", ".join(f"{kind} {value:+.2f}" for kind, value in entry["log_m_terms"].items())
             advantage = entry["advantage_over_best_dense"]
-            share = "" if advantage is None or advantage <= 0 else f", {entry['evidence']:.0%} of it from unvalidated terms"
+            share = (
+                "" if advantage is None or advantage <= 0 else f", {entry['evidence']:.0%} of it from unvalidated terms"
+            )
             terms.append(
                 f"- {item.size} {label} {entry['arch']['name']}: ln M {parts}; loss vs best dense "
-                f"{-advantage:+.3f}{share}" if advantage is not None else f"- {item.size} {label}: ln M {parts}"
+                f"{-advantage:+.3f}{share}"
+                if advantage is not None
+                else f"- {item.size} {label}: ln M {parts}"
             )
     print_table("MobileMoE budgets on iphone-16-pro (INT4 weights)", header, rows)
     actives = ", ".join(f"{k} {v[0] / 1e6:.0f}M of {v[1] / 1e9:.1f}B at {v[2]} GB" for k, v in PAPER.items())

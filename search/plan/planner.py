@@ -181,8 +181,10 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         front, shares = front[keep.to_numpy()], shares[keep]
         document["max_unvalidated_share"] = request.max_unvalidated_share
     entries = evaluated.entries(front)  # sorted; match each back to its row by name and scheme
-    fields = {(evaluated.entries(front.loc[[i]])[0]["arch"]["name"], front.loc[i, "scheme"]): entry_fields(shares.loc[i])
-              for i in front.index}  # fmt: skip
+    fields = {}
+    for index in front.index:
+        name = evaluated.entries(front.loc[[index]])[0]["arch"]["name"]
+        fields[(name, front.loc[index, "scheme"])] = entry_fields(shares.loc[index])
     for entry in entries:
         entry.update(fields[(entry["arch"]["name"], entry["scheme"])])
     document["pareto"] = entries

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling.errors import UserError
 from scaling.laws import effective
 from scaling.laws.build_card import fit_expansion_term
 from scaling.laws.card import load_card

@@ -21,7 +21,9 @@ CARD = load_card()
 
 def _labellings(n_routed: int, n_active: int) -> list[tuple[int, int, int]]:
     """Every (E, k, G) with E·G = n_routed and k·G = n_active."""
-    return [(n_routed // g, n_active // g, g) for g in range(1, n_active + 1) if n_routed % g == 0 and n_active % g == 0]
+    return [
+        (n_routed // g, n_active // g, g) for g in range(1, n_active + 1) if n_routed % g == 0 and n_active % g == 0
+    ]
 
 
 def _spec(e: int, k: int, g: int, expert_width: int, shared: int, layers: int, d_model: int) -> ArchSpec:
@@ -108,7 +110,9 @@ def test_plans_report_evidence_and_filter_on_it():
     document = run_cli(*ask, "--json").json()
     entries = document["pareto"]
     assert document["interval_level"] == 0.9 and "shared" in document["unvalidated_terms"]
-    assert all(0 <= e["evidence"] <= 1 and set(e["log_m_terms"]) == {"expansion", "granularity", "shared"} for e in entries)
+    assert all(
+        0 <= e["evidence"] <= 1 and set(e["log_m_terms"]) == {"expansion", "granularity", "shared"} for e in entries
+    )
     assert all(e["dense_equivalent_params"] <= e["total_params"] for e in entries)
     shared = [e for e in entries if e["n_shared_experts"] and (e["advantage_over_best_dense"] or 0) > 0]
     strict = run_cli(*ask, "--max-unvalidated-share", "0", "--json").json()
