@@ -125,6 +125,7 @@ class PlanBody(BaseModel):
     law_card: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a built-in card's name")
     samples: int = Field(200, description=f"loss-law samples, 1 to {MAX_SAMPLES}")
     min_p_front: float | None = None
+    max_unvalidated_share: float | None = None
     seed: int = 0
     max_weight_gb: float | None = None
     prompt_tokens: int = 512
@@ -192,6 +193,7 @@ class PlanBody(BaseModel):
             loss_model=self._loss_model(),
             samples=self.samples,
             min_p_front=self.min_p_front,
+            max_unvalidated_share=self.max_unvalidated_share,
             seed=self.seed,
             space=space,
             max_weight_bytes=None if self.max_weight_gb is None else self.max_weight_gb * 1e9,
