@@ -35,6 +35,8 @@ import pandas as pd
 
 from scaling.errors import UserError
 from scaling.laws import effective
+from scaling.laws.card_levels import LEVEL, QUANT_TERM
+from scaling.laws.card_summary import summary
 from scaling.laws.physical import physical_columns
 from scaling.laws.quant_penalty import FORMS as PENALTY_FORMS
 from scaling.laws.quant_penalty import PARAMS as PENALTY_PARAMS
@@ -56,10 +58,7 @@ RETIRED = {  # terms and forms of earlier cards that counted one physical axis t
     "it once, as granularity",
 }
 MOE_TERMS = ("expansion", "granularity", "shared")
-LEVEL = 0.9  # the one interval level of every output of the card
 MAX_EXTRAPOLATION = 100.0  # a term whose data lie further than this from a shape is unvalidated there
-QUANT_TERM = "quantization"
-PENALTY_SHOWN = ("C", "mlp_factor", "expert_factor", "gptq_factor", "beta_bits", "gamma_N", "gamma_D")
 DEFAULT_METHOD = "rtn"
 DEFAULT_SAMPLES = 200
 
@@ -438,8 +437,6 @@ class LawCard:
     def summary(self) -> str:
         """The card as text: each term, its source and range, parameters with 90% intervals, its
         out-of-sample check or ``unvalidated``, bounds hit and unidentified parameters."""
-        from scaling.laws.card_summary import summary
-
         return summary(self)
 
 

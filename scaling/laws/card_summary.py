@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.laws.card import LEVEL, PENALTY_SHOWN, QUANT_TERM
+from scaling.laws.card_levels import LEVEL, PENALTY_SHOWN, QUANT_TERM
 
 AT_BOUND_SHARE = 0.05  # a parameter with more of its replicates at a bound than this is unidentified
 

@@ -32,6 +32,7 @@ FACES: dict[str, tuple[str | None, str | None]] = {
     "max_weight_bytes": ("--max-weight-gb", "max_weight_gb"),
     "backend": ("--backend", "backend"),
     "quant_method": ("--quant-method", "quant_method"),
+    "max_unvalidated_share": ("--max-unvalidated-share", "max_unvalidated_share"),
 }
 
 NOT_OFFERED: dict[tuple[str, str], str] = {
