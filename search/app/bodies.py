@@ -127,6 +127,9 @@ class PlanBody(BaseModel):
     min_p_front: float | None = None
     seed: int = 0
     max_weight_gb: float | None = None
+    max_decode_ms: float | None = Field(None, description="bound on decode milliseconds per token")
+    max_active_params: float | None = Field(None, description="bound on active parameters")
+    train_tokens: float = Field(1e12, description="planned training tokens, in the law card's tokens")
     prompt_tokens: int = 512
     context_tokens: int = 2048
     schemes: list[str | dict[str, Any]] | None = Field(
@@ -191,6 +194,9 @@ class PlanBody(BaseModel):
             seed=self.seed,
             space=space,
             max_weight_bytes=None if self.max_weight_gb is None else self.max_weight_gb * 1e9,
+            max_decode_ms=self.max_decode_ms,
+            max_active_params=self.max_active_params,
+            train_tokens=self.train_tokens,
             prompt_tokens=self.prompt_tokens,
             context_tokens=self.context_tokens,
             quant_method=self.quant_method,
