@@ -32,8 +32,9 @@ def _middle(term_range: dict[str, list[float]], name: str, default: float) -> fl
 
 
 def _grid(variable: str, term_range: dict[str, list[float]]) -> np.ndarray:
-    low, high = term_range.get(variable, {"N": (1e7, 1e10), "E": (1, 64), "G": (1, 16), "k": (1, 8)}.get(variable,
-                                                                                                            (0, 2)))
+    low, high = term_range.get(
+        variable, {"N": (1e7, 1e10), "E": (1, 64), "G": (1, 16), "k": (1, 8)}.get(variable, (0, 2))
+    )
     if variable == "S":
         return np.array([0.0, 1.0, 2.0])
     if variable in ("E", "G", "k"):

@@ -128,7 +128,11 @@ def add_page(app: FastAPI, store, secured: dict[str, Any]) -> None:
             raise HTTPException(404, f"no static file {name!r}")
         return FileResponse(STATIC / name, media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
 
-    swagger = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+    swagger = {
+        "swagger-ui-bundle.js": "text/javascript",
+        "swagger-ui.css": "text/css",
+        "favicon-32x32.png": "image/png",
+    }
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -209,14 +213,11 @@ def device_document(profile) -> dict[str, Any]:
     backends = {}
     for name, backend in profile.backends.items():
         record = backend.record
-        backends[name] = {
-            "runtime": backend.runtime,
-            "facts": backend.facts,
-            "calibration": None
-            if record is None
-            else {"terms": list(record.terms), "rows": list(record.rows), "note": record.note,
-                  "replicates": int(len(record.replicates))},  # fmt: skip
-        }
+        calibration = None
+        if record is not None:
+            calibration = {"terms": list(record.terms), "rows": list(record.rows), "note": record.note}
+            calibration["replicates"] = len(record.replicates)
+        backends[name] = {"runtime": backend.runtime, "facts": backend.facts, "calibration": calibration}
     summary = profile.summary()
     summary.pop("path", None)
     return {**summary, "shared": profile.shared, "backends_detail": backends}

@@ -16,7 +16,9 @@ function el(tag, text, cls) {
 function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 function num(value, digits = 3) {
   if (value === null || value === undefined || Number.isNaN(value)) return "-";
-  return Number(value).toPrecision(digits);
+  const v = Number(value);
+  if (Math.abs(v) >= 10 ** digits && Math.abs(v) < 1e7) return String(Math.round(v));
+  return v.toPrecision(digits).replace(/\.?0+e/, "e");
 }
 function count(value) {
   if (value === null || value === undefined) return "-";
@@ -376,8 +378,8 @@ function drawStory(story) {
   table($("story-memory"), ["part", "bytes"], [...pieces.map(([k, v]) => [k, bytes(v)]), ["peak", bytes(m.peak_memory_bytes)],
     ["usable on the device", bytes(m.usable_memory_bytes)]]);
   Plotly.react("story-memory-plot", pieces.map(([k, v]) => ({ type: "bar", orientation: "h", name: k, y: ["peak memory"], x: [v / 1e9],
-    hovertemplate: k + ": %{x:.3f} GB<extra></extra>" })), { barmode: "stack", margin: { l: 90, r: 8, t: 4, b: 40 }, height: 170,
-    showlegend: false, xaxis: { title: { text: "GB (10^9 bytes)" } } }, { displayModeBar: false, responsive: true });
+    hovertemplate: k + ": %{x:.3f} GB<extra></extra>" })), { barmode: "stack", margin: { l: 90, r: 8, t: 4, b: 40 }, height: 230,
+    legend: { orientation: "h", y: -0.5, font: { size: 10 } }, xaxis: { title: { text: "GB (10^9 bytes)" } } }, { displayModeBar: false, responsive: true });
   const lat = story.latency;
   $("story-latency-note").textContent = lat.device + ", " + lat.backend + " backend (" + lat.runtime + "); decode "
     + num(lat.decode.tokens_per_s) + " tokens/s (" + interval(lat.decode.tokens_per_s_ci90) + "), prefill "
