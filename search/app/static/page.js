@@ -59,6 +59,7 @@ function shapeCode(entry) {
   if ((entry.n_experts || a.n_experts) <= 1) return base + " dense";
   return base + " E" + a.n_experts + " k" + a.top_k + " G" + a.granularity + (a.n_shared_experts ? " +" + a.n_shared_experts + "s" : "");
 }
+function shortUnit(unit) { return String(unit || "unit not given").split(" (")[0]; }
 function cardName(reference) {
   const text = String(reference || "");
   const last = text.split("/").pop();
@@ -254,6 +255,7 @@ function budgetText(plan) {
   if (plan.max_active_params) parts.push("active ≤ " + count(plan.max_active_params));
   parts.push((plan.schemes || []).join("/"));
   parts.push("trained on " + num(plan.train_tokens, 2) + " " + plan.tokens_unit);
+  parts.push("loss in " + plan.loss_unit + ", card " + cardName(plan.law_card));
   parts.push("prompt " + plan.prompt_tokens + ", context " + plan.context_tokens + " tokens");
   return parts.join(" · ");
 }
@@ -301,7 +303,7 @@ function drawFront() {
     margin: { l: 64, r: 16, t: 8, b: 56 }, hovermode: "closest", legend: { orientation: "h", y: -0.22 },
     xaxis: { title: { text: decode ? "decode speed (tokens/s), higher is faster" : "prefill latency (ms for " + plan.prompt_tokens + " prompt tokens)" },
       type: decode ? "linear" : "log" },
-    yaxis: { title: { text: "predicted loss (" + unit + ")" } },
+    yaxis: { title: { text: "predicted loss (" + shortUnit(unit) + ")" } },
   };
   Plotly.react("front-plot", traces, layout, { responsive: true, displaylogo: false });
   const plot = $("front-plot");
@@ -317,7 +319,7 @@ function drawFront() {
 }
 
 function frontTable(entries) {
-  const header = ["shape", "code", "scheme", "active / total", "loss (" + state.plan.loss_unit + ")", "90% interval", "p_front",
+  const header = ["shape", "code", "scheme", "active / total", "loss (" + shortUnit(state.plan.loss_unit) + ")", "90% interval", "p_front",
     "decode tok/s", "prefill ms", "peak memory", ""];
   const rows = entries.map((e) => {
     const open = el("button", "story"); open.type = "button"; open.className = "open-story";
@@ -404,7 +406,7 @@ function drawStory(story) {
     + ") at " + num(loss.train_tokens, 2) + " " + (loss.tokens_unit || "tokens") + ", card " + loss.law_card
     + (loss.dense_equivalent_params ? "; dense-equivalent size " + count(loss.dense_equivalent_params) + " of " + count(loss.active_params) + " active" : "")
     + ". Each step: the loss with the card's terms up to it less the loss without it (paired samples).";
-  table($("story-loss"), ["term", "step (" + loss.unit + ")", "90% interval", "extrapolation (× past its data)", "evidence"], loss.terms.map((t) => {
+  table($("story-loss"), ["term", "step (" + shortUnit(loss.unit) + ")", "90% interval", "extrapolation (× past its data)", "evidence"], loss.terms.map((t) => {
     const ratios = Object.entries(t.extrapolation || {}).map(([k, v]) => k + " " + num(v, 3) + "×").join(", ") || "-";
     const evidence = Object.keys(t.evidence || {}).length ? Object.entries(t.evidence).filter(([, v]) => typeof v !== "object")
       .map(([k, v]) => k + ": " + v).join("; ") : "";
