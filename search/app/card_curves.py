@@ -1,8 +1,9 @@
 """Each law-card term as a curve with its 90% band, over and past its data, for the page's card view.
 
-The base term: the dense loss against active parameters N at a fixed D. Each MoE term: its step
-on the loss (the loss with the card's terms up to it, less the loss with those before it, on
-paired samples) against its own variable, at an MoE shape in the middle of its data. The data
+The base term: the dense loss against active parameters N at a fixed D in the middle of its data.
+Each MoE term: its step on the loss (the loss with the card's terms up to it, less the loss with
+those before it, on paired samples) against its own variable, at the planner's default point
+(1B active parameters, 1T tokens), the scale where plans use it. The data
 range is returned beside each curve, so a plot can shade where the term was fitted.
 """
 
@@ -24,6 +25,7 @@ LABELS = {
     "S": "shared experts S",
 }
 SAMPLES = 200
+PLAN_POINT = (1e9, 1e12)
 
 
 def _middle(term_range: dict[str, list[float]], name: str, default: float) -> float:
@@ -63,8 +65,11 @@ def card_curves(card: LawCard) -> list[dict[str, Any]]:
             continue
         term = card.terms[kind]
         grid = _grid(variable, term.data_range)
-        n = _middle(term.data_range, "N", 1e8)
-        d = _middle(card.terms["base"].data_range, "D", 2e10) if kind != "base" else _middle(term.data_range, "D", 2e10)
+        # the base law over its data; each MoE term at the planner's default point (1B active, 1T tokens),
+        # where its step on the loss is the one a plan's story shows (its own variable shaded where fitted)
+        n, d = (
+            (_middle(term.data_range, "N", 1e8), _middle(term.data_range, "D", 2e10)) if kind == "base" else PLAN_POINT
+        )
         shapes = _shapes(variable, grid, n, d)
         upto = LawCard(card.name, card.unit, {k: card.terms[k] for k in kinds[: index + 1]})
         loss, _ = upto.predict_samples(shapes, SAMPLES, 0)
@@ -79,7 +84,8 @@ def card_curves(card: LawCard) -> list[dict[str, Any]]:
             "x_log": variable in ("N", "E", "G"),
             "median": median.tolist(),
             "ci90": [low.tolist(), high.tolist()],
-            "y_label": f"{'loss' if kind == 'base' else 'step on the loss'} ({card.unit})",
+            "y_label": f"{'loss' if kind == 'base' else 'step on the loss'} ({str(card.unit).split(' (')[0]})",
+            "unit": str(card.unit),
             "data_range": term.data_range.get(variable),
             "at": {"N": n, "D": d} if kind != "base" else {"D": d},
         })  # fmt: skip
