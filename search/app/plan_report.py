@@ -94,14 +94,15 @@ def write_report(document: dict[str, Any], request, folder: str | Path, mobilemo
     fit = draw_card_fit(request.loss_model, folder / "fit.png")
     if fit is not None:
         written.append(fit)
-    lines = report_lines(document, best, why, story, has_fit=fit is not None)
-    if mobilemoe:
-        lines += mobilemoe_lines(document, request, winner)
+    comparison = mobilemoe_lines(document, request, winner) if mobilemoe else []
+    lines = report_lines(document, best, why, story, has_fit=fit is not None, comparison=comparison)
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return [folder / "report.md", *written]
 
 
-def report_lines(document: dict[str, Any], best: int, why: str, story: dict[str, Any], has_fit: bool) -> list[str]:
+def report_lines(
+    document: dict[str, Any], best: int, why: str, story: dict[str, Any], has_fit: bool, comparison: list[str] = ()
+) -> list[str]:
     """The report's text, top down."""
     from search.app.report import pareto_table
 
@@ -146,6 +147,7 @@ def report_lines(document: dict[str, Any], best: int, why: str, story: dict[str,
     lines += ["", "![the front](pareto.png)", ""]
     if document.get("warnings"):
         lines += ["## Extrapolation", "", *[f"- {w}" for w in document["warnings"]], ""]
+    lines += comparison
     if has_fit:
         lines += [
             "## The law card's fit",
