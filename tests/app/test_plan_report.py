@@ -28,8 +28,8 @@ def test_the_report_reads_top_down_with_the_requested_budget(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert {p.name for p in written} >= {"report.md", "pareto.png", "winner.png", "fit.png", "pareto.csv"}
     assert text.startswith("# Plan: iphone-16-pro (gpu), weights <= 1.50 GB, peak memory <= 3.00 GB")
-    order = ["## Recommended", "Shape names:", "term by term", "per cost term", "### Its peak memory", "## The robust front",
-             "## Against MobileMoE", "## The law card's fit"]  # fmt: skip
+    order = ["## Recommended", "Shape names:", "term by term", "per cost term", "### Its peak memory",
+             "## The robust front", "## Against MobileMoE", "## The law card's fit"]  # fmt: skip
     positions = [text.index(heading) for heading in order]
     assert positions == sorted(positions)
     best, why = recommend(document)
