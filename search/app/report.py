@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from search.plan.outputs import budget_text
+
 
 def human_count(value: float | None) -> str:
     """12_345_678 -> '12.35M' (None, for a value not known yet -> '-')."""
@@ -70,19 +72,6 @@ def print_arch_table(specs: Sequence[Any], precision: str) -> None:
         ["name", "layers x d", "MLP", "total", "active", "FLOPs/token", "weights", "KV/token"],
         rows,
     )
-
-
-def budget_text(document: dict[str, Any]) -> str:
-    """The request's bounds as a planner gave them: weights first when bounded, then peak memory."""
-    parts = []
-    if document.get("max_weight_bytes") is not None:
-        parts.append(f"weights <= {human_bytes(document['max_weight_bytes'])}")
-    parts.append(f"peak memory <= {human_bytes(document['memory_budget_bytes'])}")
-    if document.get("max_decode_ms") is not None:
-        parts.append(f"decode <= {document['max_decode_ms']:g} ms/token")
-    if document.get("max_active_params") is not None:
-        parts.append(f"active <= {human_count(document['max_active_params'])}")
-    return ", ".join(parts)
 
 
 def hypervolume_text(document: dict[str, Any]) -> str:

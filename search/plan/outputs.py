@@ -83,10 +83,21 @@ def pareto_plot_data(document: dict[str, Any]) -> pd.DataFrame:
     return data
 
 
+def budget_text(document: dict[str, Any]) -> str:
+    """The request's bounds as a planner gave them: weights first when bounded, then peak memory."""
+    parts = []
+    if document.get("max_weight_bytes") is not None:
+        parts.append(f"weights <= {document['max_weight_bytes'] / 1e9:.2f} GB")
+    parts.append(f"peak memory <= {document['memory_budget_bytes'] / 1e9:.2f} GB")
+    if document.get("max_decode_ms") is not None:
+        parts.append(f"decode <= {document['max_decode_ms']:g} ms/token")
+    if document.get("max_active_params") is not None:
+        parts.append(f"active <= {document['max_active_params']:.3g} parameters")
+    return ", ".join(parts)
+
+
 def plot_title(document: dict[str, Any]) -> str:
     """Device, backend, the request's budget, precision, training tokens, for every plan plot."""
-    from search.app.report import budget_text
-
     precisions = sorted({e.get("scheme", e["precision"]) for e in document["pareto"]})
     return (
         f"{document['device']} ({document.get('backend', '')}), {budget_text(document)}, {'/'.join(precisions)}, "
