@@ -33,7 +33,7 @@ def _in_group(frame: pd.DataFrame, tokens) -> pd.Series:
     return frame["D_group"].isna() if pd.isna(tokens) else frame["D_group"] == tokens
 
 
-def draw_loss_vs_size(data: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
+def draw_loss_vs_size(data: dict[str, pd.DataFrame], path: Path, title: str, loss: str = "loss") -> Path:
     plt, figure, axes = _figure()
     observed, fitted = data["observed"], data["fitted"]
     groups = list(fitted["D_group"].unique())
@@ -47,7 +47,7 @@ def draw_loss_vs_size(data: dict[str, pd.DataFrame], path: Path, title: str) -> 
         points = observed[_in_group(observed, tokens)]
         axes.scatter(points["N"], points["loss"], color=colour, s=14)
     band = " (bands: bootstrap 95%)" if "lower" in fitted else ""
-    axes.set(xscale="log", xlabel="N (parameters)", ylabel="loss", title=title + band)
+    axes.set(xscale="log", xlabel="N (parameters)", ylabel=loss, title=title + band)
     axes.title.set_fontsize(9)
     axes.legend(fontsize=7)
     return _save(plt, figure, path)
@@ -60,13 +60,13 @@ def _error_note(axes, data: pd.DataFrame, label: str) -> None:
     axes.text(0.02, 0.97, note, transform=axes.transAxes, va="top", fontsize=8)
 
 
-def draw_parity(data: pd.DataFrame, path: Path, title: str) -> Path:
+def draw_parity(data: pd.DataFrame, path: Path, title: str, loss: str = "loss") -> Path:
     plt, figure, axes = _figure()
     axes.scatter(data["actual"], data["predicted"], s=12)
     _error_note(axes, data, "all points")
     low, high = data[["actual", "predicted"]].min().min(), data[["actual", "predicted"]].max().max()
     axes.plot([low, high], [low, high], color="grey", linestyle="--", label="y = x")
-    axes.set(xlabel="actual loss", ylabel="predicted loss", title=title)
+    axes.set(xlabel=f"actual {loss}", ylabel=f"predicted {loss}", title=title)
     axes.title.set_fontsize(9)
     axes.legend(loc="lower right")
     return _save(plt, figure, path)
@@ -81,7 +81,7 @@ def draw_residuals(data: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(plt, figure, path)
 
 
-def draw_extrapolation(data: pd.DataFrame, path: Path, title: str) -> Path:
+def draw_extrapolation(data: pd.DataFrame, path: Path, title: str, loss: str = "loss") -> Path:
     plt, figure, axes = _figure()
     fitted, held = data[~data["held_out"]], data[data["held_out"]]
     axes.scatter(fitted["actual"], fitted["predicted"], s=12, label="fitted on")
@@ -96,13 +96,13 @@ def draw_extrapolation(data: pd.DataFrame, path: Path, title: str) -> Path:
     low, high = data[["actual", "predicted"]].min().min(), data[["actual", "predicted"]].max().max()
     axes.plot([low, high], [low, high], color="grey", linestyle="--")
     _error_note(axes, held, "held out")
-    axes.set(xlabel="actual loss", ylabel="predicted loss", title=title)
+    axes.set(xlabel=f"actual {loss}", ylabel=f"predicted {loss}", title=title)
     axes.title.set_fontsize(9)
     axes.legend(loc="lower right")
     return _save(plt, figure, path)
 
 
-def draw_isoflop(data: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
+def draw_isoflop(data: dict[str, pd.DataFrame], path: Path, title: str, loss: str = "loss") -> Path:
     plt, figure, axes = _figure()
     budgets = sorted(data["optima"]["C"])
     for index, compute in enumerate(budgets):
@@ -118,7 +118,7 @@ def draw_isoflop(data: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
         s=40,
         label="optimum",
     )
-    axes.set(xscale="log", xlabel="N (parameters)", ylabel="loss", title=title)
+    axes.set(xscale="log", xlabel="N (parameters)", ylabel=loss, title=title)
     axes.legend(fontsize=6)
     return _save(plt, figure, path)
 
@@ -130,11 +130,15 @@ def write_fit_plots(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     about = plot_data.describe_data(frame, fit)
+    unit = fit.extra.get("loss_unit")
+    loss = f"loss ({unit})" if unit else "loss (unit not given by the data)"
     written = [
         draw_loss_vs_size(
-            plot_data.loss_vs_size(frame, fit), folder / "loss_vs_n.png", f"{fit.law}: loss vs N\n{about}"
+            plot_data.loss_vs_size(frame, fit), folder / "loss_vs_n.png", f"{fit.law}: loss vs N\n{about}", loss
         ),
-        draw_parity(plot_data.parity(frame, fit), folder / "parity.png", f"{fit.law}: predicted vs actual\n{about}"),
+        draw_parity(
+            plot_data.parity(frame, fit), folder / "parity.png", f"{fit.law}: predicted vs actual\n{about}", loss
+        ),
         draw_residuals(plot_data.residuals(frame, fit), folder / "residuals.png", f"{fit.law}: residuals\n{about}"),
     ]
     if frame["N"].nunique() >= 3:
@@ -145,12 +149,15 @@ def write_fit_plots(
                     data,
                     folder / "extrapolation.png",
                     f"{fit.law}: leave-largest-out (fit without the largest N)\n{about}",
+                    loss,
                 )
             )
         except UserError:  # too few points to refit without the largest models
             pass
     if isoflop is not None:  # only when the isoFLOP analysis was asked for
         written.append(
-            draw_isoflop(plot_data.isoflop_curves(frame, isoflop), folder / "isoflop.png", f"isoFLOP curves\n{about}")
+            draw_isoflop(
+                plot_data.isoflop_curves(frame, isoflop), folder / "isoflop.png", f"isoFLOP curves\n{about}", loss
+            )
         )
     return written

@@ -87,43 +87,49 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def _plan_section() -> list[str]:
     """The robust front on the phone at the demo's budget (every shape of the default space)."""
+    from search.app.plan_report import CODES, recommend, write_report
     from search.app.report import pareto_table
     from search.device.profiles import get_device
-    from search.plan.outputs import write_outputs
     from search.plan.planner import plan
     from search.plan.request import PlanRequest
 
-    document = plan(
-        PlanRequest(
-            device=get_device("iphone-16-pro"),
-            memory_budget_bytes=PLAN_MEMORY_GB * 1e9,
-            exhaustive=True,
-            min_p_front=MIN_P_FRONT,
-        )
-    )
-    write_outputs(document, REPORT / "plan")
+    request = PlanRequest(
+        device=get_device("iphone-16-pro"),
+        memory_budget_bytes=PLAN_MEMORY_GB * 1e9,
+        exhaustive=True,
+        min_p_front=MIN_P_FRONT,
+    ).validated()
+    document = plan(request)
+    write_report(document, request, REPORT / "plan", mobilemoe=False)  # section 5 asks the MobileMoE question
+    best, why = recommend(document)
+    winner = document["pareto"][best]
     title, columns, rows = pareto_table(document)
     print_table(title, columns, rows)
-    warnings = [f"- {w}" for w in document["warnings"]]
     return [
         "",
         f"## Plan: {title}",
         "",
-        f"{document['feasible_shapes']:,} of {document['space_size']:,} shapes fit on the {document['backend']} "
-        f"backend. Loss: the median over {document['loss_samples']} samples of the law card, with its 90% interval; "
-        f"`p_front` is the share of samples in which the shape is non-dominated, and only shapes with "
-        f"p_front >= {MIN_P_FRONT} are listed. Each shape has an --arch file and a Hugging Face config.json in "
-        "`plan/arch/`.",
+        f"**Recommended: #{best + 1} {winner['arch']['name']}**, predicted loss {winner['predicted_loss']:.3f} "
+        f"{document['loss_unit']} (90% {winner['predicted_loss_ci90'][0]:.3f}-{winner['predicted_loss_ci90'][1]:.3f}), "
+        f"decode {winner['decode_tokens_per_s']:.1f} tokens/s (uncalibrated prior: no interval). {why}",
         "",
-        "Extrapolation (largest ratio of a planned shape to each term's data):",
+        f"The whole story, top down (the winner's loss per card term, latency per cost term, memory by part, the "
+        f"numbered front, the law card's fit): [plan/report.md](plan/report.md). {document['feasible_shapes']:,} "
+        f"of {document['space_size']:,} shapes fit on the {document['backend']} backend; `p_front` is the share of "
+        f"the law's {document['loss_samples']} samples in which a shape is non-dominated (listed: p_front >= "
+        f"{MIN_P_FRONT}). {CODES}",
         "",
-        *warnings,
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *["| " + " | ".join(row) + " |" for row in rows],
+        "| # | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *[f"| {i + 1} | " + " | ".join(row) + " |" for i, row in enumerate(rows)],
         "",
         "![Pareto front](plan/pareto.png)",
+        "",
+        "## The law card's fit",
+        "",
+        "Each term with its 90% band, shaded where it was fitted:",
+        "",
+        "![law card fit](plan/fit.png)",
     ]
 
 
@@ -211,8 +217,8 @@ def _speedup_section() -> list[str]:
             row.backend,
             "yes" if row.calibrated else "no (priors)",
             str(row.prompt_tokens),
-            f"{row.prefill_speedup:.2f} ({row.prefill_lo:.2f}-{row.prefill_hi:.2f})",
-            f"{row.decode_speedup:.2f} ({row.decode_lo:.2f}-{row.decode_hi:.2f})",
+            _speedup(row.prefill_speedup, row.prefill_lo, row.prefill_hi, row.calibrated),
+            _speedup(row.decode_speedup, row.decode_lo, row.decode_hi, row.calibrated),
         ]
         for row in frame.itertuples()
     ]
@@ -233,21 +239,37 @@ def _speedup_section() -> list[str]:
     ]
 
 
+def _speedup(value: float, low: float, high: float, calibrated: bool) -> str:
+    """A speed-up with its 90% interval; on an uncalibrated backend, no zero-width interval."""
+    if not calibrated or high - low <= 1e-9 * abs(value):
+        return f"{value:.2f} (no interval: uncalibrated prior)"
+    return f"{value:.2f} ({low:.2f}-{high:.2f})"
+
+
+LINE_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:pink")  # none like the band
+
+
 def _draw_speedups(frame: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120, sharey=True)
     for axis, quantity, band in ((axes[0], "prefill", (1.8, 3.8)), (axes[1], "decode", (2.2, 3.4))):
-        axis.axhspan(*band, color="tab:green", alpha=0.12, label="MobileMoE, measured on phones")
-        for (device, backend), rows in frame.groupby(["device", "backend"]):
+        axis.axhspan(*band, color="tab:green", alpha=0.15, label="MobileMoE, measured on phones")
+        for index, ((device, backend), rows) in enumerate(frame.groupby(["device", "backend"])):
             value = rows[f"{quantity}_speedup"]
+            calibrated = bool(rows["calibrated"].iloc[0])
             # the point prediction can sit just outside the sampled interval: no negative bar
             errors = [(value - rows[f"{quantity}_lo"]).clip(lower=0), (rows[f"{quantity}_hi"] - value).clip(lower=0)]
-            axis.errorbar(rows["prompt_tokens"], value, yerr=errors, marker="o", capsize=2, label=f"{device} {backend}")
+            label = f"{device} {backend}" + ("" if calibrated else " (priors only, no interval)")
+            axis.errorbar(rows["prompt_tokens"], value, yerr=errors if calibrated else None, marker="o", capsize=2,
+                          color=LINE_COLOURS[index % len(LINE_COLOURS)], linestyle="-" if calibrated else "--",
+                          label=label)  # fmt: skip
         axis.set(xscale="log", xlabel="prompt tokens", title=f"{quantity}: MoE speed-up over dense (x)")
-    axes[0].set_ylabel("dense time / MoE time (90% interval)")
+    axes[0].set_ylabel("dense time / MoE time (bars: 90%)")
     axes[1].legend(fontsize=7)
-    figure.suptitle("phone-moe-a0.3b vs phone-dense-1.5b, equal INT4 memory", fontsize=9)
+    figure.suptitle(
+        "phone-moe-a0.3b vs phone-dense-1.5b, equal INT4 memory; dashed lines rest on uncalibrated priors", fontsize=9
+    )
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

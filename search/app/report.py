@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from search.plan.outputs import budget_text
+
 
 def human_count(value: float | None) -> str:
     """12_345_678 -> '12.35M' (None, for a value not known yet -> '-')."""
@@ -72,15 +74,36 @@ def print_arch_table(specs: Sequence[Any], precision: str) -> None:
     )
 
 
+def hypervolume_text(document: dict[str, Any]) -> str:
+    """What the hypervolume is normalised to, said with it."""
+    scale = (
+        f"objectives scaled to [0, 1] over the {document['feasible_shapes']:,} feasible shapes, reference point 1.1 "
+        "per axis"
+    )
+    if document.get("engine") == "exhaustive":
+        return f"hypervolume {document['hypervolume']:.3f} ({scale}; exhaustive, so the exact front's)"
+    exact = document["exact_hypervolume"]
+    return f"hypervolume {document['hypervolume']:.3f} ({scale}; the exact front's is {exact:.3f})"
+
+
 def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     """Title, columns and rows of a plan document's Pareto front."""
     unit = document.get("loss_unit", "")
     title = (
-        f"Pareto front on {document['device']} within {human_bytes(document['memory_budget_bytes'])} "
-        f"(hypervolume {document['hypervolume']:.3f} of exact {document['exact_hypervolume']:.3f}); "
-        f"loss in {unit} at {document['train_tokens']:.2g} {document.get('tokens_unit', 'tokens')}"
+        f"Pareto front on {document['device']} ({document.get('backend', '')}), {budget_text(document)}; "
+        f"{hypervolume_text(document)}; loss in {unit} at {document['train_tokens']:.2g} "
+        f"{document.get('tokens_unit', 'tokens')}"
     )
-    columns = ["shape", "total", "active", "pred. loss", "90% interval", "p_front", "decode tok/s", "prefill ms"]
+    columns = [
+        "shape",
+        "total",
+        "active",
+        "pred. loss",
+        "90% interval",
+        "p_front",
+        "decode tok/s (90%)",
+        "prefill ms (90%)",
+    ]
     columns += ["weights", "peak memory"]
     by_scheme = len(document.get("schemes", [])) > 1  # a precision menu: each entry's scheme
     if by_scheme:
@@ -94,14 +117,21 @@ def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[st
             f"{entry['predicted_loss']:.4f}",
             "{:.3f}-{:.3f}".format(*entry["predicted_loss_ci90"]) if "predicted_loss_ci90" in entry else "-",
             f"{entry['p_front']:.2f}" if "p_front" in entry else "-",
-            f"{entry['decode_tokens_per_s']:.1f}",
-            f"{entry['prefill_ms']:.0f}",
+            _latency(entry["decode_tokens_per_s"], entry.get("decode_tokens_per_s_ci90"), ".1f"),
+            _latency(entry["prefill_ms"], entry.get("prefill_ms_ci90"), ".0f"),
             human_bytes(entry["weight_bytes"]),
             human_bytes(entry["peak_memory_bytes"]),
         ]
         for entry in document["pareto"]
     ]
     return title, columns, rows
+
+
+def _latency(value: float, interval: list[float] | None, spec: str) -> str:
+    """A latency with its 90% interval, or a plain prior value marked as such (no zero-width interval)."""
+    if not interval:
+        return f"{value:{spec}} (prior)"
+    return f"{value:{spec}} ({interval[0]:{spec}}-{interval[1]:{spec}})"
 
 
 def shape_label(run: dict[str, Any]) -> str:

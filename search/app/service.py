@@ -106,6 +106,8 @@ def create_app(
         title="moeplan",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by search.app.page from the swagger-ui-bundle wheel, not a CDN
+        redoc_url=None,
         description="Scaling laws and architecture search for on-device MoE language models",
     )
 
@@ -205,6 +207,10 @@ def create_app(
     @app.get("/v1/runs", response_model=list[RunListing])
     def runs() -> list[dict[str, Any]]:
         return plain([run_listing(r) for r in store.runs()])
+
+    from search.app.page import add_page
+
+    add_page(app, store, secured)
 
     def _job(job_id: str, kind: str | None) -> dict[str, Any]:
         job = runner.get(job_id, kind)

@@ -13,7 +13,7 @@ from scaling.shape.arch import ArchSpec
 from scaling.shape.hf_config import to_hf_config
 
 
-def write_outputs(document: dict[str, Any], folder: str | Path) -> list[Path]:
+def write_outputs(document: dict[str, Any], folder: str | Path, highlight: int | None = None) -> list[Path]:
     """CSV of the front, one --arch file and one Hugging Face config per proposed shape, a Pareto plot."""
     folder = Path(folder)
     (folder / "arch").mkdir(parents=True, exist_ok=True)
@@ -27,7 +27,13 @@ def write_outputs(document: dict[str, Any], folder: str | Path) -> list[Path]:
         (folder / "arch" / f"{spec.name}.hf-config.json").write_text(json.dumps(to_hf_config(spec), indent=2) + "\n")
         written.append(arch_path)
     written.append(
-        draw_pareto(pareto_plot_data(document), folder / "pareto.png", plot_title(document), document.get("loss_unit"))
+        draw_pareto(
+            pareto_plot_data(document),
+            folder / "pareto.png",
+            plot_title(document),
+            document.get("loss_unit"),
+            highlight,
+        )
     )
     return written
 
@@ -41,14 +47,16 @@ def _csv_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 AXIS_LABELS = {
-    "decode_ms": "decode latency (ms per token)",
-    "prefill_ms": "prefill latency (ms)",
+    "decode_ms": "decode latency (ms per token, log scale)",
+    "prefill_ms": "prefill latency (ms, log scale)",
     "active_flops": "active FLOPs per token",
 }
 
 
 def pareto_plot_data(document: dict[str, Any]) -> pd.DataFrame:
-    """The front's first two objectives (loss with its 90% interval), dense or MoE, for the drawing."""
+    """The front's first two objectives (loss with its 90% interval; latency with its interval where
+    the backend is calibrated), dense or MoE, ``p_front`` and each entry's number (1-based, in the
+    document's order, as the report's table numbers them), for the drawing."""
     x, y = document["objectives"][:2]
     column = {"loss": "predicted_loss"}
     entries = document["pareto"]
@@ -59,45 +67,92 @@ def pareto_plot_data(document: dict[str, Any]) -> pd.DataFrame:
             "moe": [e["n_experts"] > 1 for e in entries],
             "name": [e["arch"]["name"] for e in entries],
             "p_front": [e.get("p_front", 1.0) for e in entries],
+            "number": list(range(1, len(entries) + 1)),
         }
     )
     if "loss" in (x, y) and entries and "predicted_loss_ci90" in entries[0]:
         data["loss_lower"] = [e["predicted_loss_ci90"][0] for e in entries]
         data["loss_upper"] = [e["predicted_loss_ci90"][1] for e in entries]
+    latency = next((o for o in (x, y) if o in ("decode_ms", "prefill_ms")), None)
+    if latency and entries and "decode_tokens_per_s_ci90" in entries[0]:
+        if latency == "decode_ms":  # per-token time from the rate's interval (its ends swap)
+            bounds = [(1e3 / e["decode_tokens_per_s_ci90"][1], 1e3 / e["decode_tokens_per_s_ci90"][0]) for e in entries]
+        else:
+            bounds = [tuple(e["prefill_ms_ci90"]) for e in entries]
+        data["latency_lower"], data["latency_upper"] = zip(*bounds, strict=True)
     return data
 
 
+def budget_text(document: dict[str, Any]) -> str:
+    """The request's bounds as a planner gave them: weights first when bounded, then peak memory."""
+    parts = []
+    if document.get("max_weight_bytes") is not None:
+        parts.append(f"weights <= {document['max_weight_bytes'] / 1e9:.2f} GB")
+    parts.append(f"peak memory <= {document['memory_budget_bytes'] / 1e9:.2f} GB")
+    if document.get("max_decode_ms") is not None:
+        parts.append(f"decode <= {document['max_decode_ms']:g} ms/token")
+    if document.get("max_active_params") is not None:
+        parts.append(f"active <= {document['max_active_params']:.3g} parameters")
+    return ", ".join(parts)
+
+
 def plot_title(document: dict[str, Any]) -> str:
-    """Device, budget, precision, training tokens and the loss unit, for every plan plot."""
+    """Device, backend, the request's budget, precision, training tokens, for every plan plot."""
     precisions = sorted({e.get("scheme", e["precision"]) for e in document["pareto"]})
     return (
-        f"{document['device']}, {document['memory_budget_bytes'] / 1e9:.3g} GB, {'/'.join(precisions)}, "
+        f"{document['device']} ({document.get('backend', '')}), {budget_text(document)}, {'/'.join(precisions)}, "
         f"trained on {document['train_tokens']:.2g} {document.get('tokens_unit', 'tokens')}"
     )
 
 
-def draw_pareto(data: pd.DataFrame, path: Path, title: str = "Pareto front", loss_unit: str | None = None) -> Path:
-    """The front, dense and MoE apart, with the loss's 90% interval as error bars when it is an axis."""
+LABELLED = 12  # at most this many points carry their number (the report's table names every one)
+
+
+def draw_pareto(
+    data: pd.DataFrame,
+    path: Path,
+    title: str = "Pareto front",
+    loss_unit: str | None = None,
+    highlight: int | None = None,
+) -> Path:
+    """The front: dense squares and MoE circles coloured by ``p_front``, the loss's 90% interval,
+    the latency's where calibrated, latency on a log axis (the fast end spread out), numbered points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x, y = data.columns[:2]
-    figure, axes = plt.subplots(figsize=(7.2, 4.8), dpi=120)
-    for moe, colour, label in ((False, "tab:grey", "dense"), (True, "tab:blue", "MoE")):
-        part = data[data["moe"] == moe].sort_values(x)
+    figure, axes = plt.subplots(figsize=(8.0, 5.2), dpi=120)
+    norm = matplotlib.colors.Normalize(0, 1)
+    for moe, marker, label in ((False, "s", "dense"), (True, "o", "MoE")):
+        part = data[data["moe"] == moe]
         if part.empty:
             continue
-        errors = {}
-        if "loss_lower" in part:
-            axis = "xerr" if x == "loss" else "yerr"
-            errors[axis] = [part["loss"] - part["loss_lower"], part["loss_upper"] - part["loss"]]
-            label = f"{label} (loss: median and 90% interval)"
-        axes.errorbar(part[x], part[y], fmt="o", color=colour, label=label, elinewidth=0.8, capsize=2, **errors)
-    axes.set(xlabel=_axis_label(x, loss_unit), ylabel=_axis_label(y, loss_unit), title=title)
-    axes.title.set_fontsize(9)
-    axes.legend(fontsize=8)
+        latency = next((o for o in (x, y) if o in ("decode_ms", "prefill_ms")), "")
+        for column, lower, upper in (("loss", "loss_lower", "loss_upper"), (latency, "latency_lower", "latency_upper")):
+            if lower in part and column in (x, y):
+                errors = {("xerr" if column == x else "yerr"): [part[column] - part[lower], part[upper] - part[column]]}
+                axes.errorbar(part[x], part[y], **errors, fmt="none", ecolor="0.65", elinewidth=0.7, capsize=1.5,
+                              zorder=1)  # fmt: skip
+        points = axes.scatter(part[x], part[y], c=part["p_front"], cmap="viridis", norm=norm, marker=marker, s=36,
+                              edgecolors="black", linewidths=0.5, label=label, zorder=2)  # fmt: skip
+    figure.colorbar(points, ax=axes, label="p_front (share of the law's samples on the front)")
+    step = max(1, -(-len(data) // LABELLED))
+    for row in data.itertuples():
+        if (row.number - 1) % step == 0 or row.number == highlight:
+            weight = "bold" if row.number == highlight else "normal"
+            axes.annotate(str(row.number), (getattr(row, x), getattr(row, y)), xytext=(3, 3),
+                          textcoords="offset points", fontsize=7, fontweight=weight)  # fmt: skip
+    for name, setter in ((x, axes.set_xscale), (y, axes.set_yscale)):
+        if name in ("decode_ms", "prefill_ms", "active_flops"):
+            setter("log")
+    interval = "loss: median, 90% interval" + (
+        "; latency: 90% interval" if "latency_lower" in data else "; latency: point prior (uncalibrated, no interval)"
+    )
+    axes.set(xlabel=_axis_label(x, loss_unit), ylabel=_axis_label(y, loss_unit), title=f"{title}\n{interval}")
+    axes.title.set_fontsize(8)
+    axes.legend(fontsize=8, title="numbers: the report's table", title_fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

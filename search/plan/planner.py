@@ -188,6 +188,11 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     for entry in entries:
         entry.update(fields[(entry["arch"]["name"], entry["scheme"])])
     document["pareto"] = entries
+    _add_latency_intervals(request, evaluated, front, document["pareto"])
+    document.update(prompt_tokens=request.prompt_tokens, context_tokens=request.context_tokens)
+    for bound in ("max_weight_bytes", "max_decode_ms", "max_active_params"):
+        if getattr(request, bound) is not None:
+            document[bound] = getattr(request, bound)
     return document
 
 
@@ -196,6 +201,35 @@ def law_shapes(request: PlanRequest, evaluated: EvaluatedSpace, rows: pd.DataFra
     shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
     shapes["N_eq"] = evaluated.frame["dense_equivalent_params"]
     return shapes.loc[rows.index]
+
+
+def _add_latency_intervals(request: PlanRequest, evaluated: EvaluatedSpace, front: pd.DataFrame, entries) -> None:
+    """``decode_tokens_per_s_ci90`` and ``prefill_ms_ci90`` on each entry, where the backend is
+    calibrated (an uncalibrated backend's latency is a prior's point value, with no interval)."""
+    from search.device.uncertainty import has_uncertainty
+    from search.plan.evaluate import _latency_draws
+
+    device = request.device.for_backend(request.backend)
+    if not has_uncertainty(device) or front.empty:
+        return
+    frame = evaluated.frame
+    mask = frame.index.isin(front.index)
+    rows = frame[mask]
+    intervals = {}
+    for objective in ("decode_ms", "prefill_ms"):
+        draws = _latency_draws(request, device, evaluated.arrays, frame, mask, objective, request.samples)
+        intervals[objective] = np.quantile(draws, [0.05, 0.95], axis=1).T
+    by_key = {}
+    for position, row in enumerate(rows.itertuples()):
+        name = request.space.spec(evaluated.choices[row.index]).name
+        by_key[(name, row.scheme)] = position
+    for entry in entries:
+        position = by_key.get((entry["arch"]["name"], entry["scheme"]))
+        if position is None:
+            continue
+        low, high = intervals["decode_ms"][position]
+        entry["decode_tokens_per_s_ci90"] = [1e3 / float(high), 1e3 / float(low)]
+        entry["prefill_ms_ci90"] = [float(v) for v in intervals["prefill_ms"][position]]
 
 
 def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:

@@ -28,7 +28,9 @@ def test_demo_writes_the_report_from_any_folder(tmp_path):
     for size in ("| S |", "| M |", "| L |"):
         assert size in summary, size
     assert "galaxy-s25 | cpu | yes" in summary and "galaxy-s25 | npu | yes" in summary  # calibrated backends
-    for plot in ("plan/pareto.png", "dense_vs_moe.png"):
+    assert "**Recommended: #" in summary and "plan/report.md" in summary and "(1.78-1.78)" not in summary
+    assert "## Recommended" in (report / "plan" / "report.md").read_text()
+    for plot in ("plan/pareto.png", "plan/fit.png", "plan/winner.png", "dense_vs_moe.png"):
         assert (report / plot).stat().st_size > 10_000, plot  # a drawn figure, not an empty canvas
     front = pd.read_csv(report / "plan" / "pareto.csv")
     assert len(front) >= 2 and (front["peak_memory_bytes"] <= 2e9).all()

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from scaling.errors import UserError
-from search.app.cli import arch, devices, fit, laws, plan, quantize, runs, serve, train
+from search.app.cli import arch, compare, devices, fit, laws, plan, quantize, runs, serve, train
 from search.app.cli.common import EXIT_RUNTIME_ERROR, EXIT_USER_ERROR, Parser, one_line
 
-COMMAND_GROUPS = (arch, train, fit, laws, devices, runs, quantize, plan, serve)
+COMMAND_GROUPS = (arch, train, fit, laws, devices, runs, quantize, plan, compare, serve)
 
 
 def build_parser() -> Parser:
@@ -19,11 +19,21 @@ def build_parser() -> Parser:
         prog="moeplan",
         description="Scaling laws and architecture search for on-device MoE language models.",
     )
+    parser.add_argument("--version", action="version", version=f"moeplan {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     for group in COMMAND_GROUPS:
         group.register(commands)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("moeplan")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
 
 
 PATH_MAX, NAME_MAX = 4096, 255  # Linux's limits on a path and on one name in it

@@ -47,13 +47,25 @@ def _command_predict(args: argparse.Namespace) -> None:
     print_table(
         f"{spec.name or 'arch'} on {device.name} / {device.backend} ({args.precision})"
         + ("" if prediction["calibrated"] else "; uncalibrated backend, no interval"),
-        ["prefill ms (90%)", "decode tok/s (90%)", "weights", "KV cache", "peak memory", "usable", "fits"],
+        [
+            "prefill ms (90%)",
+            "decode tok/s (90%)",
+            "weights",
+            "KV cache",
+            "activations",
+            "runtime",
+            "peak memory",
+            "usable",
+            "fits",
+        ],
         [
             [
                 prefill,
                 decode,
                 human_bytes(prediction["weight_bytes"]),
                 human_bytes(prediction["kv_cache_bytes"]),
+                human_bytes(prediction["activation_bytes"]),
+                human_bytes(device["overheads.runtime_bytes"]),
                 human_bytes(prediction["peak_memory_bytes"]),
                 human_bytes(prediction["usable_memory_bytes"]),
                 "yes" if prediction["fits_in_memory"] else "NO",

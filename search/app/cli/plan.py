@@ -29,8 +29,9 @@ def _command_plan(args: argparse.Namespace) -> None:
     from search.plan.request import PlanRequest
     from search.plan.space import SearchSpace
 
-    if args.out:
-        check_output_folder(args.out, "--out")  # before the search, not after it
+    for flag, folder in (("--out", args.out), ("--report", args.report)):
+        if folder:
+            check_output_folder(folder, flag)  # before the search, not after it
     space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
     space.precision = (args.precision,)
     if args.schemes is not None:
@@ -78,6 +79,11 @@ def _command_plan(args: argparse.Namespace) -> None:
     if args.out:
         for path in write_outputs(document, args.out):
             print(f"wrote {path}", file=sys.stderr)
+    if args.report:
+        from search.app.plan_report import write_report
+
+        written = write_report(document, request.validated(), args.report)
+        print(f"wrote {written[0]} ({len(written) - 1} files beside it)", file=sys.stderr)
     if args.json:
         print_json(document)
         return
@@ -169,6 +175,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--seed", type=seed_int, default=0, help="sampler seed, 0 to 2^32-1")
     planner.add_argument(
         "--out", metavar="DIR", help="write the front as CSV, --arch files, HF configs and a plot (DIR is created)"
+    )
+    planner.add_argument(
+        "--report", metavar="DIR", help="write report.md (recommendation, front, the winner's story, plots) in DIR"
     )
     planner.add_argument("--json", action="store_true", help="print one JSON document")
     planner.set_defaults(handler=_command_plan)
