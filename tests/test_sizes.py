@@ -28,6 +28,7 @@ FUNCTION_EXEMPT = {
     "search/device/cost.py:predict": "the cost model's one formula, term by term; gguf (issue 31) restructures it",
     "search/device/measurements.py:parse_row": "one import format's field checks; to split per field group",
     "search/device/backend_fit.py:calibrate_backend": "gguf (issue 31) owns calibration changes",
+    "search/app/page.py:add_page": "the page's routes as closures over the app, as create_app; to move to a router",
     "search/plan/planner.py:plan": "the planner's one pass (space, evaluation, front, evidence); PlanResult (issue 33) splits it",
     "search/app/cli/plan.py:register": "one flag per PlanRequest field; to be derived from plan_faces (issue 33)",
 }
