@@ -22,6 +22,7 @@ ALLOWED = {
     "scaling.train": BASE | {"scaling.shape", "scaling.proxy"},
     "scaling.runs": BASE | {"scaling.shape", "scaling.proxy", "scaling.train"},
     "scaling.laws": BASE | {"scaling.shape"},
+    "scaling.export": BASE | {"scaling.shape"},
     "search.device": BASE | {"scaling.shape", "scaling.laws"},
     "search.plan": BASE | {"scaling.shape", "scaling.laws", "search.device"},
     "search.app": None,  # anything
@@ -32,6 +33,7 @@ TORCH_FREE = (
     "scaling.checks",
     "scaling.shape",
     "scaling.laws",
+    "scaling.export",
     "search.device",
     "search.plan",
 )

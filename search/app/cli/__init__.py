@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from scaling.errors import UserError
-from search.app.cli import arch, devices, fit, laws, plan, quantize, runs, serve, train
+from search.app.cli import arch, devices, export, fit, laws, plan, quantize, runs, serve, train
 from search.app.cli.common import EXIT_RUNTIME_ERROR, EXIT_USER_ERROR, Parser, one_line
 
-COMMAND_GROUPS = (arch, train, fit, laws, devices, runs, quantize, plan, serve)
+COMMAND_GROUPS = (arch, train, fit, laws, devices, runs, quantize, plan, serve, export)
 
 
 def build_parser() -> Parser:
