@@ -19,7 +19,9 @@ from tests.export.llamacpp import needs_llama_cpp
 
 SHAPES = {
     "dense": ArchSpec(name="dense", vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128),
-    "coarse-moe": ArchSpec(name="coarse-moe", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=4, top_k=2),
+    "coarse-moe": ArchSpec(
+        name="coarse-moe", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64, n_experts=4, top_k=2
+    ),
     "fine-moe-shared": ArchSpec(
         name="fine-moe-shared", vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=64,
         n_experts=4, top_k=1, granularity=4, n_shared_experts=1, tie_embeddings=True,
