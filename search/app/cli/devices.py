@@ -100,7 +100,8 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
         return
     if args.device or args.backend or args.soc or args.out:
         raise UserError("--device, --backend, --soc and --out go with --from-measurements FILE.csv")
-    name = check_user_profile_name(args.name or "host", args.replace)  # before measuring for a minute
+    default = "host-llamacpp" if args.runtime == "llamacpp" else "host"
+    name = check_user_profile_name(args.name or default, args.replace)  # before measuring for a minute
     if args.measurements:
         from search.device.calibrate import calibrate
         from search.device.profiles import get_device
@@ -112,6 +113,10 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
             raise UserError("measurements need an 'arch' column (a preset name or an --arch file path)")
         specs = [_arch_from_reference(str(reference)) for reference in frame["arch"]]
         result = calibrate(get_device(args.base), specs, frame, name=name, source=f"calibrated on {args.measurements}")
+    elif args.runtime == "llamacpp":
+        from search.app.llamacpp_host import calibrate_llamacpp_host
+
+        result = calibrate_llamacpp_host(name=name, budget_s=args.budget_s, progress=StderrProgress(not args.json))
     else:
         from search.app.host import calibrate_host
 
@@ -212,5 +217,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--out", metavar="PATH.toml", help="write the calibrated profile here")
     calibrate.add_argument("--budget-s", type=positive_float, default=55.0, help="time budget on this machine")
+    calibrate.add_argument(
+        "--runtime", choices=("torch", "llamacpp"), default="torch", help="on this machine: time torch or llama.cpp"
+    )
     calibrate.add_argument("--json", action="store_true", help="print one JSON document (no progress)")
     calibrate.set_defaults(handler=_command_devices_calibrate)
