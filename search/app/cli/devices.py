@@ -95,6 +95,9 @@ def _command_devices_list(args: argparse.Namespace) -> None:
 def _command_devices_calibrate(args: argparse.Namespace) -> None:
     from search.device.profiles import check_user_profile_name, save_user_profile
 
+    if args.from_llama_bench:
+        _calibrate_from_llama_bench(args)
+        return
     if args.from_measurements:
         _calibrate_from_measurements(args)
         return
@@ -173,6 +176,40 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
         print(f"saved {path}")
 
 
+def _calibrate_from_llama_bench(args: argparse.Namespace) -> None:
+    """Fit one backend of a profile to llama-bench output matched to exported shapes."""
+    from search.device.backend_fit import calibrate_backend
+    from search.device.llama_bench import (
+        fitted_terms,
+        llamacpp_priors,
+        load_manifests,
+        read_llama_bench,
+        to_measurements,
+    )
+    from search.device.profiles import check_user_profile_name, get_device, save_profile, save_user_profile
+
+    if not args.device or not args.backend:
+        raise UserError("--from-llama-bench needs --device NAME (the profile to calibrate) and --backend cpu|gpu|npu")
+    if args.out:
+        check_output_file(args.out, "--out")
+    name = args.name or f"{Path(args.device).stem}-llamacpp"
+    if not args.out:
+        check_user_profile_name(name, args.replace)
+    profile = llamacpp_priors(get_device(args.device, args.backend))
+    rows = read_llama_bench(args.from_llama_bench)
+    manifests = load_manifests(args.manifest or [str(Path(args.from_llama_bench).resolve().parent)])
+    origin = f"llama-bench output {Path(args.from_llama_bench).name}"
+    measurements = to_measurements(rows, manifests, profile.name, args.backend, origin)
+    terms = fitted_terms(measurements)
+    result = calibrate_backend(profile, measurements, terms=terms, name=name, origin=origin)
+    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile, args.replace)
+    if args.json:
+        print_json({**result.to_dict(), "path": str(path), "runtime": "llamacpp"})
+    else:
+        print(result.summary())
+        print(f"saved {path}")
+
+
 def _arch_from_reference(reference: str) -> Any:
     from scaling.shape.arch import load_arch_file
     from scaling.shape.presets import get_preset
@@ -209,6 +246,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--base", metavar="DEVICE", help="the profile the measurements calibrate")
     calibrate.add_argument(
         "--from-measurements", metavar="FILE.csv", help="published measurements (published_measurements.csv columns)"
+    )
+    calibrate.add_argument(
+        "--from-llama-bench", metavar="FILE", help="llama-bench output (-o json, jsonl, csv or md) of exported shapes"
+    )
+    calibrate.add_argument(
+        "--manifest",
+        action="append",
+        metavar="PATH",
+        help="with --from-llama-bench: export manifests (files or folders; default: the file's folder)",
     )
     calibrate.add_argument("--device", metavar="NAME", help="with --from-measurements: the profile to calibrate")
     calibrate.add_argument("--backend", choices=BACKEND_CHOICES, help="with --from-measurements: its backend")
