@@ -30,7 +30,7 @@ DeviceName = Field(..., pattern=PROFILE_NAME, description="a device profile's na
 class ArchSource(BaseModel):
     """Exactly one of ``preset``, ``arch`` (moeplan fields) or ``hf_config`` (a config.json object)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not 1, "2" is not 2
     preset: str | None = None
     arch: dict[str, Any] | None = None
     hf_config: dict[str, Any] | None = None
@@ -79,7 +79,7 @@ class PredictRequest(ArchSource):
 
 
 class FitBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not 1, "2" is not 2
     data: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_FIT_ROWS, description="canonical columns")
     law: str = Field("chinchilla", description="a law name, or auto")
     bootstrap: int = Field(0, description=f"bootstrap replicates, 0 to {MAX_BOOTSTRAP}")
@@ -113,7 +113,7 @@ class FitBody(BaseModel):
 
 
 class PlanBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not 1, "2" is not 2
     device: str = DeviceName
     backend: Backend | None = None
     memory_gb: float | None = Field(None, description="bound on peak memory in 10^9 bytes (default: usable DRAM)")

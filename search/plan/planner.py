@@ -151,14 +151,26 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         front = exact_front
     else:
         front, trials = optuna_front(request, request.space, evaluated.choices, frame)
+        engine = "optuna-nsga2"
+        if front.empty:  # too few trials to reach a feasible shape: never an empty front in silence
+            front, engine = exact_front, "exhaustive (no feasible trial)"
+            warnings.append(
+                f"the {trials} Optuna trials found no feasible shape; the exact front is shown instead "
+                f"(raise --trials, or pass --exhaustive)"
+            )
         document.update(
             n_trials=trials,
-            engine="optuna-nsga2",
+            engine=engine,
             hypervolume=hypervolume(front[objective_columns].to_numpy(float), low, high),
         )
     if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
         front = feasible[feasible["p_front"] >= request.min_p_front]
         document["min_p_front"] = request.min_p_front
+        if front.empty:
+            warnings.append(
+                f"no shape is on the front in {request.min_p_front:g} of the loss samples; "
+                f"the highest share is {feasible['p_front'].max():.3g} (lower --min-p-front)"
+            )
     document["pareto"] = evaluated.entries(front)
     return document
 
