@@ -23,8 +23,8 @@ ALLOWED = {
     "scaling.runs": BASE | {"scaling.shape", "scaling.proxy", "scaling.train"},
     "scaling.laws": BASE | {"scaling.shape"},
     "scaling.export": BASE | {"scaling.shape"},
-    "search.device": BASE | {"scaling.shape", "scaling.laws"},
-    "search.plan": BASE | {"scaling.shape", "scaling.laws", "search.device"},
+    "search.device": BASE | {"scaling.shape", "scaling.laws", "scaling.export"},
+    "search.plan": BASE | {"scaling.shape", "scaling.laws", "scaling.export", "search.device"},
     "search.app": None,  # anything
 }
 TORCH_FREE = (
