@@ -22,8 +22,9 @@ ALLOWED = {
     "scaling.train": BASE | {"scaling.shape", "scaling.proxy"},
     "scaling.runs": BASE | {"scaling.shape", "scaling.proxy", "scaling.train"},
     "scaling.laws": BASE | {"scaling.shape"},
-    "search.device": BASE | {"scaling.shape", "scaling.laws"},
-    "search.plan": BASE | {"scaling.shape", "scaling.laws", "search.device"},
+    "scaling.export": BASE | {"scaling.shape"},
+    "search.device": BASE | {"scaling.shape", "scaling.laws", "scaling.export"},
+    "search.plan": BASE | {"scaling.shape", "scaling.laws", "scaling.export", "search.device"},
     "search.app": None,  # anything
 }
 TORCH_FREE = (
@@ -32,6 +33,7 @@ TORCH_FREE = (
     "scaling.checks",
     "scaling.shape",
     "scaling.laws",
+    "scaling.export",
     "search.device",
     "search.plan",
 )

@@ -18,21 +18,30 @@ MEASURE_PROMPT_TOKENS = 64
 MEASURE_DECODE_TOKENS = 8
 
 
-def measured_latency(store_url: str | None) -> Callable[[ArchSpec], dict[str, float]]:
-    """A :data:`search.plan.request.LatencyOracle` caching into the store at ``store_url``."""
+def measured_latency(store_url: str | None, runtime: str = "torch") -> Callable[[ArchSpec], dict[str, float]]:
+    """A :data:`search.plan.request.LatencyOracle` caching into the store at ``store_url``.
+
+    ``runtime`` ``torch`` times the proxy (fp32); ``llamacpp`` times the shape exported to
+    llama.cpp at q4_0 (cached under its own key)."""
     store = RunStore(store_url)
 
     def measure(spec: ArchSpec) -> dict[str, float]:
         canonical = json.dumps(spec.canonical(), sort_keys=True)
-        key = "shape:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        prefix = "shape:" if runtime == "torch" else "llamacpp-q4_0:"
+        key = prefix + hashlib.sha256(canonical.encode()).hexdigest()[:16]
         cached = store.measurements(key)
         if {"decode_ms", "prefill_ms"} <= set(cached):
             return cached
-        from scaling.train.bench_infer import bench_infer
+        if runtime == "llamacpp":
+            from search.app.llamacpp_bench import bench_llamacpp
 
-        result = bench_infer(
-            spec, "torch", "fp32", MEASURE_PROMPT_TOKENS, MEASURE_DECODE_TOKENS, device="cpu", repeats=2
-        )
+            result = bench_llamacpp(spec, None, "q4_0", MEASURE_PROMPT_TOKENS, MEASURE_DECODE_TOKENS, repeats=2)
+        else:
+            from scaling.train.bench_infer import bench_infer
+
+            result = bench_infer(
+                spec, "torch", "fp32", MEASURE_PROMPT_TOKENS, MEASURE_DECODE_TOKENS, device="cpu", repeats=2
+            )
         measured = {"decode_ms": 1e3 / result["decode_tokens_per_s"], "prefill_ms": result["prefill_ms"]}
         store.record_measurements(key, measured)
         return measured

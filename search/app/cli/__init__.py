@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from scaling.errors import UserError
-from search.app.cli import arch, compare, devices, fit, laws, plan, quantize, runs, serve, train
+from search.app.cli import arch, compare, devices, export, fit, laws, plan, quantize, runs, serve, train
 from search.app.cli.common import EXIT_RUNTIME_ERROR, EXIT_USER_ERROR, Parser, one_line
 
-COMMAND_GROUPS = (arch, train, fit, laws, devices, runs, quantize, plan, compare, serve)
+COMMAND_GROUPS = (arch, train, fit, laws, devices, runs, quantize, plan, compare, serve, export)
 
 
 def build_parser() -> Parser:

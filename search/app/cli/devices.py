@@ -107,12 +107,16 @@ def _command_devices_list(args: argparse.Namespace) -> None:
 def _command_devices_calibrate(args: argparse.Namespace) -> None:
     from search.device.profiles import check_user_profile_name, save_user_profile
 
+    if args.from_llama_bench:
+        _calibrate_from_llama_bench(args)
+        return
     if args.from_measurements:
         _calibrate_from_measurements(args)
         return
     if args.device or args.backend or args.soc or args.out:
         raise UserError("--device, --backend, --soc and --out go with --from-measurements FILE.csv")
-    name = check_user_profile_name(args.name or "host", args.replace)  # before measuring for a minute
+    default = "host-llamacpp" if args.runtime == "llamacpp" else "host"
+    name = check_user_profile_name(args.name or default, args.replace)  # before measuring for a minute
     if args.measurements:
         from search.device.calibrate import calibrate
         from search.device.profiles import get_device
@@ -124,6 +128,10 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
             raise UserError("measurements need an 'arch' column (a preset name or an --arch file path)")
         specs = [_arch_from_reference(str(reference)) for reference in frame["arch"]]
         result = calibrate(get_device(args.base), specs, frame, name=name, source=f"calibrated on {args.measurements}")
+    elif args.runtime == "llamacpp":
+        from search.app.llamacpp_host import calibrate_llamacpp_host
+
+        result = calibrate_llamacpp_host(name=name, budget_s=args.budget_s, progress=StderrProgress(not args.json))
     else:
         from search.app.host import calibrate_host
 
@@ -193,6 +201,40 @@ def _calibrate_from_measurements(args: argparse.Namespace) -> None:
         print(f"saved {path}")
 
 
+def _calibrate_from_llama_bench(args: argparse.Namespace) -> None:
+    """Fit one backend of a profile to llama-bench output matched to exported shapes."""
+    from search.device.backend_fit import calibrate_backend
+    from search.device.llama_bench import (
+        fitted_terms,
+        llamacpp_priors,
+        load_manifests,
+        read_llama_bench,
+        to_measurements,
+    )
+    from search.device.profiles import check_user_profile_name, get_device, save_profile, save_user_profile
+
+    if not args.device or not args.backend:
+        raise UserError("--from-llama-bench needs --device NAME (the profile to calibrate) and --backend cpu|gpu|npu")
+    if args.out:
+        check_output_file(args.out, "--out")
+    name = args.name or f"{Path(args.device).stem}-llamacpp"
+    if not args.out:
+        check_user_profile_name(name, args.replace)
+    profile = llamacpp_priors(get_device(args.device, args.backend))
+    rows = read_llama_bench(args.from_llama_bench)
+    manifests = load_manifests(args.manifest or [str(Path(args.from_llama_bench).resolve().parent)])
+    origin = f"llama-bench output {Path(args.from_llama_bench).name}"
+    measurements = to_measurements(rows, manifests, profile.name, args.backend, origin)
+    terms = fitted_terms(measurements)
+    result = calibrate_backend(profile, measurements, terms=terms, name=name, origin=origin)
+    path = save_profile(result.profile, Path(args.out)) if args.out else save_user_profile(result.profile, args.replace)
+    if args.json:
+        print_json({**result.to_dict(), "path": str(path), "runtime": "llamacpp"})
+    else:
+        print(result.summary())
+        print(f"saved {path}")
+
+
 def _arch_from_reference(reference: str) -> Any:
     from scaling.shape.arch import load_arch_file
     from scaling.shape.presets import get_preset
@@ -230,6 +272,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--from-measurements", metavar="FILE.csv", help="published measurements (published_measurements.csv columns)"
     )
+    calibrate.add_argument(
+        "--from-llama-bench", metavar="FILE", help="llama-bench output (-o json, jsonl, csv or md) of exported shapes"
+    )
+    calibrate.add_argument(
+        "--manifest",
+        action="append",
+        metavar="PATH",
+        help="with --from-llama-bench: export manifests (files or folders; default: the file's folder)",
+    )
     calibrate.add_argument("--device", metavar="NAME", help="with --from-measurements: the profile to calibrate")
     calibrate.add_argument("--backend", choices=BACKEND_CHOICES, help="with --from-measurements: its backend")
     calibrate.add_argument(
@@ -237,6 +288,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--out", metavar="PATH.toml", help="write the calibrated profile here")
     calibrate.add_argument("--budget-s", type=positive_float, default=55.0, help="time budget on this machine")
+    calibrate.add_argument(
+        "--runtime", choices=("torch", "llamacpp"), default="torch", help="on this machine: time torch or llama.cpp"
+    )
     calibrate.add_argument(
         "--max-error",
         type=positive_float,

@@ -69,7 +69,7 @@ def _command_plan(args: argparse.Namespace) -> None:
         max_decode_ms=args.max_decode_ms,
         max_active_params=args.max_active_params,
         max_weight_bytes=None if args.max_weight_gb is None else args.max_weight_gb * 1e9,
-        latency_oracle=measured_latency(args.store) if args.measure else None,
+        latency_oracle=measured_latency(args.store, args.runtime) if args.measure else None,
         backend=args.backend,
         quant_method=args.quant_method,
     )
@@ -157,6 +157,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--space", metavar="SPACE.toml", help="narrow or extend the search space ([space] table)")
     planner.add_argument("--measure", action="store_true", help="measure latency on this machine (cached per shape)")
     planner.add_argument("--store", default=None, help="run store caching measured shapes (with --measure)")
+    planner.add_argument(
+        "--runtime", choices=("torch", "llamacpp"), default="torch", help="with --measure: torch or llama.cpp (q4_0)"
+    )
     planner.add_argument(
         "--train-tokens", type=argument("tokens", above=0), default=1e12,
         help="planned training tokens, in the law card's tokens",

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from scaling.errors import UserError
 from scaling.proxy.dispatch import DISPATCH_MODES, INFERENCE_PATHS
 from search.app.cli.common import (
     PRECISION_CHOICES,
@@ -25,6 +26,13 @@ from search.app.cli.progress import StderrProgress
 def _command_bench(args: argparse.Namespace) -> None:
     from scaling.train.memory_check import check_fits, infer_bytes, train_bytes
 
+    if args.runtime == "llamacpp":
+        _bench_llamacpp(args)
+        return
+    if args.gguf:
+        raise UserError("--gguf goes with --runtime llamacpp")
+    if not (args.hf_config or args.arch or args.preset):
+        raise UserError("give one of --hf-config PATH, --arch PATH or --preset NAME")
     spec = resolve_arch(args)
     if args.mode == "train":
         check_fits(train_bytes(spec, args.batch_size, args.seq_len), f"--batch-size {args.batch_size} x --seq-len "
@@ -104,6 +112,41 @@ def _command_bench(args: argparse.Namespace) -> None:
     print_table(f"Inference: {spec.name or 'arch'} ({result['backend']}, {result['precision']})", columns, [row])
 
 
+def _bench_llamacpp(args: argparse.Namespace) -> None:
+    """Prefill and decode of a shape (exported here) or a GGUF file in llama.cpp."""
+    from search.app.llamacpp_bench import bench_llamacpp
+
+    if args.mode != "infer":
+        raise UserError("--runtime llamacpp measures inference: use --mode infer")
+    has_shape = bool(args.hf_config or args.arch or args.preset)
+    if has_shape == bool(args.gguf):
+        raise UserError("give a shape (--arch, --preset, --hf-config) or --gguf FILE, one of them")
+    spec = resolve_arch(args) if has_shape else None
+    result = bench_llamacpp(
+        spec, args.gguf, args.type, args.prompt_tokens, args.decode_tokens, args.repeats, threads=args.threads
+    )
+    _warn(result)
+    if args.json:
+        print_json(result)
+        return
+    from search.app.report import print_table
+
+    print_table(
+        f"llama.cpp: {result['arch'] or 'arch'} ({result['type']}, {result['llama_arch']}, "
+        f"{result['threads']} threads)",
+        ["prefill ms (median)", "spread", "decode tokens/s (median)", "spread", "host delivered"],
+        [
+            [
+                f"{result['prefill_ms']:.2f}",
+                f"{result['prefill_spread']:.0%}",
+                f"{result['decode_tokens_per_s']:.1f}",
+                f"{result['decode_spread']:.0%}",
+                f"{result['host_delivered_fraction']:.0%} of peak",
+            ]
+        ],
+    )
+
+
 def _warn(result: dict) -> None:
     """The bench's warnings on stderr, so that stdout stays one JSON document with --json."""
     for warning in result.get("warnings", []):
@@ -165,7 +208,13 @@ def _command_train(args: argparse.Namespace) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure training or inference on this machine")
-    add_arch_arguments(bench)
+    add_arch_arguments(bench, required=False)
+    bench.add_argument(
+        "--runtime", choices=("torch", "llamacpp"), default="torch", help="infer: the proxy in torch/MLX, or llama.cpp"
+    )
+    bench.add_argument("--gguf", metavar="FILE", help="llamacpp: an exported GGUF (its manifest gives the shape)")
+    bench.add_argument("--type", default="q4_0", help="llamacpp: f32, f16, q8_0 or q4_0 for the export")
+    bench.add_argument("--threads", type=positive_int, default=None, help="llamacpp: threads (default: all cores)")
     bench.add_argument("--mode", choices=("train", "infer"), required=True, help="time training or inference")
     bench.add_argument("--steps", type=positive_int, default=10, help="timed training steps")
     bench.add_argument("--batch-size", type=positive_int, default=16, help="sequences per training step")
