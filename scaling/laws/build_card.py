@@ -560,8 +560,10 @@ def build_card(
     if sweep is not None:
         terms.update(fit_sweep_terms(sweep, sources.get("sweep", "proxy sweep"), bootstrap, seed, workers))
     if quantization is not None and len(quantization):
+        from scaling.laws.quant_term import quant_term  # the published PTQ law; the proxies as its check
+
         source = sources.get(QUANT_TERM, "quantisation measurements")
-        terms[QUANT_TERM] = fit_quant_term(
+        terms[QUANT_TERM] = quant_term(
             quantization, source, unit, bootstrap, seed, penalty_form, penalty_min_tokens_per_param
         )
     return LawCard(
