@@ -119,7 +119,10 @@ def convert_ptq(raw: pd.DataFrame, origin: str = "the PTQ rows") -> pd.DataFrame
                 f"{where}: metric {metric or 'missing'!r} gives no unit; use one of {', '.join(METRICS)} "
                 "(ppl: perplexity; loss: nats/token; *_ratio: after / before)"
             )
-        before, after = _positive(row.get("fp_value"), where, "fp_value"), _positive(row.get("quant_value"), where, "quant_value")
+        before, after = (
+            _positive(row.get("fp_value"), where, "fp_value"),
+            _positive(row.get("quant_value"), where, "quant_value"),
+        )
         params, bits = _positive(row["params"], where, "params"), _positive(row["bits"], where, "bits")
         note = str(row.get("note", "")) if pd.notna(row.get("note")) else ""
         active = _ACTIVE.search(note)

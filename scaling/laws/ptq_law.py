@@ -310,5 +310,7 @@ def describe(fit: PTQLawFit) -> dict[str, Any]:
     }
     if fit.bootstrap_coef is not None and len(fit.bootstrap_coef):
         intervals = fit.conf_int()
-        document["ci90"] = {k: [float(intervals.loc[k, "lower"]), float(intervals.loc[k, "upper"])] for k in fit.params.index}
+        document["ci90"] = {
+            k: [float(intervals.loc[k, "lower"]), float(intervals.loc[k, "upper"])] for k in fit.params.index
+        }
     return document

@@ -140,6 +140,7 @@ class Design:
     n_active: np.ndarray
     gptq: np.ndarray
     loss_before: np.ndarray
+    n_size: np.ndarray  # what the size term reads: active or total parameters (the form's size_params)
 
     def __len__(self) -> int:
         return len(self.n_active)
@@ -169,7 +170,11 @@ def _part_columns(shape: Any, scheme: Scheme, tokens: Any, expert_tokens: bool) 
         if expert_tokens and part == "routed_experts":
             seen = tokens * np.asarray(shape.top_k, dtype=float) / np.asarray(shape.n_experts, dtype=float)
         columns["tokens"].append(seen)
-    return {name: np.stack(values, axis=-1) for name, values in columns.items()} | {"n_active": n_active}
+    n_total = np.asarray(accounting.total_params(shape), dtype=float) * np.ones_like(n_active)
+    return {name: np.stack(values, axis=-1) for name, values in columns.items()} | {
+        "n_active": n_active,
+        "n_total": n_total,
+    }
 
 
 def design_from_frame(frame: pd.DataFrame, form: PenaltyForm) -> Design:
@@ -202,6 +207,7 @@ def design_from_frame(frame: pd.DataFrame, form: PenaltyForm) -> Design:
         n_active=stacked["n_active"][:, 0],
         gptq=(methods == "gptq").astype(float),
         loss_before=frame["loss_before"].to_numpy(dtype=float),
+        n_size=stacked["n_total" if form.size_params == "total" else "n_active"][:, 0],
     )
 
 
@@ -217,7 +223,7 @@ def predict_design(theta: np.ndarray, design: Design, form: PenaltyForm) -> np.n
         + bits_term
         + gamma_g * np.log(design.group / 32)
         + log_asym * design.asym
-        - (gamma_n * np.log(design.n_active / N0))[:, None] * form.size
+        - (gamma_n * np.log(design.n_size / N0))[:, None] * form.size
         + gamma_d * np.log(design.tokens / D0) * form.data
     )
     penalty = (design.quantised * design.share * np.exp(np.minimum(exponent, 50))).sum(axis=1)

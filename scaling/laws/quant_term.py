@@ -50,7 +50,11 @@ def card_theta(coef: pd.Series, form: str) -> dict[str, float]:
     offsets = coef[[name for name in coef.index if name.startswith("offset[")]]
     gamma_n = float(coef["log_tpp"] if law.tied else -coef.get("log_N", 0.0))
     gamma_d = float(coef["log_tpp"] if law.tied else coef.get("log_D", 0.0))
-    log_c = float(offsets.mean()) - gamma_n * math.log(quant_penalty.N0 / N_REF) + gamma_d * math.log(quant_penalty.D0 / D_REF)
+    log_c = (
+        float(offsets.mean())
+        - gamma_n * math.log(quant_penalty.N0 / N_REF)
+        + gamma_d * math.log(quant_penalty.D0 / D_REF)
+    )
     return {
         "log_C": log_c,
         "log_mlp": 0.0,  # the published rows quantise every linear weight: no per-part contrast in them
@@ -118,7 +122,6 @@ def published_term(
     for _, coef in (fit.bootstrap_coef if fit.bootstrap_coef is not None else pd.DataFrame()).iterrows():
         for key, value in card_theta(coef, fit.form).items():
             replicates[key].append(value)
-    intervals = fit.conf_int() if fit.bootstrap_coef is not None else None
     described = evidence["fit"]
     return Term(
         kind=QUANT_TERM,
