@@ -424,6 +424,7 @@ class QuantPenaltyFit:
             n_active=n,
             gptq=np.full(len(n), float(method == "gptq")),
             loss_before=np.asarray(loss_before, dtype=float) * np.ones(len(n)),
+            n_size=np.atleast_1d(columns["n_total" if self.form_object.size_params == "total" else "n_active"]),
         )
 
     def summary(self) -> str:

@@ -16,7 +16,10 @@ from scaling.laws.ptq_data import PENALTY_UNIT, convert_ptq, ptq_rows
 from scaling.laws.ptq_law import fit_ptq_law
 from scaling.laws.ptq_validate import compare_ptq_forms
 
-HEADER = "source,table,model,family,params,train_tokens,quant_method,bits,group_size,eval_set,metric,fp_value,quant_value,note"
+HEADER = (
+    "source,table,model,family,params,train_tokens,quant_method,bits,group_size,eval_set,metric,fp_value,"
+    "quant_value,note"
+)
 
 
 def _published() -> bool:
