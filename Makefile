@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast notebooks lint format bench clean
+.PHONY: demo test test-fast notebooks lint format bench clean docs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+docs: $(STAMP)  # rewrite README's generated blocks (<!-- moeplan:NAME -->) from the code
+	$(BIN)/python -m search.app.readme_blocks README.md

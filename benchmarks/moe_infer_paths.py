@@ -90,7 +90,7 @@ def main() -> None:
     rows, wins = [], {}
     for cell in cells:
         layer, times = cell["layer"], cell["times"]
-        kind = regime(cell["tokens"], layer.n_experts, layer.top_k)
+        kind = regime(cell["tokens"], layer.n_routed_experts, layer.routed_top_k)
         row = {"config": cell["config"], "tokens": cell["tokens"], "regime": kind}
         for path in paths:
             row[f"{path}_ms"] = statistics.median(times[path]) * 1e3

@@ -54,6 +54,7 @@ LIMITS: dict[str, float] = {
     "samples": 100_000,
     "trials": 10**7,
     "bootstrap": 100_000,
+    "delta": 10.0,  # a Huber threshold on log residuals: past a few units it is least squares already
 }
 
 
@@ -85,7 +86,7 @@ def check_number(
         return None
     if maximum is None:
         maximum = LIMITS.get(name.rsplit(".", 1)[-1].lstrip("-").replace("-", "_"))
-    wanted = _describe(integer, minimum, above, maximum, below)
+    wanted = _Wanted(integer, minimum, above, maximum, below)  # worded only for an error: this runs per request
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UserError(f"{name} must be {wanted}, got {value!r}")
     if integer and not isinstance(value, numbers.Integral):
@@ -107,6 +108,19 @@ def check_number(
         limit = "" if maximum is None or value <= maximum else " (the limit)"
         raise UserError(f"{name} must be {wanted}{limit}, got {_show(value)}")
     return int(value) if integer else value
+
+
+class _Wanted:
+    """What a value must be, put into words when an error message formats it."""
+
+    def __init__(self, *bounds: Any) -> None:
+        self.bounds = bounds
+
+    def __str__(self) -> str:
+        return _describe(*self.bounds)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def _show(value: Any) -> str:

@@ -20,7 +20,12 @@ FitPredict = Callable[[pd.DataFrame, pd.DataFrame], np.ndarray]
 
 
 def rolling_origin(
-    frame: pd.DataFrame, fit_predict: FitPredict, column: str = "N", min_sizes: int = 2, target: str = "loss"
+    frame: pd.DataFrame,
+    fit_predict: FitPredict,
+    column: str = "N",
+    min_sizes: int = 2,
+    target: str = "loss",
+    max_origins: int | None = None,
 ) -> dict[str, Any]:
     """Backtest ``fit_predict`` at every origin: sizes up to the k-th, then the (k+1)-th alone.
 
@@ -30,6 +35,7 @@ def rolling_origin(
         column: The size that defines the origins (``N``, or ``C``).
         min_sizes: Distinct sizes the first fit needs.
         target: The column predicted.
+        max_origins: Keep only the last this many origins (the longest extrapolations); all by default.
 
     Returns:
         ``{"column", "origins": [{fit_up_to, predict, ratio, n_fit, n_predicted, mean_abs_rel_error,
@@ -40,7 +46,8 @@ def rolling_origin(
         raise UserError(f"a backtest needs a {column!r} column")
     sizes = np.sort(frame[column].unique())
     origins = []
-    for index in range(min_sizes - 1, len(sizes) - 1):
+    indices = list(range(min_sizes - 1, len(sizes) - 1))
+    for index in indices[-max_origins:] if max_origins else indices:
         known, next_size = sizes[index], sizes[index + 1]
         train, test = frame[frame[column] <= known], frame[frame[column] == next_size]
         origin = {

@@ -7,12 +7,12 @@
 * **expansion**: the E and N dependence from routed runs (Clark et al. 2022's design), fitted
   *relative to matched dense runs*: a dense law is fitted on the dense runs of the same data,
   then (m0, m1, E_max) on the MoE runs with it held fixed, so only the multiplier transfers.
-* **granularity, top_k, shared**: from a proxy sweep, each MoE run's loss turned into its
-  dense-equivalent size through a dense law fitted on the sweep's own dense runs; then
-  ``ln M = f_width(ln R) + g(G) + t ln k + s S`` by least squares, where the per-width curve in
-  ``R = E/k`` absorbs the expansion effect at proxy scale and the designed contrasts identify
-  g, t and s. Bootstrapped over seeds within each shape and budget, with the dense law's own
-  replicates, so the intervals carry both.
+* **granularity**: Krajewski et al. 2024's published fits in the physical axis A = k·G (active
+  routed experts), scaled by a κ whose range holds OLMoE's smaller gain; checked against
+  DeepSeekMoE's ablation (:mod:`scaling.laws.published`).
+* **shared**: a prior centred at zero that holds the split published evidence.
+* The **proxy sweep** fits no term: it checks sign and trend, contrast by contrast in loss space
+  (:mod:`scaling.laws.proxy_check`), and the card carries that posterior-predictive check.
 * **quantization**: the penalty law of :mod:`scaling.laws.quant_penalty` on a store's quantisation
   measurements, in the form with the lowest out-of-sample error among those the card can apply,
   bootstrapped over runs.
@@ -28,10 +28,11 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from scaling.errors import UserError
-from scaling.laws import effective
+from scaling.laws import effective, published
 from scaling.laws.backtest import rolling_origin
 from scaling.laws.card import QUANT_TERM, LawCard, Term, TermForm
 from scaling.laws.fit import fit_law
+from scaling.laws.proxy_check import matched_deltas, posterior_predictive, sign_agreement  # noqa: F401
 from scaling.laws.units import NATS_PER_BYTE, LossUnit, common_unit
 from scaling.shape import accounting
 from scaling.shape.arch import ArchSpec
@@ -151,6 +152,9 @@ def fit_expansion_term(
         return effective.chinchilla_loss(test["N"].to_numpy() * np.exp(log_m[:, 0]), test["D"], **dense)[:, 0]
 
     backtest = rolling_origin(moe_rows, fit_predict, "N", min_sizes=2)
+    from scaling.laws.expansion_forms import compare
+
+    forms_compared = compare(moe_rows, dense)
     expansion = moe_rows["E"] / moe_rows["k"]
     return Term(
         kind="expansion",
@@ -161,9 +165,25 @@ def fit_expansion_term(
             "R": [float(expansion.min()), float(expansion.max())],
         },
         backtest=backtest,
-        evidence={"dense_law_on_the_same_data": dense},
-        notes="ln M = ln Ê(E/k) (m0 - m1 ln(N/1e8)), Ê saturating at E_max (Clark et al. 2022); fitted with "
-        "the dense law of the same runs held fixed; bootstrap over runs and the dense law's replicates",
+        evidence={
+            "dense_law_on_the_same_data": dense,
+            "forms_compared": forms_compared,
+            "checks_text": [
+                "forms by rolling origin over N (gain over the dense law, nats): clark "
+                f"{forms_compared['clark']['mean_abs_gain_error']:.4f}, joint (MoE on the data term too, Ludziejewski "
+                f"et al. 2025) {forms_compared['joint']['mean_abs_gain_error']:.4f}, on a mean gain of "
+                f"{forms_compared['mean_actual_gain']:.3f}: the card carries {forms_compared['chosen']} (a form with "
+                "one parameter more must win by over 10%)"
+            ],
+            "bounds": {"E_max": [2.0, 1e5]},
+            "point_vs_median": "E_max is not identified above the data's R (<= 512): its replicates run to the "
+            "bound, and at the planner's R (<= 64) any E_max above 1e3 changes ln M by under 3%; the point fit and "
+            "the median of m0, m1 agree within their intervals",
+        },
+        notes="ln M = ln Ê(R) (m0 - m1 ln(N/1e8)), R = E·G/k·G routed over active routed experts, Ê saturating "
+        "at E_max (Clark et al. 2022); fitted on every checkpoint from 50k steps (28 per run) with the dense law of "
+        "the same runs held fixed; bootstrap over runs and the dense law's replicates; Clark's runs route every "
+        "other layer (the card does not price the MoE layer fraction)",
     )
 
 
@@ -196,229 +216,7 @@ def expansion_transfer(frame: pd.DataFrame, fit_below: float, predict_size: floa
     }
 
 
-# --- granularity, top-k and shared experts from a proxy sweep ------------------------------------
-G_FORMS = ("loglinear", "saturating")
-
-
-def dense_equivalent_log_multiplier(moe: pd.DataFrame, dense: dict[str, float]) -> np.ndarray:
-    """ln(N_eq / N) of each MoE run: the size at which the dense law reaches its loss with its tokens.
-
-    A run below the dense law's asymptote at its tokens has no finite N_eq; it is capped at
-    ln M = 10 (a dense-equivalent 22,000 times its size) rather than dropped.
-    """
-    n_eq = effective.chinchilla_inverse(moe["loss"], moe["D"], **{k: [v] for k, v in dense.items()})[:, 0]
-    return np.minimum(np.log(n_eq / moe["N"].to_numpy(float)), 10.0)
-
-
-def _design(moe: pd.DataFrame, g_form: str) -> tuple[np.ndarray, list[str]]:
-    """Per-width curves in ln R (nuisance), then the G, top-k and shared features."""
-    columns, names = [], []
-    log_r = np.log((moe["E"] / moe["k"]).to_numpy(float))
-    for width in sorted(moe["width"].unique()):
-        mask = (moe["width"] == width).to_numpy(float)
-        columns += [mask * log_r, mask * log_r**2]
-        names += [f"lnR@{width:g}", f"lnR2@{width:g}"]
-    columns.append(effective.log_granularity(moe["G"], [1.0], g_form)[:, 0])
-    columns.append(np.log(moe["k"].to_numpy(float)))
-    columns.append(moe["S"].to_numpy(float))
-    return np.column_stack(columns), [*names, "g", "t", "s"]
-
-
-def _regress(moe: pd.DataFrame, log_m: np.ndarray, g_form: str) -> tuple[dict[str, float], float]:
-    design, names = _design(moe, g_form)
-    coefficients, *_ = np.linalg.lstsq(design, log_m, rcond=None)
-    residuals = log_m - design @ coefficients
-    return dict(zip(names, coefficients.tolist(), strict=True)), float(residuals @ residuals)
-
-
-def _resample_cells(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Runs resampled with replacement within each shape and budget: a bootstrap over seeds."""
-    parts = []
-    for _, cell in frame.groupby("cell", sort=False):
-        parts.append(cell.iloc[rng.integers(0, len(cell), len(cell))])
-    return pd.concat(parts)
-
-
-def matched_deltas(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Each designed contrast of the sweep, per width and budget: the mean loss difference
-    (nats/byte) across seeds with a t interval, at equal active parameters and tokens."""
-    from scipy import stats
-
-    rows = []
-    # runs of one budget (tokens per active parameter) differ a little in D: a router adds parameters
-    frame = frame.assign(budget=(frame["D"] / frame["N"]).round(0))
-    cells = frame.groupby(["width", "budget", "E", "k", "G", "S"])["loss"].apply(list)
-
-    def losses(width, budget, e, k, g, s) -> list[float]:
-        return cells.get((width, budget, e, k, g, s), [])
-
-    for (width, budget), _ in frame.groupby(["width", "budget"]):
-        contrasts = [
-            *[(f"E{e} vs dense", (e, 1, 1, 0), (1, 1, 1, 0)) for e in (4, 8, 16, 32, 64)],
-            *[(f"E8 G{g} vs G1", (8, 1, g, 0), (8, 1, 1, 0)) for g in (2, 4, 8)],
-            ("shared (E16 of d_ff/2 + 1 shared) vs E8 G2", (16, 1, 1, 1), (8, 1, 2, 0)),
-            ("top-2 (E8 of d_ff/2) vs top-1 (E8)", (8, 2, 1, 0), (8, 1, 1, 0)),
-            ("top-2 (E8 of d_ff/2) vs E4 (equal total)", (8, 2, 1, 0), (4, 1, 1, 0)),
-            ("top-4 (E8 of d_ff/4) vs top-1 (E8)", (8, 4, 1, 0), (8, 1, 1, 0)),
-        ]
-        for label, treated, baseline in contrasts:
-            a, b = losses(width, budget, *treated), losses(width, budget, *baseline)
-            if not a or not b:
-                continue
-            difference = float(np.mean(a) - np.mean(b))
-            variance = (np.var(a, ddof=1) / len(a) if len(a) > 1 else np.nan) + (
-                np.var(b, ddof=1) / len(b) if len(b) > 1 else np.nan
-            )
-            dof = max(1, min(len(a), len(b)) - 1)
-            half = float(stats.t.ppf((1 + level) / 2, dof) * np.sqrt(variance)) if np.isfinite(variance) else np.nan
-            rows.append(
-                {
-                    "width": width,
-                    "tokens_per_param": budget,
-                    "contrast": label,
-                    "delta_loss": difference,
-                    "lower": difference - half,
-                    "upper": difference + half,
-                    "n_treated": len(a),
-                    "n_baseline": len(b),
-                    "sd_treated": float(np.std(a, ddof=1)) if len(a) > 1 else np.nan,
-                    "sd_baseline": float(np.std(b, ddof=1)) if len(b) > 1 else np.nan,
-                }
-            )
-    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
-
-
-DELTA_COLUMNS = (
-    "width",
-    "tokens_per_param",
-    "contrast",
-    "delta_loss",
-    "lower",
-    "upper",
-    "n_treated",
-    "n_baseline",
-    "sd_treated",
-    "sd_baseline",
-)
-
-
-MIN_TOKENS_PER_PARAM = 50.0  # the over-trained end of the sweep (see fit_sweep_terms)
-
-
-def fit_sweep_terms(
-    frame: pd.DataFrame,
-    source: str,
-    bootstrap: int = 200,
-    seed: int = 0,
-    workers: int | None = None,
-    min_tokens_per_param: float = MIN_TOKENS_PER_PARAM,
-) -> dict[str, Term]:
-    """The granularity, top-k and shared-expert terms from a proxy sweep's finished runs.
-
-    Only MoE runs with at least ``min_tokens_per_param`` tokens per active parameter count: the
-    planner's models train for hundreds to thousands of tokens per parameter, and the reference
-    sweep shows MoE proxies at 20 tokens per parameter, with experts that each see a fraction of
-    the tokens, in another regime (they lose to dense there and win at 200). The dense law that
-    turns losses into sizes uses every dense run.
-
-    Args:
-        frame: A :func:`scaling.runs.frames.fit_frame` of the sweep (N, D, E, k, G, S, loss, seed,
-            and the run's ``arch.d_model`` as its width).
-    """
-    unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the sweep")
-    frame = frame.assign(width=frame["arch.d_model"]).reset_index(drop=True)
-    long_enough = frame["D"] / frame["N"] >= min_tokens_per_param * 0.99  # a router adds a little to N
-    frame["cell"] = frame.groupby(["width", (frame["D"] / frame["N"]).round(0), "E", "k", "G", "S"]).ngroup()
-    dense_rows = frame[(frame["E"] == 1) & (frame["G"] == 1)]
-    moe = frame[(frame["E"] * frame["G"] > 1) & long_enough].reset_index(drop=True)
-    if dense_rows["N"].nunique() < 3 or moe.empty:
-        raise UserError(
-            f"the sweep terms need dense runs at 3 or more sizes and MoE runs, with at least "
-            f"{min_tokens_per_param:g} tokens per active parameter"
-        )
-    dense_fit = fit_law(dense_rows, "chinchilla", bootstrap=bootstrap, seed=seed, workers=workers, extrapolate=False)
-    dense = _dense_params(dense_fit)
-    log_m = dense_equivalent_log_multiplier(moe, dense)
-    point, rss = {}, {}
-    for form in G_FORMS:
-        point[form], rss[form] = _regress(moe, log_m, form)
-    # Akaike weights (equal parameter counts): a form the data cannot tell apart keeps its share.
-    aic = {form: len(moe) * np.log(rss[form] / len(moe)) for form in G_FORMS}
-    best = min(aic.values())
-    raw = {form: float(np.exp(-(aic[form] - best) / 2)) for form in G_FORMS}
-    weights = {form: raw[form] / sum(raw.values()) for form in G_FORMS}
-    rng = np.random.default_rng(seed)
-    replicates: dict[str, list[dict[str, float]]] = {form: [] for form in G_FORMS}
-    for index in range(bootstrap):
-        sample = _resample_cells(moe, rng).reset_index(drop=True)
-        replicate = {name: float(dense_fit.bootstrap_params[name].iloc[index]) for name in BASE_PARAMS}
-        sample_log_m = dense_equivalent_log_multiplier(sample, replicate)
-        for form in G_FORMS:
-            replicates[form].append(_regress(sample, sample_log_m, form)[0])
-    deltas = matched_deltas(frame[long_enough])
-    data_range = _range(moe.assign(**{"D/N": moe["D"] / moe["N"]}), ("N", "D/N"))
-    shared_evidence = {
-        "dense_law_on_the_sweep": dense,
-        "loss_unit": None if unit is None else str(unit),
-        "aic": aic,
-        "nuisance": {k: v for k, v in point["loglinear"].items() if k.startswith("lnR")},
-    }
-
-    # top-k and shared come from the regression with the better-supported granularity form
-    preferred = max(weights, key=weights.get)
-
-    def term(kind: str, param: str, forms: tuple[str, ...], extra_range: dict, notes: str, contrasts: str) -> Term:
-        regressions = {form: (form if kind == "granularity" else preferred) for form in forms}
-        return Term(
-            kind=kind,
-            forms={
-                form: TermForm(
-                    {param: point[regression][param]},
-                    {param: [r[param] for r in replicates[regression]]},
-                    weights[form] if kind == "granularity" else 1.0,
-                )
-                for form, regression in regressions.items()
-            },
-            source=source,
-            data_range={**data_range, **extra_range},
-            evidence={
-                **shared_evidence,
-                "matched_deltas_nats_per_byte": deltas[deltas["contrast"].str.contains(contrasts)].to_dict("records"),
-            },
-            notes=notes,
-        )
-
-    size_note = (
-        f"measured on proxies of {data_range['N'][0]:.2g}-{data_range['N'][1]:.2g} active parameters and "
-        "assumed independent of size: a planner's shapes extrapolate it far"
-    )
-    return {
-        "granularity": term(
-            "granularity",
-            "g",
-            G_FORMS,
-            {"G": [1.0, float(moe["G"].max())]},
-            "ln M_G = g ln G, or g (1 - G^-0.58)/(1 - 2^-0.58) with Krajewski et al.'s exponent (an uncertain "
-            f"published constant), weighted by Akaike weight; {size_note}",
-            "G",
-        ),
-        "top_k": term(
-            "top_k",
-            "t",
-            ("loglinear",),
-            {"k": [1.0, float(moe["k"].max())]},
-            f"ln M_k = t ln k at fixed E/k (k experts of width d_ff/k at equal active parameters); {size_note}",
-            "top-",
-        ),
-        "shared": term(
-            "shared",
-            "s",
-            ("linear",),
-            {"S": [0.0, float(moe["S"].max())]},
-            f"ln M_S = s S (DeepSeekMoE's shared-expert isolation at equal active and routed parameters); {size_note}",
-            "shared",
-        ),
-    }
+MIN_TOKENS_PER_PARAM = 50.0  # the over-trained end of the proxies (the planner's regime)
 
 
 # --- the quantisation penalty ------------------------------------------------------------------------
@@ -557,8 +355,9 @@ def build_card(
     if routed is not None:
         source = sources.get("expansion", "routed runs")
         terms["expansion"] = fit_expansion_term(routed, source, bootstrap, seed, workers)
-    if sweep is not None:
-        terms.update(fit_sweep_terms(sweep, sources.get("sweep", "proxy sweep"), bootstrap, seed, workers))
+    base_point = terms["base"].forms["chinchilla"].params
+    terms["granularity"] = published.granularity_term(base_point, bootstrap, seed)
+    terms["shared"] = published.shared_term(base_point, bootstrap, seed)
     if quantization is not None and len(quantization):
         from scaling.laws.quant_term import quant_term  # the published PTQ law; the proxies as its check
 
@@ -566,10 +365,31 @@ def build_card(
         terms[QUANT_TERM] = quant_term(
             quantization, source, unit, bootstrap, seed, penalty_form, penalty_min_tokens_per_param
         )
-    return LawCard(
+    card = LawCard(
         name=name,
         unit=unit,
         terms=terms,
-        notes="loss = E + A/N_eq^alpha + B/D^beta with N_eq = N_active * M; ln M sums the MoE terms. The MoE terms "
-        "are fitted relative to dense runs of their own data, so they carry over to the base law's data and tokens.",
+        notes="loss = E + A/N_eq^alpha + B/D^beta with N_eq = N_active * M; ln M sums the MoE terms on the model's "
+        "physical description (R = E·G/k·G, A = k·G active routed experts, shared experts), capped so that N_eq <= "
+        "N_total. The MoE terms are relative to dense runs of their own data, so they carry over to the base law's.",
     )
+    if sweep is not None:
+        attach_proxy_check(card, sweep, sources.get("sweep", "proxy sweep"), seed)
+    return card
+
+
+def attach_proxy_check(card: LawCard, sweep: pd.DataFrame, source: str, seed: int = 0) -> None:
+    """The proxies' posterior-predictive check and sign agreement, kept in the card's evidence."""
+    frame = sweep.assign(width=sweep["arch.d_model"])
+    table = posterior_predictive(card, frame, seed=seed)
+    from scaling.laws.proxy_check import local_slope
+
+    card.proxy_check = {
+        "source": source,
+        "level": 0.95,
+        "local_slope": local_slope(frame),
+        "contrasts": table.to_dict("records"),
+        "signs": sign_agreement(table),
+        "inside": int(table["inside"].sum()),
+        "total": len(table),
+    }

@@ -1,14 +1,18 @@
 """The planner's law card: a dense base law and the MoE terms that make its dense-equivalent size.
 
-``loss = L_base(N_eq, D)`` with ``N_eq = N_active * M`` and ``ln M`` the sum of the MoE terms
-(:mod:`scaling.laws.effective`). Each term records its form(s), parameters with bootstrap
-replicates, the data it was fitted on and its range, and its backtest errors. A card predicts by
-sampling: each sample draws one bootstrap replicate of every term, and one of a term's
-alternative forms where the evidence did not single one out; the prediction is the median over
-samples, with a 90% interval.
+``loss = L_base(N_eq, D)`` with ``N_eq = N_active * M``, ``ln M`` the sum of the MoE terms
+(:mod:`scaling.laws.effective`) on the model's *physical* description (:mod:`scaling.laws.physical`:
+expansion R = E·G / k·G, active routed experts A = k·G, shared experts), so every labelling of one
+model gives one loss. ``N_eq`` never exceeds the model's total parameters (DeepSeekMoE 2024 and
+Krajewski et al. 2024: a dense model of the MoE's total size is its upper bound; no evidence at
+scale shows an MoE past it). Each term records its form(s), parameters with replicates (bootstrap,
+or published fits and priors), the data it rests on and its range, and its out-of-sample check. A
+card predicts by sampling: each sample draws one replicate of every term; the prediction is the
+median over samples, with a 90% interval.
 
 Shapes are given in canonical columns: ``N`` (active parameters), ``D`` (training tokens, in the
-base law's tokens), ``E`` (expansion), ``k`` (top-k at G = 1), ``G``, ``S`` (shared experts).
+base law's tokens), ``E`` (expansion), ``k`` (top-k at G = 1), ``G``, ``S`` (shared experts), and
+optionally ``N_total``.
 
 A card may also hold a ``quantization`` term: the penalty law of
 :mod:`scaling.laws.quant_penalty` fitted on quantised proxies, which turns the bf16 loss into the
@@ -31,6 +35,7 @@ import pandas as pd
 
 from scaling.errors import UserError
 from scaling.laws import effective
+from scaling.laws.physical import physical_columns
 from scaling.laws.quant_penalty import FORMS as PENALTY_FORMS
 from scaling.laws.quant_penalty import PARAMS as PENALTY_PARAMS
 from scaling.laws.quant_penalty import penalty_samples
@@ -42,12 +47,17 @@ SHAPE_COLUMNS = ("N", "D", "E", "k", "G", "S")
 TERM_FORMS = {  # kind -> form -> parameter names
     "base": {"chinchilla": ("E", "A", "B", "alpha", "beta")},
     "expansion": {"clark": ("m0", "m1", "E_max")},
-    "granularity": {"loglinear": ("g",), "saturating": ("g",)},
-    "top_k": {"loglinear": ("t",)},
-    "shared": {"linear": ("s",)},
+    "granularity": {"krajewski": ("a", "alpha", "g", "gamma", "kappa")},
+    "shared": {"prior": ("s",)},
     "quantization": {name: PENALTY_PARAMS for name in PENALTY_FORMS},
 }
-MOE_TERMS = ("expansion", "granularity", "top_k", "shared")
+RETIRED = {  # terms and forms of earlier cards that counted one physical axis twice
+    "top_k": "top-k at fixed E/k and granularity are one physical axis (k·G active experts); the card prices "
+    "it once, as granularity",
+}
+MOE_TERMS = ("expansion", "granularity", "shared")
+LEVEL = 0.9  # the one interval level of every output of the card
+MAX_EXTRAPOLATION = 100.0  # a term whose data lie further than this from a shape is unvalidated there
 QUANT_TERM = "quantization"
 PENALTY_SHOWN = ("C", "mlp_factor", "expert_factor", "gptq_factor", "beta_bits", "gamma_N", "gamma_D")
 DEFAULT_METHOD = "rtn"
@@ -78,7 +88,15 @@ class Term:
     evidence: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
-    def conf_int(self, level: float = 0.9) -> pd.DataFrame:
+    def validation(self) -> str | None:
+        """Why the term is unvalidated (no out-of-sample check), or None when it has one."""
+        if not self.backtest:
+            return "no out-of-sample check"
+        if "error" in self.backtest:
+            return f"no out-of-sample check ({self.backtest['error']})"
+        return None
+
+    def conf_int(self, level: float = LEVEL) -> pd.DataFrame:
         """Per form and parameter: the value and the percentile interval of its replicates."""
         rows = []
         for name, form in self.forms.items():
@@ -101,7 +119,7 @@ class Term:
                 name: {
                     "weight": form.weight,
                     "params": form.params,
-                    "ci90": {
+                    "ci90": {  # LEVEL
                         row.param: [_plain(row.lower), _plain(row.upper)]
                         for row in intervals[intervals["form"] == name].itertuples()
                     },
@@ -113,6 +131,8 @@ class Term:
 
     @classmethod
     def from_dict(cls, kind: str, document: dict[str, Any]) -> Term:
+        if kind in RETIRED:
+            raise UserError(f"law card: term {kind!r} is retired: {RETIRED[kind]}; rebuild it (moeplan laws fit)")
         if kind not in TERM_FORMS:
             raise UserError(f"law card: unknown term {kind!r}; known terms: {', '.join(TERM_FORMS)}")
         forms = {}
@@ -120,7 +140,10 @@ class Term:
             expected = TERM_FORMS[kind].get(name)
             if expected is None:
                 known = ", ".join(TERM_FORMS[kind])
-                raise UserError(f"law card: term {kind!r} has unknown form {name!r}; known: {known}")
+                raise UserError(
+                    f"law card: term {kind!r} has unknown form {name!r} (known: {known}); an earlier card's "
+                    "forms priced labels, not the model as built: rebuild it (moeplan laws fit)"
+                )
             params = {p: float(v) for p, v in (body.get("params") or {}).items()}
             missing = [p for p in expected if p not in params]
             if missing:
@@ -132,6 +155,12 @@ class Term:
             forms[name] = TermForm(params, replicates, float(body.get("weight", 1.0)))
         if not forms:
             raise UserError(f"law card: term {kind!r} has no forms")
+        data_range = document.get("range")
+        if kind != QUANT_TERM and (not isinstance(data_range, dict) or not data_range):
+            raise UserError(
+                f"law card: term {kind!r} has no data range, so no plan can say how far it reaches past its "
+                "evidence; give its 'range' (variable: [low, high])"
+            )
         return cls(
             kind=kind,
             forms=forms,
@@ -152,6 +181,7 @@ class LawCard:
     terms: dict[str, Term]
     notes: str = ""
     path: str | None = None
+    proxy_check: dict[str, Any] = field(default_factory=dict)  # the proxies' posterior-predictive check
 
     def __post_init__(self) -> None:
         if "base" not in self.terms:
@@ -177,28 +207,41 @@ class LawCard:
             draws[kind] = {"forms": np.array(names)[chosen], "params": params}
         return draws
 
-    def log_multiplier(self, shapes: dict[str, np.ndarray], draws: dict[str, Any]) -> np.ndarray:
-        """ln M, (shapes, samples): the sum of the MoE terms the card has."""
-        n = len(shapes["N"])
-        samples = len(next(iter(draws.values()))["forms"])
-        total = np.zeros((n, samples))
-        moe = (shapes["E"] * shapes["G"] > 1).reshape(-1, 1)
+    def log_multiplier(
+        self, shapes: dict[str, np.ndarray], draws: dict[str, Any], exclude: frozenset[str] = frozenset()
+    ) -> np.ndarray:
+        """ln M, (shapes, samples): the sum of the MoE terms the card has (but ``exclude``) on the
+        shapes' physical description, capped at ln(N_total / N)."""
+        return sum(self.term_parts(shapes, draws, exclude).values(), np.zeros((len(shapes["N"]), 1)))
+
+    def term_parts(
+        self, shapes: dict[str, np.ndarray], draws: dict[str, Any], exclude: frozenset[str] = frozenset()
+    ) -> dict[str, np.ndarray]:
+        """Each MoE term's share of ln M, (shapes, samples); the cap on N_eq is taken from the terms in
+        proportion to their (positive) parts, so the parts always sum to the capped ln M."""
+        physical = physical_columns(shapes)
+        moe = physical["moe"].reshape(-1, 1)
+        sparse = (physical["R"] > 1).reshape(-1, 1)  # every expert active: no routing gain of any kind
+        parts = {}
         for kind in MOE_TERMS:
-            if kind not in draws:
+            if kind not in draws or kind in exclude:
                 continue
-            params, forms = draws[kind]["params"], draws[kind]["forms"]
+            params = draws[kind]["params"]
             if kind == "expansion":
-                part = effective.log_expansion(shapes["E"] / shapes["k"], shapes["N"], **params)
+                part = effective.log_expansion(physical["R"], physical["N"], **params)
             elif kind == "granularity":
-                part = np.zeros((n, samples))
-                for form in np.unique(forms):
-                    part += effective.log_granularity(shapes["G"], params["g"], form) * (forms == form)
-            elif kind == "top_k":
-                part = effective.log_top_k(shapes["k"], params["t"])
+                part = effective.log_granularity(physical["A"], **params) * sparse
             else:
-                part = effective.log_shared(shapes["S"], params["s"])
-            total += np.where(moe, part, 0.0)
-        return total
+                part = effective.log_shared(physical["shared"], params["s"])
+            parts[kind] = np.where(moe, part, 0.0)
+        if not parts:
+            return parts
+        total = sum(parts.values())
+        ceiling = np.log(physical["N_total"] / physical["N"]).reshape(-1, 1)
+        positive = sum(np.maximum(p, 0.0) for p in parts.values())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(total > ceiling, (positive - (total - ceiling)) / positive, 1.0)
+        return {kind: np.where(part > 0, part * scale, part) for kind, part in parts.items()}
 
     def predict_samples(
         self,
@@ -209,11 +252,12 @@ class LawCard:
         scheme: Scheme | None = None,
         arch: Any = None,
         method: str = DEFAULT_METHOD,
+        exclude: frozenset[str] = frozenset(),
     ) -> tuple[np.ndarray, np.ndarray]:
         """Loss and dense-equivalent parameters for every shape under every sample: two (n, S) arrays.
 
         Args:
-            shapes: Canonical columns (N, D, E, k, G, S), one row per shape.
+            shapes: Canonical columns (N, D, E, k, G, S, optionally N_total), one row per shape.
             n_samples: Parameter samples.
             seed: Seeds the samples (the same seed draws the same parameters for every shape).
             scheme: A deployment precision scheme: the loss is then the loss at that precision,
@@ -222,12 +266,13 @@ class LawCard:
             arch: The shapes' architectures (an ArchSpec or ArchArrays in the rows' order): a
                 penalty is spread over the model's parts, which the canonical columns do not give.
             method: The quantisation method the deployment uses (``rtn`` or ``gptq``).
+            exclude: Terms left out (as if the card had none): what the loss is without them.
         """
         columns = shape_columns(shapes)
         draws = self.sample_params(n_samples, seed)
-        n_eq = columns["N"].reshape(-1, 1) * np.exp(self.log_multiplier(columns, draws))
+        n_eq = columns["N"].reshape(-1, 1) * np.exp(self.log_multiplier(columns, draws, exclude))
         loss = effective.chinchilla_loss(n_eq, columns["D"], **draws["base"]["params"])
-        if scheme is not None and scheme.quantised_parts():
+        if scheme is not None and scheme.quantised_parts() and QUANT_TERM not in exclude:
             relative, absolute = self._penalty(draws, scheme, arch, method, columns["D"], len(loss))
             loss = loss * (1 + relative) + absolute
         return loss, n_eq
@@ -245,7 +290,7 @@ class LawCard:
         """Median loss, its 90% interval and the median dense-equivalent size, one row per shape
         (at ``scheme``'s precision when given: see :meth:`predict_samples`)."""
         loss, n_eq = self.predict_samples(shapes, n_samples, seed, scheme=scheme, arch=arch, method=method)
-        lower, median, upper = np.quantile(loss, [0.05, 0.5, 0.95], axis=1)
+        lower, median, upper = np.quantile(loss, [(1 - LEVEL) / 2, 0.5, (1 + LEVEL) / 2], axis=1)
         return pd.DataFrame(
             {
                 "loss": median,
@@ -312,6 +357,21 @@ class LawCard:
             )
         return float(self.unit.bytes_per_token)
 
+    def unvalidated(
+        self, extrapolation: dict[str, dict[str, float]], limit: float = MAX_EXTRAPOLATION
+    ) -> dict[str, str]:
+        """The terms a plan must call unvalidated, with why: no out-of-sample check, or data more than
+        ``limit`` times from the shapes (an :meth:`extrapolation` report)."""
+        reasons = {}
+        for kind, term in self.terms.items():
+            why = term.validation()
+            far = {v: r for v, r in extrapolation.get(kind, {}).items() if r > limit}
+            if why is None and far:
+                why = "data " + ", ".join(f"{v} {r:.3g}x" for v, r in far.items()) + f" from the shapes (> {limit:g}x)"
+            if why is not None:
+                reasons[kind] = why
+        return reasons
+
     def extrapolation(
         self, shapes: pd.DataFrame | dict[str, Any], with_penalty: bool = False
     ) -> dict[str, dict[str, float]]:
@@ -320,8 +380,9 @@ class LawCard:
         dense-equivalent size ``N_eq`` where the shapes give it; the penalty term only
         ``with_penalty`` (a quantised deployment)."""
         columns = shape_columns(shapes)
-        columns = {**columns, "R": columns["E"] / columns["k"], "D/N": columns["D"] / columns["N"]}
-        moe = columns["E"] * columns["G"] > 1
+        physical = physical_columns(columns)
+        columns = {**columns, "R": physical["R"], "A": physical["A"], "D/N": columns["D"] / columns["N"]}
+        moe = physical["moe"]
         report = {}
         for kind, term in self.terms.items():
             if kind == QUANT_TERM and not with_penalty:
@@ -350,6 +411,10 @@ class LawCard:
             "loss_unit": self.unit.to_dict(),
             "notes": self.notes,
             "terms": {kind: term.to_dict() for kind, term in self.terms.items()},
+            "bound": "N_eq <= N_total: no MoE is worth more than the dense model of its total size (DeepSeekMoE "
+            "2024, Krajewski et al. 2024); no evidence at scale shows one past it",
+            "interval_level": LEVEL,
+            "proxy_check": self.proxy_check,
         }
 
     def to_json(self) -> str:
@@ -368,41 +433,23 @@ class LawCard:
             terms={kind: Term.from_dict(kind, body) for kind, body in terms.items()},
             notes=str(document.get("notes", "")),
             path=path,
+            proxy_check=document.get("proxy_check") or {},
         )
 
     def summary(self) -> str:
-        """The card as text: each term, its source and range, parameters with 90% intervals, backtests."""
-        lines = [f"Law card {self.name!r}   loss unit: {self.unit}   tokens: {self.unit.token_name}"]
-        for kind, term in self.terms.items():
-            lines.append(f"\n[{kind}] {term.source}")
-            if term.data_range:
-                spans = ", ".join(f"{k} {_span(v)}" for k, v in term.data_range.items())
-                lines.append(f"  fitted on: {spans}")
-            table = term.conf_int()
-            for row in table.itertuples():
-                weight = term.forms[row.form].weight
-                label = f"{row.form} (weight {weight:.2f})" if len(term.forms) > 1 else row.form
-                interval = f"90% [{row.lower:.5g}, {row.upper:.5g}]"
-                lines.append(f"  {label:>28} {row.param:>7} = {row.value:<11.5g} {interval}")
-            if kind == QUANT_TERM and term.evidence.get("params"):
-                intervals = term.evidence.get("ci95", {})
-                shown = [
-                    f"{name} {value:.3g}" + (" [{:.3g}, {:.3g}]".format(*intervals[name]) if name in intervals else "")
-                    for name, value in term.evidence["params"].items()
-                    if name in term.evidence.get("shown", PENALTY_SHOWN)
-                ]
-                lines.append(f"  as factors (95%): {'; '.join(shown)}")
-            if term.backtest:
-                lines.append(f"  backtest: {_backtest_line(term.backtest)}")
-            if term.notes:
-                lines.append(f"  note: {term.notes}")
-        return "\n".join(lines)
+        """The card as text: each term, its source and range, parameters with 90% intervals, its
+        out-of-sample check or ``unvalidated``, bounds hit and unidentified parameters."""
+        from scaling.laws.card_summary import summary
+
+        return summary(self)
 
 
 def shape_columns(shapes: pd.DataFrame | dict[str, Any]) -> dict[str, np.ndarray]:
     """The canonical shape columns as float arrays, checked: present, finite and positive."""
     columns = {}
-    for name in SHAPE_COLUMNS:
+    for name in (*SHAPE_COLUMNS, "N_total"):
+        if name == "N_total" and name not in shapes:
+            continue
         if name not in shapes:
             raise UserError(f"shapes lack column {name!r}; the columns are {', '.join(SHAPE_COLUMNS)}")
         values = np.asarray(shapes[name], dtype=float).reshape(-1)
@@ -411,8 +458,6 @@ def shape_columns(shapes: pd.DataFrame | dict[str, Any]) -> dict[str, np.ndarray
         if np.any(values < 0) or (name != "S" and np.any(values == 0)):
             raise UserError(f"column {name!r} must be positive{' or zero' if name == 'S' else ''}")
         columns[name] = values
-    if np.any(columns["k"] > columns["E"]) and np.any(columns["E"] > 1):
-        raise UserError("column 'k' exceeds 'E' for some shape: top-k must be at most the number of experts")
     return columns
 
 
@@ -452,19 +497,3 @@ def load_card(reference: str | Path | None = None) -> LawCard:
 
 def _plain(value: float) -> float | None:
     return None if not math.isfinite(value) else float(value)
-
-
-def _span(values: list[float]) -> str:
-    low, high = values
-    return f"{low:.3g}-{high:.3g}"
-
-
-def _backtest_line(backtest: dict[str, Any]) -> str:
-    if "error" in backtest:
-        return f"not possible ({backtest['error']})"
-    origins = backtest.get("origins", [])
-    parts = [
-        f"fit <= {o['fit_up_to']:.3g} -> {o['predict']:.3g} (x{o['ratio']:.2g}): {o['mean_abs_rel_error']:.2%}"
-        for o in origins
-    ]
-    return "; ".join(parts) or "none"

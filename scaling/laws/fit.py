@@ -29,7 +29,9 @@ from scipy.optimize import minimize
 
 from scaling.checks import check_number
 from scaling.errors import UserError
+from scaling.laws.fit_checks import check_document, interval_flags, screen_rows
 from scaling.laws.registry import LAWS, Data, Law, get_law, prepare_data
+from scaling.laws.threads import blas_threads, limited_blas
 from scaling.laws.units import common_unit
 
 CANONICAL_COLUMNS = ("N", "N_total", "E", "G", "S", "D", "C", "loss")
@@ -77,7 +79,10 @@ def check_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
 
 
 def _numeric(column: pd.Series, name: str) -> pd.Series:
-    """A column as floats (NaN where not a number); a number too large for a float is refused."""
+    """A column as floats (NaN where not a number); a number too large for a float is refused, and
+    true/false are not numbers (pandas would read them as 1 and 0)."""
+    if column.dtype == bool or (column.dtype == object and column.map(lambda v: isinstance(v, bool)).any()):
+        raise UserError(f"column {name!r} holds true/false values; give numbers")
     try:
         return pd.to_numeric(column, errors="coerce").astype(float)
     except (OverflowError, TypeError, ValueError):
@@ -233,6 +238,7 @@ class FitResult:
             f"Converged: {'yes' if self.converged else 'NO'} ({self.message})"
             + (f"; {len(self.unidentified)} parameter(s) NOT identified by this data" if self.unidentified else ""),
         ]
+        lines += [f"WARNING: {warning}" for warning in self.extra.get("warnings", [])]
         if self.at_bounds:
             lines.append(f"WARNING: parameters at a bound: {', '.join(self.at_bounds)} (widen it or add data)")
         if self.unidentified:
@@ -303,14 +309,7 @@ class FitResult:
             document = json.loads(text)
         except json.JSONDecodeError as error:
             raise UserError(f"fit file is not valid JSON: {error}") from None
-        if not isinstance(document, dict) or document.get("law") not in LAWS or "theta" not in document:
-            raise UserError("fit file is not a moeplan fit (needs 'law' and 'theta'); make one with moeplan fit --out")
-        theta = document["theta"]
-        expected = len(LAWS[document["law"]].params)
-        if not isinstance(theta, list) or len(theta) != expected:
-            raise UserError(f"fit: theta must be a list of {expected} numbers for law {document['law']!r}")
-        for index, value in enumerate(theta):
-            check_number(value, f"fit: theta[{index}]")
+        check_document(document)
         samples = (document.get("bootstrap") or {}).get("samples")
         known = {
             "law",
@@ -372,11 +371,24 @@ def fit_law(
     """
     check_number(delta, "delta", above=0)
     check_number(bootstrap, "bootstrap", integer=True, minimum=0)
-    comparison = None
+    comparison, row_warnings = None, []
     if isinstance(law, str) and law == "auto":
+        frame, row_warnings = screen_rows(frame, None)
         law, comparison = choose_law(frame, delta=delta, progress=progress)
     law = get_law(law) if isinstance(law, str) else law
+    if "loss" in frame.columns and set(law.columns) <= set(frame.columns):
+        frame, more = screen_rows(frame, law)
+        row_warnings += more
     validate_frame(frame, law)
+    with limited_blas():
+        result = _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison)
+    if row_warnings:
+        result.extra["warnings"] = row_warnings
+    return result
+
+
+def _fit_validated(frame, law, delta, bootstrap, refine, seed, workers, extrapolate, progress, comparison):
+    """:func:`fit_law` on validated data, under the fit's BLAS thread limit."""
     unit = common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the data to fit")
     data = prepare_data(frame, law.columns, law.optional_columns)
     log_loss = np.log(np.asarray(frame["loss"], dtype=float))
@@ -405,9 +417,20 @@ def fit_law(
         )
         rows = [law.reported(theta) for theta in result.bootstrap_theta]
         result.bootstrap_params = pd.DataFrame(rows, columns=list(law.reported_names)).astype(float)
+        _flag_intervals(result, law)
     if extrapolate:
         result.extrapolation = _safe_extrapolation(frame, law, delta)
     return result
+
+
+def _flag_intervals(result: FitResult, law: Law) -> None:
+    """Add to ``at_bounds`` and ``unidentified`` the parameters whose bootstrap intervals reach a bound
+    or span most of their range: a point estimate inside the bounds does not make them known."""
+    at_bounds, wide = interval_flags(law, result.bootstrap_theta)  # internal names, as _at_bounds gives
+    wide = _reported_names(law, result.theta, wide)
+    result.at_bounds = list(dict.fromkeys([*result.at_bounds, *at_bounds]))
+    result.unidentified = list(dict.fromkeys([*result.unidentified, *wide]))
+    result.extra["bootstrap_flags"] = {"interval_at_bounds": at_bounds, "interval_wide": wide}
 
 
 def _at_bounds(law: Law, theta: np.ndarray) -> list[str]:
@@ -465,10 +488,12 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _bootstrap_init(state: dict[str, Any]) -> None:
-    from threadpoolctl import threadpool_limits
-
     # One BLAS thread per worker: the matrices are small and processes already fill the cores.
-    threadpool_limits(1)
+    threads = blas_threads()
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
     _WORKER_STATE.update(state)
 
 
@@ -515,9 +540,7 @@ def _bootstrap(law, data, log_loss, delta, grid, grid_huber, theta, groups, n, s
             progress("bootstrap", len(thetas), n)
 
     if workers == 1:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
+        with limited_blas():
             _WORKER_STATE.update(state)
             for chunk in chunks:
                 collect(_bootstrap_replicates(chunk))
@@ -598,37 +621,7 @@ def applicable_laws(frame: pd.DataFrame) -> list[str]:
 def choose_law(
     frame: pd.DataFrame, delta: float = DEFAULT_DELTA, progress: Progress | None = None
 ) -> tuple[Law, dict[str, Any]]:
-    """``--law auto``: the applicable law with the lowest rolling-origin backtest error.
+    """``--law auto`` (see :func:`scaling.laws.auto.choose_law`)."""
+    from scaling.laws.auto import choose_law as choose
 
-    Each law is fitted on the sizes up to each origin and predicts the next size, for every
-    origin (:func:`scaling.laws.backtest.rolling_origin`); the mean error over the origins
-    decides, so the choice does not rest on one held-out size. Returns the law and the
-    comparison (each law's mean error and origins, or why it could not be scored).
-    """
-    from scaling.laws.backtest import rolling_origin
-
-    candidates = applicable_laws(frame)
-    if "loss" not in frame.columns:
-        raise UserError("data has no 'loss' column")
-    column = "N" if "N" in frame.columns else "C"
-    comparison: dict[str, Any] = {}
-    for done, name in enumerate(candidates):
-        if progress is not None:
-            progress(f"backtesting {name}", done, len(candidates))
-
-        def fit_predict(train: pd.DataFrame, test: pd.DataFrame, law: str = name) -> np.ndarray:
-            return fit_law(train, law, delta=delta, extrapolate=False).predict(test)
-
-        try:
-            comparison[name] = rolling_origin(frame, fit_predict, column)
-        except UserError as error:
-            comparison[name] = {"error": str(error)}
-    if progress is not None:
-        progress("backtests", len(candidates), len(candidates))
-    scored = {name: result["mean_abs_rel_error"] for name, result in comparison.items() if "error" not in result}
-    if not scored:
-        raise UserError(
-            f"no law can be chosen: none of {list(LAWS)} has its columns and enough sizes to backtest "
-            f"(columns present: {list(frame.columns)})"
-        )
-    return get_law(min(scored, key=scored.get)), comparison
+    return choose(frame, delta=delta, fit_law=fit_law, progress=progress)

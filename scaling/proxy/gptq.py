@@ -221,11 +221,11 @@ def _moe(mlp: MoE, prefix: str, inputs: torch.Tensor, done) -> None:
         done(f"{prefix}.mlp.shared.down.weight", input_hessian(hidden, scale)[None])
     # routing as the (possibly quantised) router decides it at inference
     probabilities = (inputs @ mlp.router.weight.double().T).softmax(dim=-1)
-    weights, experts = probabilities.topk(mlp.top_k, dim=-1)
+    weights, experts = probabilities.topk(mlp.routed_top_k, dim=-1)
     if mlp.renorm:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     routed = []
-    for expert in range(mlp.n_experts):
+    for expert in range(mlp.n_routed_experts):
         token, slot = torch.where(experts == expert)
         routed.append((inputs[token], weights[token, slot] ** 2))
     gate_up = torch.stack([input_hessian(x, w) for x, w in routed])

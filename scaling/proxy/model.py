@@ -214,17 +214,17 @@ class MoE(nn.Module):
     def __init__(self, config: ProxyConfig) -> None:
         super().__init__()
         arch = config.arch
-        self.n_experts, self.top_k = arch.n_routed_experts, arch.routed_top_k
+        self.n_routed_experts, self.routed_top_k = arch.n_routed_experts, arch.routed_top_k
         # never renormalise a single weight: p/p = 1 would cut the router off the LM loss
-        self.renorm, self.dispatch = arch.router_renorm and self.top_k > 1, config.dispatch
-        if self.dispatch == "auto" and self.n_experts >= GROUPED_FROM_EXPERTS:
+        self.renorm, self.dispatch = arch.router_renorm and self.routed_top_k > 1, config.dispatch
+        if self.dispatch == "auto" and self.n_routed_experts >= GROUPED_FROM_EXPERTS:
             self.dispatch = "grouped"
         self.inference_path = config.inference_path
         self.last_inference: dict | None = None  # regime and path of the last inference call
         hidden = arch.expert_d_ff
-        self.router = nn.Linear(arch.d_model, self.n_experts, bias=False)
-        self.gate_up = nn.Parameter(torch.empty(self.n_experts, arch.d_model, 2 * hidden))
-        self.down = nn.Parameter(torch.empty(self.n_experts, hidden, arch.d_model))
+        self.router = nn.Linear(arch.d_model, self.n_routed_experts, bias=False)
+        self.gate_up = nn.Parameter(torch.empty(self.n_routed_experts, arch.d_model, 2 * hidden))
+        self.down = nn.Parameter(torch.empty(self.n_routed_experts, hidden, arch.d_model))
         # n shared experts of width w are exactly one SwiGLU of width n*w.
         shared_width = arch.n_shared_experts * arch.shared_expert_d_ff
         self.shared = SwiGLU(arch.d_model, shared_width) if shared_width else None
@@ -235,14 +235,14 @@ class MoE(nn.Module):
 
     def observe_routing(self, enabled: bool) -> None:
         """Start (or stop) counting assignments per expert and the z-loss, for utilisation logs."""
-        self.load_counts = torch.zeros(self.n_experts, dtype=torch.float64) if enabled else None
+        self.load_counts = torch.zeros(self.n_routed_experts, dtype=torch.float64) if enabled else None
         self.z_loss_sum, self.observed_tokens = 0.0, 0
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         logits = self.router(x).float()
-        experts = logits.topk(self.top_k, dim=-1).indices
-        self.load_counts += torch.bincount(experts.reshape(-1), minlength=self.n_experts).double().cpu()
+        experts = logits.topk(self.routed_top_k, dim=-1).indices
+        self.load_counts += torch.bincount(experts.reshape(-1), minlength=self.n_routed_experts).double().cpu()
         self.z_loss_sum += float(torch.logsumexp(logits, dim=-1).square().sum())
         self.observed_tokens += x.shape[0]
 
@@ -250,14 +250,14 @@ class MoE(nn.Module):
         """Router logits, top-k weights and top-k expert ids for flat tokens ``x``."""
         logits = self.router(x)
         probabilities = logits.float().softmax(dim=-1)
-        weights, experts = probabilities.topk(self.top_k, dim=-1)
+        weights, experts = probabilities.topk(self.routed_top_k, dim=-1)
         if self.renorm:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         if self.training:
             # Switch/GShard balance: E * sum_e (fraction of assignments to e) * (mean prob of e).
             assigned = torch.zeros_like(probabilities).scatter_(1, experts, 1.0)
-            fraction = assigned.mean(dim=0) / self.top_k
-            self.aux_loss = self.n_experts * (fraction * probabilities.mean(dim=0)).sum()
+            fraction = assigned.mean(dim=0) / self.routed_top_k
+            self.aux_loss = self.n_routed_experts * (fraction * probabilities.mean(dim=0)).sum()
             self.z_loss = torch.logsumexp(logits.float(), dim=-1).square().mean()
         return logits, weights.to(x.dtype), experts
 
@@ -274,7 +274,7 @@ class MoE(nn.Module):
             shared_gate = None if self.shared_gate is None else self.shared_gate.weight
             out, self.aux_loss, self.z_loss = fused_moe(
                 x, self.router.weight, shared_gate_up, shared_down, shared_gate,
-                self.gate_up, self.down, self.top_k, self.renorm,
+                self.gate_up, self.down, self.routed_top_k, self.renorm,
             )  # fmt: skip
             return out.view(shape)
         _, weights, experts = self.route(x)
@@ -309,8 +309,8 @@ class MoE(nn.Module):
         """Sort (token, k) pairs by expert; one matmul per expert over its contiguous slice."""
         flat_experts = experts.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
-        token_of_pair = order // self.top_k
-        counts = torch.bincount(flat_experts, minlength=self.n_experts)
+        token_of_pair = order // self.routed_top_k
+        counts = torch.bincount(flat_experts, minlength=self.n_routed_experts)
         x_sorted = x.index_select(0, token_of_pair)
         if self.dispatch == "grouped" and x.dtype in GROUPED_MM_DTYPES:
             offsets = counts.cumsum(0).to(torch.int32)
@@ -338,7 +338,7 @@ class MoE(nn.Module):
     def _dispatch_loop(self, x, weights, experts):
         """The Hugging Face Mixtral loop: mask the tokens of each expert in turn (oracle)."""
         out = torch.zeros_like(x)
-        for expert in range(self.n_experts):
+        for expert in range(self.n_routed_experts):
             token, slot = torch.where(experts == expert)
             if token.numel():
                 y = swiglu_slice(x[token], self.gate_up[expert], self.down[expert])

@@ -99,10 +99,10 @@ class FusedMoEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, router, shared_gate_up, shared_down, shared_gate, gate_up, down, top_k, renorm):
-        shared_width, n_experts = 0 if shared_gate_up is None else shared_gate_up.shape[0], router.shape[0]
+        shared_width, n_routed_experts = 0 if shared_gate_up is None else shared_gate_up.shape[0], router.shape[0]
         projection = torch.cat([w for w in (shared_gate_up, router, shared_gate) if w is not None])
         projected = x @ projection.t()  # [n, 2 h_s + e (+ 1)]: shared gate|up, router logits, shared gate
-        logits = projected[:, shared_width : shared_width + n_experts].float()
+        logits = projected[:, shared_width : shared_width + n_routed_experts].float()
         routing, balance_loss, z_loss = routing_module.route(logits, top_k, renorm)
         shared_activated = shared_product = shared_out = gate = None
         if shared_gate_up is None:
@@ -112,7 +112,7 @@ class FusedMoEFunction(torch.autograd.Function):
             shared_activated = swiglu_rows.forward(projected[:, :shared_width], shared_product)
             out = shared_product @ shared_down.t()
             if shared_gate is not None:  # Qwen2-MoE's sigmoid gate on the shared experts' output
-                gate = torch.sigmoid(projected[:, shared_width + n_experts :])
+                gate = torch.sigmoid(projected[:, shared_width + n_routed_experts :])
                 shared_out, out = out, out * gate  # kept for the gate's gradient
         sizes = routing.counts.tolist()
         sorted_weights = routing.sorted_weights.to(x.dtype).unsqueeze(1)
@@ -136,7 +136,7 @@ class FusedMoEFunction(torch.autograd.Function):
         _add_pair_rows(out, y_sorted, routing, ctx.native)
         ctx.routing, ctx.sizes, ctx.renorm = routing, sizes, renorm
         ctx.activated = activated  # a list of intermediates, one per busy expert, so not saved tensors
-        ctx.shared_width, ctx.n_experts = shared_width, n_experts
+        ctx.shared_width, ctx.n_routed_experts = shared_width, n_routed_experts
         ctx.save_for_backward(
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
             gate_up, down, x_sorted, sorted_weights, gate_up_out, product,
@@ -149,7 +149,7 @@ class FusedMoEFunction(torch.autograd.Function):
             x, projection, shared_down, projected, shared_activated, shared_product, shared_out, gate,
             gate_up, down, x_sorted, sorted_weights, gate_up_out, product,
         ) = ctx.saved_tensors  # fmt: skip
-        routing, shared_width, n_experts = ctx.routing, ctx.shared_width, ctx.n_experts
+        routing, shared_width, n_routed_experts = ctx.routing, ctx.shared_width, ctx.n_routed_experts
         grad_out = grad_out.contiguous()
         # routed experts, one contiguous slice each
         sizes = ctx.sizes
@@ -177,13 +177,13 @@ class FusedMoEFunction(torch.autograd.Function):
         )
         # shared experts, router and shared gate: one matmul each way over the joint projection
         grad_projected = torch.empty_like(projected)
-        grad_projected[:, shared_width : shared_width + n_experts] = grad_logits
+        grad_projected[:, shared_width : shared_width + n_routed_experts] = grad_logits
         grad_shared_down = None
         if shared_width:
             grad_shared_out = grad_out
             if gate is not None:
                 grad_gate = (grad_out * shared_out).sum(dim=-1, keepdim=True)
-                torch.mul(grad_gate, gate * (1 - gate), out=grad_projected[:, shared_width + n_experts :])
+                torch.mul(grad_gate, gate * (1 - gate), out=grad_projected[:, shared_width + n_routed_experts :])
                 grad_shared_out = grad_out * gate
             grad_shared_down = grad_shared_out.t() @ shared_product
             grad_shared_product = grad_shared_out @ shared_down
@@ -194,9 +194,9 @@ class FusedMoEFunction(torch.autograd.Function):
         _add_pair_rows(grad_x, grad_x_sorted, routing, ctx.native)
         grad_projection = grad_projected.t() @ x
         grad_shared_gate_up = grad_projection[:shared_width] if shared_width else None
-        grad_shared_gate = grad_projection[shared_width + n_experts :] if gate is not None else None
+        grad_shared_gate = grad_projection[shared_width + n_routed_experts :] if gate is not None else None
         return (
-            grad_x, grad_projection[shared_width : shared_width + n_experts], grad_shared_gate_up,
+            grad_x, grad_projection[shared_width : shared_width + n_routed_experts], grad_shared_gate_up,
             grad_shared_down, grad_shared_gate, grad_gate_up, grad_down, None, None,
         )  # fmt: skip
 

@@ -47,16 +47,16 @@ class Packed:
     shared_width: int  # 2 h_s (0 without shared experts)
 
 
-def regime(tokens: int, n_experts: int, top_k: int) -> str:
+def regime(tokens: int, n_routed_experts: int, routed_top_k: int) -> str:
     """``decode``, ``prefill-sparse`` or ``prefill-dense`` for ``tokens`` flat tokens."""
     if tokens <= DECODE_TOKENS:
         return "decode"
-    return "prefill-sparse" if tokens * top_k / n_experts < DENSE_ROWS_PER_EXPERT else "prefill-dense"
+    return "prefill-sparse" if tokens * routed_top_k / n_routed_experts < DENSE_ROWS_PER_EXPERT else "prefill-dense"
 
 
 def choose_path(moe, x: torch.Tensor) -> tuple[str, str]:
     """The regime of ``x`` and the path the layer takes for it (``moe.inference_path`` may force one)."""
-    kind = regime(x.shape[0], moe.n_experts, moe.top_k)
+    kind = regime(x.shape[0], moe.n_routed_experts, moe.routed_top_k)
     wanted = moe.inference_path
     native = native_mlp.applies(x, moe.gate_up, moe.down)
     if wanted == "auto":
@@ -88,28 +88,29 @@ def pack(moe) -> Packed:
 def forward(moe, x: torch.Tensor) -> torch.Tensor:
     """The layer's output for flat tokens ``x [n, d]``, under inference mode."""
     kind, path = choose_path(moe, x)
-    moe.last_inference = {"regime": kind, "path": path, "rows_per_expert": x.shape[0] * moe.top_k / moe.n_experts}
+    rows_per_expert = x.shape[0] * moe.routed_top_k / moe.n_routed_experts
+    moe.last_inference = {"regime": kind, "path": path, "rows_per_expert": rows_per_expert}
     packed = pack(moe)
     projected = x @ packed.projection
-    width, n_experts = packed.shared_width, moe.n_experts
-    logits = projected[:, width : width + n_experts]
+    width, n_routed_experts = packed.shared_width, moe.n_routed_experts
+    logits = projected[:, width : width + n_routed_experts]
     if width:
         product = x.new_empty(x.shape[0], width // 2)
         swiglu_rows.forward(projected[:, :width], product)
         out = product @ moe.shared.down.weight.t()
         if moe.shared_gate is not None:  # Qwen2-MoE's sigmoid gate on the shared experts' output
-            out.mul_(torch.sigmoid(projected[:, width + n_experts :]))
+            out.mul_(torch.sigmoid(projected[:, width + n_routed_experts :]))
     else:
         out = x.new_zeros(x.shape)
     if path == "native":
-        native_mlp.moe_experts_infer(x, logits, moe.top_k, moe.renorm, moe.gate_up, moe.down, out)
+        native_mlp.moe_experts_infer(x, logits, moe.routed_top_k, moe.renorm, moe.gate_up, moe.down, out)
         return out
-    weights, experts = _route(logits, moe.top_k, moe.renorm)
+    weights, experts = _route(logits, moe.routed_top_k, moe.renorm)
     return out.index_add_(0, *_experts_torch(moe, x, weights.to(x.dtype), experts, path))
 
 
-def _route(logits: torch.Tensor, top_k: int, renorm: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    weights, experts = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
+def _route(logits: torch.Tensor, routed_top_k: int, renorm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    weights, experts = logits.float().softmax(dim=-1).topk(routed_top_k, dim=-1)
     if renorm:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, experts
@@ -119,8 +120,8 @@ def _experts_torch(moe, x, weights, experts, path) -> tuple[torch.Tensor, torch.
     """Each (token, slot) pair's weighted expert row, in expert order, and the token of each."""
     flat_experts = experts.reshape(-1)
     order = torch.argsort(flat_experts, stable=True)
-    token_of_pair = order // moe.top_k
-    counts = torch.bincount(flat_experts, minlength=moe.n_experts)
+    token_of_pair = order // moe.routed_top_k
+    counts = torch.bincount(flat_experts, minlength=moe.n_routed_experts)
     x_sorted = x.index_select(0, token_of_pair)
     if path == "grouped":
         offsets = counts.cumsum(0).to(torch.int32)

@@ -18,7 +18,7 @@ PROXY_LOSS_UNIT = "nats/byte"  # byte-level proxies: a loss per UTF-8 byte
 
 def runs_frame(store: RunStore | str | None = None) -> pd.DataFrame:
     """One row per run: the store's columns plus every architecture and training field."""
-    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False, read_only=True)
     rows = []
     for run in store.runs():
         config = json.loads(run["config"])
@@ -33,7 +33,7 @@ def runs_frame(store: RunStore | str | None = None) -> pd.DataFrame:
 
 
 def metrics_frame(store: RunStore | str | None = None) -> pd.DataFrame:
-    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False, read_only=True)
     return pd.DataFrame(store.metrics())
 
 
@@ -104,7 +104,7 @@ def quantization_frame(store: RunStore | str | None = None) -> pd.DataFrame:
     ``seed``, ``sweep``, ``loss_unit`` (nats/byte). The input of
     :func:`scaling.laws.quant_penalty.fit_quant_penalty`.
     """
-    store = store if isinstance(store, RunStore) else RunStore(store, create=False)
+    store = store if isinstance(store, RunStore) else RunStore(store, create=False, read_only=True)
     runs = {run["id"]: run for run in store.runs()}
     rows = []
     for row in store.quantizations():

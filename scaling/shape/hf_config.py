@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scaling.checks import read_text_file
+from scaling.checks import LIMITS, check_number, read_text_file
+from scaling.errors import UserError
 from scaling.shape.arch import ArchError, ArchSpec
 
 SUPPORTED_MODEL_TYPES = (
@@ -44,25 +45,23 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
         raise ArchError("a Hugging Face config must be a JSON object")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ArchError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise ArchError(f"unsupported model_type {_short(model_type)}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
-    def need(key: str) -> Any:
-        if key not in config or config[key] is None:
-            raise ArchError(f"{model_type} config is missing the field {key!r}")
-        return config[key]
-
-    n_heads = need("num_attention_heads")
+    read = _Reader(config, model_type)
+    n_heads = read.int("num_attention_heads", "n_heads")
+    hidden = read.int("hidden_size", "d_model")
+    n_kv_heads = read.int("num_key_value_heads", "n_kv_heads", default=n_heads)
     fields: dict[str, Any] = {
-        "name": name or config.get("_name_or_path", "") or model_type,
-        "vocab_size": need("vocab_size"),
-        "d_model": need("hidden_size"),
-        "n_layers": need("num_hidden_layers"),
+        "name": name or _text(config.get("_name_or_path")) or model_type,
+        "vocab_size": read.int("vocab_size", "vocab_size"),
+        "d_model": hidden,
+        "n_layers": read.int("num_hidden_layers", "n_layers"),
         "n_heads": n_heads,
-        "n_kv_heads": config.get("num_key_value_heads") or n_heads,
-        "head_dim": config.get("head_dim") or need("hidden_size") // n_heads,
-        "tie_embeddings": bool(config.get("tie_word_embeddings", model_type == "granitemoe")),
-        "rope_theta": float(config.get("rope_theta", 10000.0)),
-        "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+        "n_kv_heads": n_kv_heads,
+        "head_dim": read.int("head_dim", "head_dim", default=None) or _head_dim(model_type, hidden, n_heads),
+        "tie_embeddings": read.bool("tie_word_embeddings", model_type == "granitemoe"),
+        "rope_theta": read.float("rope_theta", "rope_theta", 10000.0),
+        "norm_eps": read.float("rms_norm_eps", "norm_eps", 1e-6),
     }
     if config.get("mlp_bias"):
         raise ArchError(f"{model_type} config sets mlp_bias=true, which moeplan does not model")
@@ -78,42 +77,120 @@ def from_hf_config(config: dict[str, Any], name: str = "") -> ArchSpec:
     fields["qk_norm"] = model_type in ("qwen3", "qwen3_moe", "olmoe")
 
     if model_type in ("llama", "mistral", "qwen2", "qwen3"):
-        fields["d_ff"] = need("intermediate_size")
+        fields["d_ff"] = read.int("intermediate_size", "d_ff", minimum=0)
         return ArchSpec.from_dict(fields)
 
     # --- MoE types -----------------------------------------------------------------------
+    top_k = read.int("num_experts_per_tok", "top_k")
     if model_type in ("mixtral", "granitemoe"):
-        n_experts = need("num_local_experts")
-        expert_width = need("intermediate_size")
+        n_experts = read.int("num_local_experts", "n_experts")
+        expert_width = read.int("intermediate_size", "moe_d_ff", minimum=0)
         fields["d_ff"] = expert_width
         # softmax over the top-k logits; over one logit it is 1 (no router gradient), which
         # ArchSpec refuses to call renormalisation
-        fields["router_renorm"] = need("num_experts_per_tok") > 1
+        fields["router_renorm"] = top_k > 1
     elif model_type == "olmoe":
-        n_experts = need("num_experts")
-        expert_width = need("intermediate_size")
+        n_experts = read.int("num_experts", "n_experts")
+        expert_width = read.int("intermediate_size", "moe_d_ff", minimum=0)
         fields["d_ff"] = expert_width
-        fields["router_renorm"] = bool(config.get("norm_topk_prob", False)) and need("num_experts_per_tok") > 1
+        fields["router_renorm"] = read.bool("norm_topk_prob", False) and top_k > 1
     else:  # qwen2_moe, qwen3_moe
-        n_experts = need("num_experts")
-        expert_width = need("moe_intermediate_size")
-        fields["d_ff"] = config.get("intermediate_size") or expert_width
-        fields["router_renorm"] = bool(config.get("norm_topk_prob", False)) and need("num_experts_per_tok") > 1
-        fields["moe_layer_step"] = int(config.get("decoder_sparse_step", 1) or 1)
-        fields["first_dense_layers"] = _dense_prefix(config.get("mlp_only_layers") or [], model_type)
-        if model_type == "qwen2_moe" and config.get("shared_expert_intermediate_size"):
+        n_experts = read.int("num_experts", "n_experts")
+        expert_width = read.int("moe_intermediate_size", "moe_d_ff", minimum=0)
+        fields["d_ff"] = read.int("intermediate_size", "d_ff", default=0, minimum=0) or expert_width
+        fields["router_renorm"] = read.bool("norm_topk_prob", False) and top_k > 1
+        fields["moe_layer_step"] = read.int("decoder_sparse_step", "moe_layer_step", default=None) or 1
+        fields["first_dense_layers"] = _dense_prefix(read.int_list("mlp_only_layers", "n_layers"), model_type)
+        shared_width = read.int("shared_expert_intermediate_size", "shared_expert_d_ff", default=0, minimum=0)
+        if model_type == "qwen2_moe" and shared_width:
             fields["n_shared_experts"] = 1
-            fields["shared_expert_d_ff"] = config["shared_expert_intermediate_size"]
-            fields["shared_expert_gate"] = bool(config.get("shared_expert_gate", True))
+            fields["shared_expert_d_ff"] = shared_width
+            fields["shared_expert_gate"] = read.bool("shared_expert_gate", True)
     if "first_k_dense_replace" in config:
-        fields["first_dense_layers"] = int(config["first_k_dense_replace"])
+        fields["first_dense_layers"] = read.int("first_k_dense_replace", "first_dense_layers", minimum=0)
     fields.update(
         n_experts=n_experts,
-        top_k=need("num_experts_per_tok"),
+        top_k=top_k,
         moe_d_ff=expert_width,
         granularity=1,
     )
     return ArchSpec.from_dict(fields)
+
+
+_MISSING = object()
+
+
+def _head_dim(model_type: str, hidden: int, n_heads: int) -> int:
+    """hidden_size / num_attention_heads, when the config gives no head_dim."""
+    if hidden % n_heads:
+        raise ArchError(
+            f"{model_type} config: num_attention_heads={n_heads} does not divide hidden_size={hidden} "
+            "and head_dim is not given; set head_dim"
+        )
+    return hidden // n_heads
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class _Reader:
+    """Typed reads of a config's fields: strict integers (``true`` is not 1, ``"2"`` is not 2),
+    finite floats and real booleans, each error naming the config's key."""
+
+    def __init__(self, config: dict[str, Any], model_type: str) -> None:
+        self.config, self.model_type = config, model_type
+        self._check_flags()
+
+    def _value(self, key: str, default: Any) -> Any:
+        value = self.config.get(key)
+        if value is None:
+            if default is _MISSING:
+                raise ArchError(f"{self.model_type} config is missing the field {key!r}")
+            return default
+        return value
+
+    def int(self, key: str, limit: str, default: Any = _MISSING, minimum: int = 1) -> Any:
+        value = self._value(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        return self._checked(value, key, integer=True, minimum=minimum, maximum=LIMITS.get(limit))
+
+    def float(self, key: str, limit: str, default: float) -> float:
+        value = self._value(key, default)
+        return float(self._checked(value, key, above=0, maximum=LIMITS.get(limit)))
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._value(key, default)
+        if not isinstance(value, bool):
+            raise ArchError(f"{self.model_type} config: {key} must be true or false, got {_short(value)}")
+        return value
+
+    def int_list(self, key: str, limit: str) -> list[int]:
+        value = self._value(key, [])
+        if not isinstance(value, list) or len(value) > LIMITS[limit]:
+            raise ArchError(f"{self.model_type} config: {key} must be a list of layer indices, got {_short(value)}")
+        bounds = {"integer": True, "minimum": 0, "maximum": LIMITS[limit]}
+        return [self._checked(v, f"{key}[{i}]", **bounds) for i, v in enumerate(value)]
+
+    def _checked(self, value: Any, key: str, **bounds: Any) -> Any:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                kind = "an integer" if bounds.get("integer") else "a number"
+                raise UserError(f"{key} must be {kind}, got {_short(value)}")
+            return check_number(value, key, **bounds)
+        except UserError as error:
+            raise ArchError(f"{self.model_type} config: {error}") from None
+
+    def _check_flags(self) -> None:
+        for key in ("mlp_bias", "attention_bias", "qkv_bias"):
+            self.bool(key, False)
+
+
+def _short(value: Any) -> str:
+    """A value for a message, cut short (a config may hold a megabyte string)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _dense_prefix(layers: list[int], model_type: str) -> int:

@@ -23,7 +23,7 @@ from scaling.shape.arch import ArchSpec
 from scaling.shape.scheme import Scheme
 from scaling.train.config import TrainConfig
 from scaling.train.corpus import Corpus, batch_at, validation_windows
-from scaling.train.trainer import resolve_device
+from scaling.train.trainer import load_state, resolve_device
 
 LOSS_UNIT = "nats/byte"
 CALIBRATION_SEED = 2**31 - 1  # sweeps seed runs 0, 1, 2, ...: this draws windows apart from theirs
@@ -68,13 +68,20 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ProxyModel,
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist; give a checkpoint.pt that training wrote")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: torch raises many types
-        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
+        state = load_state(path)
+    except Exception as error:  # a truncated, foreign or code-carrying file: torch raises many types
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise UserError(
+            f"cannot read checkpoint {str(path)!r} (only tensors and plain values are loaded, never code): "
+            f"{type(error).__name__}: {reason}"
+        ) from None
     if not isinstance(state, dict) or not {"model", "config", "arch"} <= set(state):
         raise UserError(f"{str(path)!r} is not a moeplan checkpoint (needs model, config and arch)")
-    arch = ArchSpec.from_dict(state["arch"])
-    config = TrainConfig(**state["config"])
+    try:
+        arch = ArchSpec.from_dict(state["arch"])
+        config = TrainConfig(**state["config"])
+    except (TypeError, UserError) as error:
+        raise UserError(f"{str(path)!r} is not a moeplan checkpoint: {' '.join(str(error).split())[:160]}") from None
     proxy = ProxyConfig(
         arch=arch,
         aux_loss_weight=config.aux_loss_weight,
@@ -83,7 +90,10 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ProxyModel,
         max_seq_len=max(config.seq_len, 16),
     )
     model = ProxyModel(proxy)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (TypeError, RuntimeError, AttributeError) as error:
+        raise UserError(f"{str(path)!r}: its weights do not fit its architecture: {str(error)[:160]}") from None
     return model.to(device).eval(), config
 
 

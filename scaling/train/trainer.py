@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,27 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def load_state(path: str | Path) -> Any:
+    """A checkpoint's contents, on the CPU: tensors and plain types only (``weights_only``), so a
+    crafted file cannot run code; a pickle that asks for anything else raises."""
+    with warnings.catch_warnings():  # torch warns about legacy pickles before refusing them
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and JSON's types only (what ``torch.load(weights_only=True)`` reads back)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
 class CheckpointError(UserError):
     """A checkpoint that cannot be resumed: unreadable, or made by a different run."""
 
@@ -178,12 +200,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
-            "history": self.history,
+            "history": _plain(self.history),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "config": self.config.to_dict(),
-            "arch": self.arch.to_dict(),
-            "identity": self.identity,
+            "config": _plain(self.config.to_dict()),
+            "arch": _plain(self.arch.to_dict()),
+            "identity": _plain(self.identity),
             "identity_hash": identity_hash(self.identity),
         }
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +218,7 @@ class Trainer:
         try:
             # on the CPU: the RNG states must stay CPU byte tensors, and load_state_dict moves the
             # model's and the optimizer's tensors to where the parameters are
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_state(path)
             fields = [state[key] for key in ("model", "optimizer", "step", "elapsed", "history", "cpu_rng", "arch")]
         except Exception as error:  # truncated, empty or not a checkpoint: torch raises many types
             if discard_corrupt:

@@ -7,9 +7,9 @@ slot) pairs each expert of each MoE layer receives, and the router's mean z-loss
 Definitions (per MoE layer):
 
 * ``shares``: each expert's fraction of the assignments (they sum to one).
-* ``entropy``: the entropy of ``shares`` divided by ``log(n_experts)``; 1 is uniform, 0 is
+* ``entropy``: the entropy of ``shares`` divided by ``log(n_routed_experts)``; 1 is uniform, 0 is
   every token on one expert.
-* ``max_over_mean``: the busiest expert's share over the mean share ``1 / n_experts``.
+* ``max_over_mean``: the busiest expert's share over the mean share ``1 / n_routed_experts``.
 * ``dead_fraction``: the fraction of experts whose share is under ``DEAD_SHARE`` (10%) of the
   uniform share.
 * ``z_loss``: the mean over tokens of ``logsumexp(router logits)^2`` (ST-MoE's z-loss).
@@ -36,17 +36,18 @@ SUMMARY_KEYS = ("expert_load_entropy", "expert_load_max_over_mean", "dead_expert
 def layer_summary(layer: int, counts: Sequence[float], z_loss_sum: float, tokens: int) -> dict[str, Any]:
     """The utilisation of one MoE layer from its assignment counts over ``tokens`` tokens."""
     counts = np.asarray(counts, dtype=np.float64)
-    n_experts = len(counts)
+    n_routed_experts = len(counts)
     total = counts.sum()
-    shares = counts / total if total > 0 else np.full(n_experts, 1.0 / n_experts)
+    shares = counts / total if total > 0 else np.full(n_routed_experts, 1.0 / n_routed_experts)
     nonzero = shares[shares > 0]
-    entropy = abs(float(-(nonzero * np.log(nonzero)).sum() / math.log(n_experts))) if n_experts > 1 else 1.0
+    spread = -(nonzero * np.log(nonzero)).sum()
+    entropy = abs(float(spread / math.log(n_routed_experts))) if n_routed_experts > 1 else 1.0
     return {
         "layer": int(layer),
         "shares": [float(s) for s in shares],
         "entropy": entropy,
-        "max_over_mean": float(shares.max() * n_experts),
-        "dead_fraction": float((shares < DEAD_SHARE / n_experts).mean()),
+        "max_over_mean": float(shares.max() * n_routed_experts),
+        "dead_fraction": float((shares < DEAD_SHARE / n_routed_experts).mean()),
         "z_loss": float(z_loss_sum / tokens) if tokens else 0.0,
     }
 

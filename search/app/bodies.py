@@ -30,7 +30,7 @@ DeviceName = Field(..., pattern=PROFILE_NAME, description="a device profile's na
 class ArchSource(BaseModel):
     """Exactly one of ``preset``, ``arch`` (moeplan fields) or ``hf_config`` (a config.json object)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not 1, "2" is not 2
     preset: str | None = None
     arch: dict[str, Any] | None = None
     hf_config: dict[str, Any] | None = None
@@ -79,7 +79,7 @@ class PredictRequest(ArchSource):
 
 
 class FitBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not 1, "2" is not 2
     data: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_FIT_ROWS, description="canonical columns")
     law: str = Field("chinchilla", description="a law name, or auto")
     bootstrap: int = Field(0, description=f"bootstrap replicates, 0 to {MAX_BOOTSTRAP}")
@@ -113,7 +113,7 @@ class FitBody(BaseModel):
 
 
 class PlanBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not 1, "2" is not 2
     device: str = DeviceName
     backend: Backend | None = None
     memory_gb: float | None = Field(None, description="bound on peak memory in 10^9 bytes (default: usable DRAM)")
@@ -125,6 +125,7 @@ class PlanBody(BaseModel):
     law_card: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a built-in card's name")
     samples: int = Field(200, description=f"loss-law samples, 1 to {MAX_SAMPLES}")
     min_p_front: float | None = None
+    max_unvalidated_share: float | None = None
     seed: int = 0
     max_weight_gb: float | None = None
     prompt_tokens: int = 512
@@ -136,6 +137,10 @@ class PlanBody(BaseModel):
         description="precision schemes to search: built-in names or inline scheme tables (no server files)",
     )
     quant_method: Literal["rtn", "gptq"] = "rtn"
+    train_tokens: float = Field(1e12, gt=0, description="planned training tokens (the law's D)")
+    max_decode_ms: float | None = Field(None, gt=0, description="bound on decode latency per token, ms")
+    max_active_params: float | None = Field(None, gt=0, description="bound on active parameters")
+    max_extrapolation: float = Field(100.0, ge=1, description="warn when a law term reaches this far past its data")
 
     @field_validator("schemes")
     @classmethod
@@ -188,12 +193,17 @@ class PlanBody(BaseModel):
             loss_model=self._loss_model(),
             samples=self.samples,
             min_p_front=self.min_p_front,
+            max_unvalidated_share=self.max_unvalidated_share,
             seed=self.seed,
             space=space,
             max_weight_bytes=None if self.max_weight_gb is None else self.max_weight_gb * 1e9,
             prompt_tokens=self.prompt_tokens,
             context_tokens=self.context_tokens,
             quant_method=self.quant_method,
+            train_tokens=self.train_tokens,
+            max_decode_ms=self.max_decode_ms,
+            max_active_params=self.max_active_params,
+            max_extrapolation=self.max_extrapolation,
         ).validated()
 
     def _loss_model(self):

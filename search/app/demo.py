@@ -128,60 +128,66 @@ def _plan_section() -> list[str]:
 
 
 def _mobilemoe_section() -> list[str]:
-    """The paper's S/M/L budgets: the robust front, the paper's stand-in shapes scored, and the terms."""
+    """The paper's S/M/L budgets: the robust front, stand-ins that fit each budget, the planner's
+    shape at their speed, the paired difference, and which terms carry each advantage."""
     from search.app.mobilemoe import PAPER, answer
 
     header = [
-        "size",
-        "budget",
-        "robust shapes",
-        "paper stand-in",
-        "its loss (90%)",
-        "its p_front",
-        "decode tok/s",
-        "planner at that speed",
-        "its loss (90%)",
-        "decode tok/s",
-    ]
+        "size", "budget", "robust shapes (MoE)", "paper stand-in", "its loss (90%)", "p_front", "decode tok/s",
+        "planner at that speed", "its loss (90%)", "stand-in - planner (90%)", "best dense, loss",
+    ]  # fmt: skip
     rows, terms = [], []
     for item in answer(min_p_front=MIN_P_FRONT):
-        paper, best = item.paper_shape, item.best
+        paper, best, dense = item.paper_shape, item.best, item.dense
+        moe = sum(e["n_routed_experts"] > 1 for e in item.front)
+        diff = item.difference
+        same = paper["arch"]["name"] == best["arch"]["name"]
+        verdict = ": the same shape" if same else ("" if item.tell_apart else ": cannot tell apart")
         rows.append(
             [
-                item.size,
-                f"{item.budget_gb} GB",
-                str(len(item.front)),
-                f"{paper['arch']['name']} ({paper['active_params'] / 1e6:.0f}M of {paper['total_params'] / 1e9:.2f}B)",
-                _with_interval(paper),
-                f"{paper['p_front']:.2f}",
-                f"{paper['decode_tokens_per_s']:.1f}",
-                f"{best['arch']['name']} ({best['active_params'] / 1e6:.0f}M of {best['total_params'] / 1e9:.2f}B)",
-                _with_interval(best),
-                f"{best['decode_tokens_per_s']:.1f}",
+                item.size, f"{item.budget_gb} GB", f"{len(item.front)} ({moe})", _named(paper), _with_interval(paper),
+                f"{paper['p_front']:.2f}", f"{paper['decode_tokens_per_s']:.1f}", _named(best), _with_interval(best),
+                f"{diff['median']:+.3f} ({diff['lower']:+.3f}, {diff['upper']:+.3f}){verdict}",
+                f"{dense['arch']['name']} {dense['predicted_loss']:.3f}" if dense else "none fits",
             ]
-        )
-        terms.append(
-            f"- {item.size}: ln M by term, paper stand-in / planner: "
-            + ", ".join(f"{kind} {v['paper']:.3f} / {v['planner']:.3f}" for kind, v in item.terms.items())
-        )
+        )  # fmt: skip
+        for label, entry in (("stand-in", paper), ("planner", best)):
+            parts = ", ".join(f"{kind} {value:+.2f}" for kind, value in entry["log_m_terms"].items())
+            advantage = entry["advantage_over_best_dense"]
+            share = (
+                "" if advantage is None or advantage <= 0 else f", {entry['evidence']:.0%} of it from unvalidated terms"
+            )
+            terms.append(
+                f"- {item.size} {label} {entry['arch']['name']}: ln M {parts}; loss vs best dense "
+                f"{-advantage:+.3f}{share}"
+                if advantage is not None
+                else f"- {item.size} {label}: ln M {parts}"
+            )
     print_table("MobileMoE budgets on iphone-16-pro (INT4 weights)", header, rows)
     actives = ", ".join(f"{k} {v[0] / 1e6:.0f}M of {v[1] / 1e9:.1f}B at {v[2]} GB" for k, v in PAPER.items())
+    unvalidated = ", ".join(f"{k} ({why})" for k, why in item.unvalidated.items()) or "none"
     return [
         "",
         "## The MobileMoE question (iphone-16-pro, INT4 weight budgets)",
         "",
-        f"The paper's models ({actives}) are stood in for by the nearest shapes of the planner's space with a "
-        "shared expert and fine-grained experts. The planner's answer is its robust shape of lowest loss that "
-        "decodes at least as fast.",
+        f"The paper's models ({actives}) are stood in for by the shapes of the planner's space with a shared "
+        "expert and fine-grained experts that fit each budget, nearest in active and total parameters. The "
+        "planner's answer is its robust shape of lowest loss that decodes at least as fast. Differences are "
+        "paired (the same parameter draws); where their 90% interval holds zero the evidence cannot tell the two "
+        f"apart. Unvalidated terms: {unvalidated}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *["| " + " | ".join(row) + " |" for row in rows],
         "",
-        "What drives the difference (each MoE term's ln M = ln(N_eq / N_active) at the card's point values):",
+        "What carries each shape (ln M = ln(N_eq / N_active) per term, medians; N_eq <= N_total):",
         "",
         *terms,
     ]
+
+
+def _named(entry: dict) -> str:
+    return f"{entry['arch']['name']} ({entry['active_params'] / 1e6:.0f}M of {entry['total_params'] / 1e9:.2f}B)"
 
 
 def _with_interval(entry: dict) -> str:

@@ -30,6 +30,7 @@ from scaling.runs.store import RunStore
 
 ACTIVE = ("pending", "running")
 PRELOAD = ["search.app.job_handlers"]  # imported once by the fork server, not by every job
+JOB_NICENESS = 10  # jobs (and the bootstrap's workers, which inherit it) yield the cores to requests
 
 
 class QueueFull(Exception):
@@ -56,6 +57,12 @@ class JobRunner:
     def start(self) -> None:
         self.store.requeue_running_jobs()
         self.thread.start()
+
+    def check_room(self) -> None:
+        """Raise :class:`QueueFull` now, before a submission's checks cost anything."""
+        active = len(self.store.jobs(ACTIVE))
+        if active >= self.queue_limit:
+            raise QueueFull(f"the job queue is full ({active} of {self.queue_limit} pending or running)")
 
     def submit(self, kind: str, request: dict[str, Any]) -> str:
         if kind not in self.handlers:
@@ -131,6 +138,8 @@ def run_job(store_url: str, job_id: str, handler: str, request: dict[str, Any], 
     """A job's process: run the handler and record its result (or its error) in the store."""
     with contextlib.suppress(OSError):
         os.setpgrp()  # its own group: a cancel stops its helpers too
+    with contextlib.suppress(OSError):
+        os.nice(JOB_NICENESS)  # below the server's requests: a plan must not queue predictions
     if server_pid is not None:
         _die_with(server_pid)
     store = RunStore(store_url)

@@ -141,10 +141,10 @@ def print_run(document: dict[str, Any]) -> None:
     if routing:
         last = max(r["step"] for r in routing)
         final = [r for r in routing if r["step"] == last]
-        n_experts = len(final[0]["shares"])
+        n_routed_experts = len(final[0]["shares"])
         print_table(
-            f"Expert utilisation at step {last}: each expert's share of tokens (uniform = {1 / n_experts:.3f})",
-            ["layer", *[f"e{i}" for i in range(n_experts)], "entropy", "max/mean", "dead", "z-loss"],
+            f"Expert utilisation at step {last}: each expert's share of tokens (uniform = {1 / n_routed_experts:.3f})",
+            ["layer", *[f"e{i}" for i in range(n_routed_experts)], "entropy", "max/mean", "dead", "z-loss"],
             [
                 [
                     r["layer"],

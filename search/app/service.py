@@ -15,7 +15,6 @@ this machine without a token unless told ``insecure``.
 from __future__ import annotations
 
 import errno
-import hmac
 import ipaddress
 import os
 import socket
@@ -29,6 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scaling.errors import UserError
 from scaling.runs.store import run_listing
+from search.app.admission import admit_fit, admit_plan
 from search.app.bodies import (
     ArchRequest,
     ArchSummary,
@@ -44,16 +44,27 @@ from search.app.bodies import (
     Problem,
     RunListing,
 )
+from search.app.guard import Guard, authorised
 from search.app.jobs import JobRunner, QueueFull, plain
 
 MAX_BODY_BYTES = 2_000_000
 DEFAULT_QUEUE_LIMIT = 32
+POOL_THREADS = 4
 ERRORS = {422: {"model": Problem, "description": "a bad body: the detail names the field"}}
 SECURED = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
 
 
 BEARER = HTTPBearer(auto_error=False, description="the server's MOEPLAN_API_TOKEN")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+MAX_DETAIL_CHARS = 600  # an error names the field; it never echoes a large input back
+
+
+def short_detail(message: str) -> str:
+    """An error message on one line, cut to :data:`MAX_DETAIL_CHARS` (values in it may be the input)."""
+    text = " ".join(message.split())
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 20] + " ... (cut short)"
 
 
 def _field_errors(errors: list[dict[str, Any]]) -> str:
@@ -77,17 +88,17 @@ def create_app(
     token = token if token is not None else os.environ.get("MOEPLAN_API_TOKEN") or None
     runner = JobRunner(store, HANDLERS, queue_limit=queue_limit)
 
-    def authorised(header: str | None) -> bool:
-        scheme, _, credentials = (header or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
-
-    def require_token(credentials: Credentials) -> None:
+    async def require_token(credentials: Credentials) -> None:
         """Documents the scheme in /openapi.json, and checks again what the middleware checked first."""
-        if token and (credentials is None or not authorised(f"Bearer {credentials.credentials}")):
+        if token and (credentials is None or not authorised(f"Bearer {credentials.credentials}", token)):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        import anyio.to_thread
+
+        # few pool threads: each one that runs holds the GIL against the event loop (2 cores here)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_THREADS
         runner.start()
         yield
 
@@ -98,30 +109,15 @@ def create_app(
         description="Scaling laws and architecture search for on-device MoE language models",
     )
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        try:
-            length = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            return JSONResponse({"detail": "content-length must be an integer"}, status_code=400)
-        if length > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        changes_state = request.method not in ("GET", "HEAD", "OPTIONS")
-        if token and changes_state and not authorised(request.headers.get("authorization")):
-            return JSONResponse(
-                {"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="moeplan"'},
-            )
-        return await call_next(request)
+    app.add_middleware(Guard, max_body_bytes=MAX_BODY_BYTES, token=token)
 
     @app.exception_handler(UserError)
     async def _user_error(_request: Request, error: UserError):
-        return JSONResponse({"detail": " ".join(str(error).split())}, status_code=422)
+        return JSONResponse({"detail": short_detail(str(error))}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(_request: Request, error: RequestValidationError):
-        return JSONResponse({"detail": _field_errors(error.errors())}, status_code=422)
+        return JSONResponse({"detail": short_detail(_field_errors(error.errors()))}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(_request: Request, error: QueueFull):
@@ -132,25 +128,30 @@ def create_app(
         )
 
     secured = {"dependencies": [Depends(require_token)], "responses": {**ERRORS, **SECURED}}
+    # Cheap handlers (well under a millisecond of CPU) are ``async``: they run on the event loop,
+    # with no thread hop. A thread-pool handler holds the GIL against the loop, so under load the
+    # loop (which reads and answers every request) would wait behind them. Those that read the
+    # store or do real work (plans, fits, listings) stay plain functions in the pool.
 
     @app.get("/v1/health", response_model=Health)
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "store": store.url.split("://")[0], "auth": bool(token), "queue_limit": queue_limit}
 
     @app.get("/v1/devices", response_model=list[DeviceSummary])
-    def devices() -> list[dict[str, Any]]:
+    async def devices() -> list[dict[str, Any]]:
         from search.device.profiles import list_devices
 
-        return plain([d.summary() for d in list_devices()])
+        # names, not server paths: a profile's file stays on the server
+        return plain([{k: v for k, v in d.summary().items() if k != "path"} for d in list_devices()])
 
     @app.post("/v1/arch", response_model=ArchSummary, **secured)
-    def arch(body: ArchRequest) -> dict[str, Any]:
+    async def arch(body: ArchRequest) -> dict[str, Any]:
         from scaling.shape.accounting import summary
 
         return plain(summary(body.spec(), body.precision))
 
     @app.post("/v1/predict", response_model=Prediction, **secured)
-    def predict_route(body: PredictRequest) -> dict[str, Any]:
+    async def predict_route(body: PredictRequest) -> dict[str, Any]:
         from search.device.cost import predict, to_json_ready
         from search.device.profiles import get_device
 
@@ -159,7 +160,9 @@ def create_app(
 
     @app.post("/v1/fits", status_code=202, response_model=JobSubmitted, **secured)
     def fits(body: FitBody) -> dict[str, Any]:
-        body.frame()  # the data checked now: a bad column is a 422, not a failed job later
+        frame = body.frame()  # a bad column is a 422 even when the queue is full
+        runner.check_room()
+        admit_fit(frame, body.law, body.bootstrap)  # a bad column or too much work: 422 now
         return {"id": runner.submit("fit", body.model_dump()), "kind": "fit", "status": "pending"}
 
     @app.get("/v1/fits/{job_id}", response_model=Job, responses={404: {"model": Problem}})
@@ -168,7 +171,9 @@ def create_app(
 
     @app.post("/v1/plans", status_code=202, response_model=JobSubmitted, **secured)
     def plans(body: PlanBody) -> dict[str, Any]:
-        body.request()  # validated in full: a bad body is a 422 now, not a failed job later
+        request = body.request()  # validated in full first: a bad body is a 422 even when the queue is full
+        runner.check_room()
+        admit_plan(request)  # validated in full, and something fits: not a failed job later
         return {"id": runner.submit("plan", body.model_dump()), "kind": "plan", "status": "pending"}
 
     @app.get("/v1/plans/{job_id}", response_model=Job, responses={404: {"model": Problem}})
@@ -235,7 +240,9 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> None:
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound now so that a port in use is one clear error before anything starts."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
+    # it every keep-alive answer (headers, then body) waits ~40 ms on the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))

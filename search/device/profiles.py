@@ -23,6 +23,7 @@ with ``basis = "assumption"`` reads as ``prior``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -462,12 +463,18 @@ def get_device(name_or_path: str, backend: str | None = None, allow_path: bool =
         path = Path(name_or_path)
         if not path.is_file():
             raise UserError(f"device profile file {name_or_path!r} does not exist")
-        return parse_profile(path.read_text(), str(path)).for_backend(backend)
+        return _parsed(path.read_text(), str(path)).for_backend(backend)
     paths = profile_paths()
     if name_or_path not in paths:
         hint = " (run 'moeplan devices calibrate' to create it)" if name_or_path == "host" else ""
         raise UserError(f"unknown device {name_or_path!r}{hint}; known devices: {', '.join(sorted(paths))}")
-    return parse_profile(paths[name_or_path].read_text(), str(paths[name_or_path])).for_backend(backend)
+    return _parsed(paths[name_or_path].read_text(), str(paths[name_or_path])).for_backend(backend)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str, origin: str) -> DeviceProfile:
+    """:func:`parse_profile` kept by text: parsing was most of a prediction's cost (profiles are frozen)."""
+    return parse_profile(text, origin)
 
 
 def list_devices() -> list[DeviceProfile]:

@@ -7,12 +7,13 @@ fit has no parameter samples here: its prediction is one column, and its interva
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scaling.laws.card import LawCard
+from scaling.laws.card import LawCard, card_path
 from scaling.laws.fit import FitResult
 from scaling.laws.units import LossUnit, parse_unit
 
@@ -44,10 +45,18 @@ class FitLossModel:
 LossModel = LawCard | FitLossModel
 
 
+def card_label(model: LossModel) -> str:
+    """A built-in card by its name (never the server's path); a user's card file by the path given."""
+    if model.path is None:
+        return model.name
+    path = Path(model.path)
+    return path.stem if path.resolve().parent == card_path().resolve().parent else str(model.path)
+
+
 def describe(model: LossModel) -> dict[str, Any]:
     """What the plan document says about its loss model."""
     return {
-        "law_card": model.path or model.name,
+        "law_card": card_label(model),
         "loss_unit": str(model.unit) if model.unit is not None else "unknown (the fit's data gave none)",
         "tokens_unit": model.unit.token_name if model.unit is not None else "unknown",
     }

@@ -23,6 +23,7 @@ from scaling.laws.card import LawCard
 from scaling.shape import accounting
 from search.plan.engine import optuna_front
 from search.plan.evaluate import deployment_groups, evaluate, loss_samples, objective_samples, penalised
+from search.plan.evidence import entry_fields, evidence_shares
 from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
 from search.plan.request import PlanRequest
@@ -114,10 +115,8 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     low, high = values.min(axis=0), values.max(axis=0)
     exact_front = feasible[pareto_mask(values)]
     model = describe(request.loss_model)
-    shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
-    shapes["N_eq"] = frame["dense_equivalent_params"]
     quantised = _quantised_schemes(request, frame)
-    feasible_shapes = shapes[frame["feasible"].to_numpy()]
+    feasible_shapes = law_shapes(request, evaluated, feasible)
     if isinstance(request.loss_model, LawCard):
         extrapolation = request.loss_model.extrapolation(feasible_shapes, with_penalty=bool(quantised))
     else:
@@ -151,16 +150,52 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         front = exact_front
     else:
         front, trials = optuna_front(request, request.space, evaluated.choices, frame)
+        engine = "optuna-nsga2"
+        if front.empty:  # too few trials to reach a feasible shape: never an empty front in silence
+            front, engine = exact_front, "exhaustive (no feasible trial)"
+            warnings.append(
+                f"the {trials} Optuna trials found no feasible shape; the exact front is shown instead "
+                f"(raise --trials, or pass --exhaustive)"
+            )
         document.update(
             n_trials=trials,
-            engine="optuna-nsga2",
+            engine=engine,
             hypervolume=hypervolume(front[objective_columns].to_numpy(float), low, high),
         )
     if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
         front = feasible[feasible["p_front"] >= request.min_p_front]
         document["min_p_front"] = request.min_p_front
-    document["pareto"] = evaluated.entries(front)
+        if front.empty:
+            warnings.append(
+                f"no shape is on the front in {request.min_p_front:g} of the loss samples; "
+                f"the highest share is {feasible['p_front'].max():.3g} (lower --min-p-front)"
+            )
+    unvalidated = request.loss_model.unvalidated(extrapolation) if isinstance(request.loss_model, LawCard) else {}
+    shares = evidence_shares(request, evaluated, front, unvalidated)
+    document["unvalidated_terms"] = unvalidated
+    document["interval_level"] = 0.9
+    if "best_dense" in shares.attrs:
+        document["best_dense"] = evaluated.entries(frame.loc[[shares.attrs["best_dense"]]])[0]["arch"]["name"]
+    if request.max_unvalidated_share is not None:
+        keep = shares["evidence"].fillna(0.0) <= request.max_unvalidated_share + 1e-12
+        front, shares = front[keep.to_numpy()], shares[keep]
+        document["max_unvalidated_share"] = request.max_unvalidated_share
+    entries = evaluated.entries(front)  # sorted; match each back to its row by name and scheme
+    fields = {}
+    for index in front.index:
+        name = evaluated.entries(front.loc[[index]])[0]["arch"]["name"]
+        fields[(name, front.loc[index, "scheme"])] = entry_fields(shares.loc[index])
+    for entry in entries:
+        entry.update(fields[(entry["arch"]["name"], entry["scheme"])])
+    document["pareto"] = entries
     return document
+
+
+def law_shapes(request: PlanRequest, evaluated: EvaluatedSpace, rows: pd.DataFrame) -> pd.DataFrame:
+    """The law's columns (and N_eq) of ``rows`` of the evaluated frame: what extrapolation reads."""
+    shapes = pd.DataFrame({**accounting.law_columns(evaluated.arrays), "D": request.train_tokens})
+    shapes["N_eq"] = evaluated.frame["dense_equivalent_params"]
+    return shapes.loc[rows.index]
 
 
 def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:

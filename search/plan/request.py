@@ -34,6 +34,8 @@ class PlanRequest:
             single fit (:class:`search.plan.loss_model.FitLossModel`).
         samples: Parameter samples of the loss model, for intervals and ``p_front``.
         min_p_front: Keep only shapes non-dominated in at least this share of samples.
+        max_unvalidated_share: Keep only shapes whose predicted advantage over the best dense shape
+            comes from unvalidated terms in at most this share (an entry's ``evidence``).
         max_extrapolation: Warn when a term of the loss model reaches this far past its data.
         trials: Optuna trials (ignored by ``exhaustive``).
         train_tokens: Planned training tokens (the law's D).
@@ -60,6 +62,7 @@ class PlanRequest:
     loss_model: LossModel | None = None
     samples: int = 200
     min_p_front: float | None = None
+    max_unvalidated_share: float | None = None
     max_extrapolation: float = 100.0
     trials: int = 500
     train_tokens: float = 1e12
@@ -93,6 +96,7 @@ class PlanRequest:
         if self.max_weight_bytes is not None:
             check_number(self.max_weight_bytes / 1e9, "max_weight_gb", above=0, maximum=LIMITS["memory_gb"])
         check_number(self.min_p_front, "min_p_front", minimum=0, maximum=1, allow_none=True)
+        check_number(self.max_unvalidated_share, "max_unvalidated_share", minimum=0, maximum=1, allow_none=True)
         check_number(self.max_extrapolation, "max_extrapolation", minimum=1)
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if unknown:

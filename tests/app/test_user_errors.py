@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from scaling.runs.store import RunStore
-from tests.conftest import TINY, assert_user_error, run_cli
+from tests.conftest import HF_CONFIGS, TINY, assert_user_error, run_cli
 
 ARCH = "vocab_size = 256\nd_model = 64\nn_layers = 2\nn_heads = 4\nd_ff = 128\n"
-UNWRITABLE = "/proc/moeplan-cannot-write-here"  # even root cannot create files under /proc
+UNWRITABLE = "/proc/moeplan-cannot-write-here"
+HF_LLAMA = (HF_CONFIGS / "llama-3.2-1b" / "config.json").read_text()  # even root cannot create files under /proc
 
 
 @dataclass
@@ -180,6 +181,31 @@ CASES: dict[str, Case] = {
     ),
     "calibrate shadowing a built-in profile": Case(
         lambda t: ["devices", "calibrate", "--name", "iphone-16-pro"], ("built-in", "--replace"), untouched=("devices",)
+    ),
+    # issue 32
+    "an HF config with 0 heads (ZeroDivisionError, before)": Case(
+        lambda t: ["arch", "--hf-config", str(t / "config.json")],
+        ("num_attention_heads", ">= 1"),
+        {"config.json": HF_LLAMA.replace('"num_attention_heads": 32', '"num_attention_heads": 0')},
+    ),
+    "a 100k-character --store": Case(lambda t: ["runs", "list", "--store", "s" * 100_000], ("--store", "4096")),
+    "a 100k-character --out": Case(plan("--out", "o" * 100_000), ("--out", "255 a name")),
+    "bench --prompt-tokens 1e9": Case(
+        lambda t: ["bench", "--mode", "infer", "--preset", "proxy-moe-d128", "--prompt-tokens", "1000000000"],
+        ("--prompt-tokens 1000000000", "the limit"),
+    ),
+    "fit --delta 1e308": Case(
+        lambda t: ["fit", str(t / "d.csv"), "--delta", "1e308"], ("--delta", "<= 10"), {"d.csv": "N,D,loss\n"}
+    ),
+    "calibrate that misses its own data": Case(
+        lambda t: ["devices", "calibrate", "--name", "mine", "--base", "iphone-16-pro", "--measurements", "m.csv"],
+        ("calibration not saved", "--max-error"),
+        {
+            "m.csv": "arch,precision,prompt_tokens,context_tokens,prefill_ms,decode_tokens_per_s\n"
+            "phone-moe-a0.3b,int4,512,1024,4000,900\nqwen3-0.6b,int4,512,1024,80,6\n"
+            "phone-moe-a0.3b,int4,256,1024,20,9\nqwen3-0.6b,int4,128,1024,9000,600\n"
+        },
+        untouched=("devices/mine.toml",),
     ),
 }
 

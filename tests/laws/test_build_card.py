@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling.errors import UserError
 from scaling.laws import effective
-from scaling.laws.build_card import fit_expansion_term, fit_sweep_terms, matched_deltas
+from scaling.laws.build_card import fit_expansion_term
+from scaling.laws.card import load_card
+from scaling.laws.proxy_check import local_slope, matched_deltas, posterior_predictive, sign_agreement
 
 DENSE = {"E": 0.8, "A": 60.0, "B": 900.0, "alpha": 0.3, "beta": 0.35}
-TRUTH = {"g": 0.25, "t": 0.1, "s": 0.15}
 
 
 def _loss(n, d, log_m, noise, rng):
@@ -19,8 +19,16 @@ def _loss(n, d, log_m, noise, rng):
     return loss * np.exp(rng.normal(0, noise, len(loss)))
 
 
-def synthetic_sweep(seed: int = 0, noise: float = 0.004) -> pd.DataFrame:
-    """A dense ladder and MoE families at two widths, three seeds, in nats/byte."""
+def _card_log_m(e, k, g, s, n) -> float:
+    """The default card's median ln M of one proxy shape (N_total as the bound's N·R)."""
+    card = load_card()
+    columns = {key: np.array([float(v)]) for key, v in dict(N=n, D=100 * n, E=e, k=k, G=g, S=s).items()}
+    return float(np.median(card.log_multiplier(columns, card.sample_params(200, 0))))
+
+
+def synthetic_sweep(seed: int = 0, noise: float = 0.004, shared_shift: float = 0.0) -> pd.DataFrame:
+    """A dense ladder and MoE families at two widths, three seeds, in nats/byte, whose MoE gains are
+    the default card's own (plus ``shared_shift`` in ln M for the shared family)."""
     rng = np.random.default_rng(seed)
     rows = []
     widths = {32: 5e4, 48: 1e5, 64: 1.65e5, 96: 3.4e5, 128: 5.9e5}
@@ -29,9 +37,7 @@ def synthetic_sweep(seed: int = 0, noise: float = 0.004) -> pd.DataFrame:
     for width, n in widths.items():
         for e, k, g, s in families if width in (32, 64) else families[:1]:
             for budget in (20, 200):
-                log_r = np.log(e / k)
-                log_m = (0.3 * log_r - 0.02 * log_r**2) + TRUTH["g"] * np.log(g) + TRUTH["t"] * np.log(k)
-                log_m += TRUTH["s"] * s
+                log_m = _card_log_m(e, k, g, s, n) + shared_shift * s
                 for run_seed in range(3):
                     loss = _loss(np.array([n]), np.array([budget * n]), np.array([log_m]), noise, rng)[0]
                     rows.append(
@@ -41,26 +47,18 @@ def synthetic_sweep(seed: int = 0, noise: float = 0.004) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.mark.slow  # a bootstrapped dense law and 40 regressions
-def test_sweep_terms_recover_the_truth_within_their_intervals():
-    terms = fit_sweep_terms(synthetic_sweep(), "synthetic", bootstrap=40, seed=1, workers=1)
-    loglinear = terms["granularity"].forms["loglinear"]
-    assert terms["granularity"].forms["loglinear"].weight > 0.5  # the truth is log-linear in G
-    for term, form, param in ((terms["granularity"], loglinear, "g"), (terms["top_k"], None, "t")):
-        form = form or next(iter(term.forms.values()))
-        values = np.asarray(form.replicates[param])
-        low, high = np.quantile(values, [0.02, 0.98])
-        assert low <= TRUTH[param] <= high, (param, low, high)
-    shared = next(iter(terms["shared"].forms.values()))
-    assert shared.params["s"] == pytest.approx(TRUTH["s"], abs=0.05)
-    assert terms["granularity"].data_range["G"] == [1.0, 8.0]
-    assert terms["shared"].evidence["loss_unit"] == "nats/byte"
-
-
-def test_sweep_terms_refuse_a_sweep_without_a_dense_ladder():
+def test_the_posterior_predictive_check_passes_the_cards_own_sweep_and_flags_a_wrong_sign():
+    card = load_card()
     frame = synthetic_sweep()
-    with pytest.raises(UserError, match="dense runs at 3 or more sizes"):
-        fit_sweep_terms(frame[frame["arch.d_model"].isin([32, 64])], "two widths only", bootstrap=2)
+    slope = local_slope(frame)
+    assert slope["slope"] < 0 and slope["sizes"] == 5 and slope["se"] > 0
+    table = posterior_predictive(card, frame, samples=200)
+    assert len(table) == 2 * 2 * 10 and table["inside"].mean() >= 0.8  # drawn from the card: mostly inside
+    assert all(row["agree"] for row in sign_agreement(table))
+    wrong = posterior_predictive(card, synthetic_sweep(shared_shift=-1.5), samples=200)
+    shared = wrong[wrong["contrast"].str.startswith("shared")]
+    assert not shared["inside"].any() and (shared["why"] != "").all()
+    assert not next(r for r in sign_agreement(wrong) if r["contrast"].startswith("shared"))["agree"]
 
 
 def test_matched_deltas_pair_runs_of_one_budget():

@@ -8,6 +8,7 @@ import pytest
 
 from scaling.errors import UserError
 from scaling.laws import plot_data
+from scaling.laws.auto import MAX_ORIGINS
 from scaling.laws.datasets import chinchilla_points, routed_moe_runs
 from scaling.laws.fit import FitResult, choose_law, extrapolation_check, fit_law
 from scaling.laws.isoflop import chinchilla_allocation, isoflop_analysis
@@ -142,7 +143,8 @@ def test_auto_chooses_by_rolling_origin_backtests_and_shows_the_comparison():
     assert chosen.name == "chinchilla"  # the data are Chinchilla's law with noise
     scored = {name: result for name, result in comparison.items() if "error" not in result}
     assert set(scored) >= {"chinchilla", "kaplan_n"}
-    assert len(scored["chinchilla"]["origins"]) == frame["N"].nunique() - 2  # every origin from 2 sizes on
+    # the last MAX_ORIGINS origins from 2 sizes on (the longest extrapolations)
+    assert len(scored["chinchilla"]["origins"]) == min(frame["N"].nunique() - 2, MAX_ORIGINS)
     assert scored["chinchilla"]["mean_abs_rel_error"] <= min(r["mean_abs_rel_error"] for r in scored.values())
     fit = fit_law(frame, "auto")
     assert fit.law == "chinchilla" and "Chosen by rolling-origin backtests" in fit.summary()

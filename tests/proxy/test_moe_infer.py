@@ -130,8 +130,8 @@ def test_decode_reads_only_the_selected_experts(path):
     x = torch.randn(1, 1, 64)
     with torch.inference_mode():
         reference = moe(x).clone()
-        experts = moe.router(x.view(1, 64)).topk(moe.top_k).indices[0].tolist()
-    unselected = [e for e in range(moe.n_experts) if e not in experts]
+        experts = moe.router(x.view(1, 64)).topk(moe.routed_top_k).indices[0].tolist()
+    unselected = [e for e in range(moe.n_routed_experts) if e not in experts]
     with torch.no_grad():
         moe.gate_up[unselected] = float("nan")
         moe.down[unselected] = float("nan")
@@ -157,18 +157,27 @@ def test_packed_weights_follow_an_optimizer_step_and_a_cast():
 
 
 @needs_compiler
-def test_native_results_are_bitwise_the_same_on_one_thread_or_two():
+def test_native_results_are_deterministic_and_the_same_on_one_thread_or_two():
+    """Bitwise the same run after run at one thread count; across counts within float32 rounding.
+
+    The operator adds each token's rows in slot order whatever the threads, but the experts'
+    GEMMs are MKL's: on some CPUs (a Zen 3 with AVX2 here) MKL's sgemm of 5-11 rows sums in
+    another order on 2 threads than on 1, so bitwise equality across thread counts is not ours
+    to promise.
+    """
     model = _model("moe-shared", path="native")
     tokens = _tokens(2, 40)
     threads = torch.get_num_threads()
     try:
-        results = []
-        for count in (1, 2, 2):
+        results = {}
+        for count in (1, 1, 2, 2):
             torch.set_num_threads(count)
-            results.append(_inference_logits(model, tokens))
+            results.setdefault(count, []).append(_inference_logits(model, tokens))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(results[0], result) for result in results[1:])
+    for runs in results.values():
+        assert torch.equal(runs[0], runs[1])
+    torch.testing.assert_close(results[1][0], results[2][0], atol=1e-6, rtol=1e-6)
 
 
 @needs_compiler

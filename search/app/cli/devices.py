@@ -116,6 +116,7 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
         from search.app.host import calibrate_host
 
         result = calibrate_host(name=name, budget_s=args.budget_s, progress=StderrProgress(not args.json))
+    check_calibration_error(result.prefill_mape, result.decode_mape, len(result.table), args.max_error)
     path = save_user_profile(result.profile, args.replace)
     document = {**result.to_dict(), "path": str(path)}
     if args.json:
@@ -124,6 +125,18 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
         print(
             f"saved {path}: prefill MAPE {result.prefill_mape:.1%}, decode MAPE {result.decode_mape:.1%} "
             f"over {len(result.table)} measurements"
+        )
+
+
+def check_calibration_error(prefill_mape: float, decode_mape: float, rows: int, limit: float) -> None:
+    """Refuse to save a calibration that misses its own measurements by more than ``limit`` (MAPE):
+    its numbers would price every plan wrong (a loaded machine measures noise, not the device)."""
+    worst = max(prefill_mape, decode_mape)
+    if not worst <= limit:  # NaN too
+        raise UserError(
+            f"calibration not saved: it misses its own {rows} measurements by {prefill_mape:.0%} (prefill) and "
+            f"{decode_mape:.0%} (decode) mean absolute error, over --max-error {limit:.0%}; measure on a quiet machine "
+            "(see the load average), with a longer --budget-s, or raise --max-error"
         )
 
 
@@ -212,5 +225,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--out", metavar="PATH.toml", help="write the calibrated profile here")
     calibrate.add_argument("--budget-s", type=positive_float, default=55.0, help="time budget on this machine")
+    calibrate.add_argument(
+        "--max-error",
+        type=positive_float,
+        default=0.5,
+        help="refuse to save when the fit misses its own measurements by more than this MAPE (0.5: 50%%)",
+    )
     calibrate.add_argument("--json", action="store_true", help="print one JSON document (no progress)")
     calibrate.set_defaults(handler=_command_devices_calibrate)

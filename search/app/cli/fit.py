@@ -10,7 +10,6 @@ from scaling.errors import UserError
 from search.app.cli.common import (
     check_output_file,
     check_output_folder,
-    positive_float,
     positive_int,
     print_json,
     read_table,
@@ -58,6 +57,9 @@ def _command_fit(args: argparse.Namespace) -> None:
         workers=args.workers,
         progress=progress,
     )
+    if args.json and not args.quiet:  # the table prints them; under --json they go to stderr as well
+        for warning in fit.extra.get("warnings", []):
+            sys.stderr.write(f"warning: {warning}\n")
     document = fit.to_dict()
     document.pop("bootstrap", None)
     document["predictions"] = None
@@ -133,7 +135,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--plot", metavar="DIR", help="write the fit plots here (DIR is created)")
     fit.add_argument("--json", action="store_true", help="print one JSON document")
     fit.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    fit.add_argument("--delta", type=positive_float, default=1e-3, help="Huber threshold on log residuals")
+    fit.add_argument(
+        "--delta", type=argument("delta", above=0), default=1e-3, help="Huber threshold on log residuals (at most 10)"
+    )
     fit.add_argument("--seed", type=seed_int, default=0, help="seeds the bootstrap")
     fit.add_argument("--workers", type=positive_int, default=None, help="bootstrap processes (default: every core)")
     fit.add_argument(

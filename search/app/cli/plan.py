@@ -54,6 +54,7 @@ def _command_plan(args: argparse.Namespace) -> None:
         loss_model=loss_model,
         samples=args.samples,
         min_p_front=args.min_p_front,
+        max_unvalidated_share=args.max_unvalidated_share,
         max_extrapolation=args.max_extrapolation,
         trials=args.trials,
         train_tokens=args.train_tokens,
@@ -125,6 +126,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         metavar="P",
         help="keep only shapes non-dominated in at least this share of samples (0 to 1)",
+    )
+    planner.add_argument(
+        "--max-unvalidated-share",
+        type=argument(minimum=0, maximum=1),
+        default=None,
+        metavar="S",
+        help="keep only shapes whose advantage over the best dense shape comes from unvalidated law terms "
+        "in at most this share (0 to 1; each entry's evidence)",
     )
     planner.add_argument(
         "--max-extrapolation", type=argument(minimum=1), default=100.0,

@@ -35,7 +35,7 @@ def _command_sweep_run(args: argparse.Namespace) -> None:
 def _command_runs_list(args: argparse.Namespace) -> None:
     from scaling.runs.store import RunStore, run_listing
 
-    runs = [run_listing(r) for r in RunStore(args.store, create=False).runs(args.sweep)]
+    runs = [run_listing(r) for r in RunStore(args.store, create=False, read_only=True).runs(args.sweep)]
     if args.json:
         print_json(runs)
         return
@@ -67,7 +67,7 @@ def _command_runs_list(args: argparse.Namespace) -> None:
 def _command_runs_show(args: argparse.Namespace) -> None:
     from scaling.runs.store import RunStore
 
-    store = RunStore(args.store, create=False)
+    store = RunStore(args.store, create=False, read_only=True)
     run = store.run(args.id)
     document = {
         **run,

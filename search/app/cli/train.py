@@ -23,7 +23,15 @@ from search.app.cli.progress import StderrProgress
 
 # --- command: bench ----------------------------------------------------------------------------
 def _command_bench(args: argparse.Namespace) -> None:
+    from scaling.train.memory_check import check_fits, infer_bytes, train_bytes
+
     spec = resolve_arch(args)
+    if args.mode == "train":
+        check_fits(train_bytes(spec, args.batch_size, args.seq_len), f"--batch-size {args.batch_size} x --seq-len "
+                   f"{args.seq_len}", "lower them")  # fmt: skip
+    else:
+        check_fits(infer_bytes(spec, args.prompt_tokens, args.decode_tokens), f"--prompt-tokens {args.prompt_tokens} "
+                   f"with --decode-tokens {args.decode_tokens}", "lower them")  # fmt: skip
     progress = StderrProgress(enabled=not (args.json or args.quiet))
     if args.mode == "train":
         from scaling.train.bench import bench_train

@@ -1,0 +1,41 @@
+"""Where each :class:`search.plan.request.PlanRequest` field appears on the two faces.
+
+``FACES[field] = (CLI flag, HTTP body field)``. A face that does not offer a field says why in
+:data:`NOT_OFFERED`. ``tests/plan/test_plan_faces.py`` fails when a field of the request is
+missing from this table, or from a face that the table says offers it, so a new field cannot
+reach one face and not the other unnoticed. Units convert at the face (``--memory-gb`` and
+``memory_gb`` are 10^9 bytes; the request holds bytes).
+"""
+
+from __future__ import annotations
+
+FACES: dict[str, tuple[str | None, str | None]] = {
+    "device": ("--device", "device"),
+    "memory_budget_bytes": ("--memory-gb", "memory_gb"),
+    "objectives": ("--objectives", "objectives"),
+    "loss_model": ("--law-card", "law_card"),  # and --fit / fit: a fit instead of a card
+    "samples": ("--samples", "samples"),
+    "min_p_front": ("--min-p-front", "min_p_front"),
+    "max_extrapolation": ("--max-extrapolation", "max_extrapolation"),
+    "trials": ("--trials", "trials"),
+    "train_tokens": ("--train-tokens", "train_tokens"),
+    "prompt_tokens": ("--prompt-tokens", "prompt_tokens"),
+    "context_tokens": ("--context-tokens", "context_tokens"),
+    "space": ("--schemes", "schemes"),  # and --precision / precision; the CLI also takes --space FILE
+    "storage": ("--storage", None),
+    "study": ("--study", None),
+    "seed": ("--seed", "seed"),
+    "exhaustive": ("--exhaustive", "exhaustive"),
+    "latency_oracle": ("--measure", None),
+    "max_decode_ms": ("--max-decode-ms", "max_decode_ms"),
+    "max_active_params": ("--max-active-params", "max_active_params"),
+    "max_weight_bytes": ("--max-weight-gb", "max_weight_gb"),
+    "backend": ("--backend", "backend"),
+    "quant_method": ("--quant-method", "quant_method"),
+}
+
+NOT_OFFERED: dict[tuple[str, str], str] = {
+    ("storage", "http"): "an Optuna storage is a server file or database; the service keeps its own jobs",
+    ("study", "http"): "studies live in a storage, which HTTP callers cannot name",
+    ("latency_oracle", "http"): "measuring trains nothing but runs every shape on the server's CPU: CLI only",
+}

@@ -1,0 +1,79 @@
+"""README blocks generated from the code: ``make docs`` rewrites each marked block.
+
+A block is the text between ``<!-- moeplan:NAME -->`` and ``<!-- /moeplan:NAME -->``. Each
+name in :data:`BLOCKS` has a producer that returns the block's text from the code (or from a
+command's committed JSON output, for blocks too expensive to recompute in a test).
+``tests/app/test_readme_blocks.py`` fails when README and the producers disagree.
+
+Usage: ``python -m search.app.readme_blocks [--check] [README.md]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def plan_faces() -> str:
+    """The table of PlanRequest fields and their CLI flag and HTTP body field."""
+    from search.app.plan_faces import FACES, NOT_OFFERED
+
+    rows = ["| `PlanRequest` field | CLI | HTTP body |", "|---|---|---|"]
+    for field, (flag, key) in FACES.items():
+        cli = f"`{flag}`" if flag else f"— ({NOT_OFFERED[(field, 'cli')]})"
+        http = f"`{key}`" if key else f"— ({NOT_OFFERED[(field, 'http')]})"
+        rows.append(f"| `{field}` | {cli} | {http} |")
+    return "\n".join(rows)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"plan-faces": plan_faces}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- moeplan:{re.escape(name)} -->\n)(.*?)(<!-- /moeplan:{re.escape(name)} -->)", re.S)
+
+
+def render(text: str, blocks: dict[str, Callable[[], str]] = BLOCKS) -> str:
+    """``text`` with every marked block that has a producer rewritten from it."""
+    for name, produce in blocks.items():
+        pattern = _pattern(name)
+        if pattern.search(text):
+            body = produce().rstrip("\n") + "\n"
+            text = pattern.sub(lambda match, body=body: match.group(1) + body + match.group(3), text)
+    return text
+
+
+def marked(text: str) -> list[str]:
+    """The block names marked in ``text``."""
+    return re.findall(r"<!-- moeplan:([A-Za-z0-9_-]+) -->", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, default=README)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a block differs, write nothing")
+    args = parser.parse_args(argv)
+    text = args.path.read_text(encoding="utf-8")
+    unknown = [name for name in marked(text) if name not in BLOCKS]
+    if unknown:
+        print(f"error: {args.path} marks blocks no producer knows: {unknown}", file=sys.stderr)
+        return 2
+    rendered = render(text)
+    if args.check:
+        if rendered != text:
+            print(f"{args.path}: generated blocks are stale; run 'make docs'", file=sys.stderr)
+            return 1
+        return 0
+    if rendered != text:
+        args.path.write_text(rendered, encoding="utf-8")
+        print(f"rewrote {args.path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Small modules doing one job: no module over 500 lines, no function over 80 lines.
+
+The exemptions below are the ones left when this test arrived; each says why and who removes it.
+A module or function that shrinks under the limit must leave the list (the test says so), so
+the list only ever gets shorter.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("scaling", "search", "benchmarks")
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+MODULE_EXEMPT = {
+    "scaling/laws/quant_penalty.py": "branch quant (issue 30) rewrites it",
+    "scaling/laws/build_card.py": "branch loss (issue 29) rewrites it",
+    "scaling/laws/fit.py": "branch harden (issue 32) edits its reporting; FitResult moves out after that merge",
+    "search/device/profiles.py": "6 lines over; split with the cost-model work of branch gguf (issue 31)",
+}
+FUNCTION_EXEMPT = {
+    "scaling/laws/build_card.py:fit_sweep_terms": "branch loss (issue 29) rewrites build_card.py",
+    "scaling/laws/build_card.py:fit_quant_term": "branch quant (issue 30) replaces the quantisation term",
+    "scaling/train/bench.py:bench_train": "one measured loop whose phases share timers; to split",
+    "scaling/runs/spec.py:parse_sweep": "one TOML validation pass; to split into per-table parsers",
+    "search/app/service.py:create_app": "FastAPI routes as closures over the app's state; to move to routers",
+    "search/device/cost.py:predict": "the cost model's one formula, term by term; gguf (issue 31) restructures it",
+    "search/device/measurements.py:parse_row": "one import format's field checks; to split per field group",
+    "search/device/backend_fit.py:calibrate_backend": "gguf (issue 31) owns calibration changes",
+}
+
+
+def _sizes() -> tuple[dict[str, int], dict[str, int]]:
+    modules, functions = {}, {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            name = path.relative_to(REPO).as_posix()
+            text = path.read_text(encoding="utf-8")
+            modules[name] = text.count("\n")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    functions[f"{name}:{node.name}"] = max(
+                        functions.get(f"{name}:{node.name}", 0), node.end_lineno - node.lineno + 1
+                    )
+    return modules, functions
+
+
+def test_no_module_over_500_lines_except_the_listed():
+    modules, _ = _sizes()
+    over = {name: lines for name, lines in modules.items() if lines > MAX_MODULE_LINES}
+    assert set(over) - set(MODULE_EXEMPT) == set(), f"modules over {MAX_MODULE_LINES} lines: {over}"
+    assert set(MODULE_EXEMPT) - set(over) == set(), "these are under the limit now: drop them from MODULE_EXEMPT"
+
+
+def test_no_function_over_80_lines_except_the_listed():
+    _, functions = _sizes()
+    over = {name: lines for name, lines in functions.items() if lines > MAX_FUNCTION_LINES}
+    assert set(over) - set(FUNCTION_EXEMPT) == set(), f"functions over {MAX_FUNCTION_LINES} lines: {over}"
+    assert set(FUNCTION_EXEMPT) - set(over) == set(), "these are under the limit now: drop them from FUNCTION_EXEMPT"
