@@ -86,8 +86,17 @@ def test_penalty_at_fixed_size_rises_with_training_tokens():
     fit = fit_ptq_law(rows, "kumar")
     assert fit.params["gamma_D"] > 0
     grid = pd.DataFrame(
-        {"setting": "new", "bits": 4.0, "group": 32.0, "N": 1e9, "D": [1e11, 1e12, 9e12], "method": "rtn",
-         "asym": 0.0, "schedule": "annealed", "moe": False}
+        {
+            "setting": "new",
+            "bits": 4.0,
+            "group": 32.0,
+            "N": 1e9,
+            "D": [1e11, 1e12, 9e12],
+            "method": "rtn",
+            "asym": 0.0,
+            "schedule": "annealed",
+            "moe": False,
+        }
     )
     predicted = fit.log_relative(grid)
     assert np.all(np.diff(predicted) > 0)

@@ -26,7 +26,7 @@ def quoted_rows() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(("args", "penalty", "share"), quoted_rows())
 def test_readme_quotes_what_the_loss_command_prints(args, penalty, share):
-    program = "from search.app.cli import main; main()"
+    program = "from search.app.cli import main; raise SystemExit(main())"
     command = [sys.executable, "-c", program, *shlex.split(args), "--json"]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=README.parent)
     document = json.loads(result.stdout)
