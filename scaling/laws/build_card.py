@@ -363,7 +363,14 @@ def build_card(
 
         source = sources.get(QUANT_TERM, "quantisation measurements")
         terms[QUANT_TERM] = quant_term(
-            quantization, source, unit, bootstrap, seed, penalty_form, penalty_min_tokens_per_param
+            quantization,
+            source,
+            unit,
+            bootstrap,
+            seed,
+            penalty_form,
+            penalty_min_tokens_per_param,
+            proxy_fit=fit_quant_term,
         )
     card = LawCard(
         name=name,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,30 +161,30 @@ def quant_term(
     form: str = "auto",
     min_tokens_per_param: float = 50.0,
     data_dir: str | Path | None = None,
+    proxy_fit: Callable[..., Term] | None = None,
 ) -> Term:
-    """The card's quantisation term (the call site of :func:`scaling.laws.build_card.build_card`)."""
+    """The card's quantisation term (the call site of :func:`scaling.laws.build_card.build_card`);
+    ``proxy_fit`` is the proxy-only fit (``build_card.fit_quant_term``) for proxy forms and the fallback."""
     from scaling.laws import datasets
 
     if form != "auto" and not form.startswith("ptq_") and form in quant_penalty.FORMS:
-        return _proxy_term(quantization, source, unit, bootstrap, seed, form, min_tokens_per_param)
+        return _proxy_term(proxy_fit, quantization, source, unit, bootstrap, seed, form, min_tokens_per_param)
     if form != "auto" and form not in quant_penalty.FORMS:
         raise UserError(f"unknown penalty form {form!r}; known: auto, {', '.join(quant_penalty.FORMS)}")
     if not datasets.available("ptq_published", data_dir):
         if quantization is None or not len(quantization):
             raise UserError("no published PTQ rows (dataset ptq_published) and no proxy measurements for a penalty")
-        term = _proxy_term(quantization, source, unit, bootstrap, seed, "auto", min_tokens_per_param)
+        term = _proxy_term(proxy_fit, quantization, source, unit, bootstrap, seed, "auto", min_tokens_per_param)
         term.notes += "; the published PTQ rows were not at hand (set MOEPLAN_DATA): proxy-only, exponents unvalidated"
         return term
     published = f"published PTQ rows ({datasets.get_dataset('ptq_published').origin}); proxies ({source}) as a check"
     return published_term(ptq_rows(data_dir), published, quantization, bootstrap, seed)
 
 
-def _proxy_term(quantization, source, unit, bootstrap, seed, form, min_tokens_per_param) -> Term:
-    from scaling.laws.build_card import fit_quant_term
-
-    if quantization is None or not len(quantization):
+def _proxy_term(proxy_fit, quantization, source, unit, bootstrap, seed, form, min_tokens_per_param) -> Term:
+    if proxy_fit is None or quantization is None or not len(quantization):
         raise UserError(f"penalty form {form!r} is fitted on proxy measurements, and none were given")
-    return fit_quant_term(quantization, source, unit, bootstrap, seed, form, min_tokens_per_param)
+    return proxy_fit(quantization, source, unit, bootstrap, seed, form, min_tokens_per_param)
 
 
 def replace_card_term(card: str | Path, term: Term) -> None:
