@@ -359,9 +359,18 @@ def build_card(
     terms["granularity"] = published.granularity_term(base_point, bootstrap, seed)
     terms["shared"] = published.shared_term(base_point, bootstrap, seed)
     if quantization is not None and len(quantization):
+        from scaling.laws.quant_term import quant_term  # the published PTQ law; the proxies as its check
+
         source = sources.get(QUANT_TERM, "quantisation measurements")
-        terms[QUANT_TERM] = fit_quant_term(
-            quantization, source, unit, bootstrap, seed, penalty_form, penalty_min_tokens_per_param
+        terms[QUANT_TERM] = quant_term(
+            quantization,
+            source,
+            unit,
+            bootstrap,
+            seed,
+            penalty_form,
+            penalty_min_tokens_per_param,
+            proxy_fit=fit_quant_term,
         )
     card = LawCard(
         name=name,

@@ -334,6 +334,7 @@ class LawCard:
         for name in np.unique(forms):
             form, chosen = PENALTY_FORMS[name], forms == name
             uses_data = form.data and bool(np.any(thetas[chosen, PENALTY_PARAMS.index("gamma_D")] != 0))
+            uses_data = uses_data and form.tokens_unit == "bytes"  # a published law counts tokens already
             data_tokens = tokens * self._bytes_per_token("the penalty's data term") if uses_data else tokens
             values = penalty_samples(thetas[chosen], form, arch, scheme, method, data_tokens)
             if values.shape[0] != n_shapes:

@@ -80,6 +80,15 @@ DATASETS = {
             loss_unit="nats/token (GPT-NeoX-20B, C4 validation)",
         ),
         PublishedDataset(
+            "ptq_published",
+            "ptq_published.csv",
+            "8917161b43c1a724f1129ec8c243847c26b355b37bff16b4c6855a8393303449",
+            "published perplexities before and after post-training weight quantisation (GPTQ paper tables, "
+            "IST-DASLab/gptq, LLaMA3-Quantization, llama.cpp perplexity READMEs, Catalan-Tatjer et al. 2025's "
+            "figures, MoEQuant tables), each row citing its source; gathered for moeplan, no licence stated",
+            loss_unit="nats/token (each model's own tokenizer and evaluation set)",
+        ),
+        PublishedDataset(
             "phone_measurements",
             "published_measurements.csv",
             "392950055e905e37825a60314d117f3c120472c4103d46c7d19e543fedb0151d",

@@ -77,6 +77,8 @@ class PenaltyForm:
     expert_tokens: bool = False  # routed experts count the D k / E tokens each one saw
     expert_factor: bool = False  # routed experts get their own factor beside the MLP one
     description: str = ""
+    tokens_unit: str = "bytes"  # what D counts: the proxies' bytes, or the published models' tokens
+    size_params: str = "active"  # which count the size term reads: active or total parameters
 
 
 FORMS = {
@@ -104,6 +106,21 @@ FORMS = {
         ),
     )
 }
+PROXY_FORMS = tuple(FORMS)
+# The law fitted on published PTQ rows (scaling.laws.ptq_law), as the card evaluates it: D in tokens
+PUBLISHED = {"kumar": {}, "ouyang": {"bits": "power"}, "tokens_per_param": {}, "size_only": {"data": False}}
+FORMS |= {
+    f"ptq_{name}" + ("_total" if size == "total" else ""): PenaltyForm(
+        f"ptq_{name}" + ("_total" if size == "total" else ""),
+        expert_factor=True,
+        tokens_unit="tokens",
+        size_params=size,
+        description=f"published PTQ rows, {name} form, N = {size} parameters (scaling.laws.ptq_law)",
+        **options,
+    )
+    for name, options in PUBLISHED.items()
+    for size in ("active", "total")
+}
 DEFAULT_FORM = "relative"
 
 
@@ -123,6 +140,7 @@ class Design:
     n_active: np.ndarray
     gptq: np.ndarray
     loss_before: np.ndarray
+    n_size: np.ndarray  # what the size term reads: active or total parameters (the form's size_params)
 
     def __len__(self) -> int:
         return len(self.n_active)
@@ -152,7 +170,11 @@ def _part_columns(shape: Any, scheme: Scheme, tokens: Any, expert_tokens: bool) 
         if expert_tokens and part == "routed_experts":
             seen = tokens * np.asarray(shape.top_k, dtype=float) / np.asarray(shape.n_experts, dtype=float)
         columns["tokens"].append(seen)
-    return {name: np.stack(values, axis=-1) for name, values in columns.items()} | {"n_active": n_active}
+    n_total = np.asarray(accounting.total_params(shape), dtype=float) * np.ones_like(n_active)
+    return {name: np.stack(values, axis=-1) for name, values in columns.items()} | {
+        "n_active": n_active,
+        "n_total": n_total,
+    }
 
 
 def design_from_frame(frame: pd.DataFrame, form: PenaltyForm) -> Design:
@@ -185,6 +207,7 @@ def design_from_frame(frame: pd.DataFrame, form: PenaltyForm) -> Design:
         n_active=stacked["n_active"][:, 0],
         gptq=(methods == "gptq").astype(float),
         loss_before=frame["loss_before"].to_numpy(dtype=float),
+        n_size=stacked["n_total" if form.size_params == "total" else "n_active"][:, 0],
     )
 
 
@@ -200,7 +223,7 @@ def predict_design(theta: np.ndarray, design: Design, form: PenaltyForm) -> np.n
         + bits_term
         + gamma_g * np.log(design.group / 32)
         + log_asym * design.asym
-        - (gamma_n * np.log(design.n_active / N0))[:, None] * form.size
+        - (gamma_n * np.log(design.n_size / N0))[:, None] * form.size
         + gamma_d * np.log(design.tokens / D0) * form.data
     )
     penalty = (design.quantised * design.share * np.exp(np.minimum(exponent, 50))).sum(axis=1)
@@ -225,6 +248,7 @@ def penalty_samples(
     columns = _part_columns(shape, scheme, tokens, expert_tokens=False)
     share = np.atleast_2d(columns["share"] * columns["quantised"])  # (n, parts)
     n_active = np.atleast_1d(columns["n_active"]).astype(float)
+    n_size = n_active if form.size_params == "active" else np.atleast_1d(accounting.total_params(shape)).astype(float)
     tokens = np.atleast_1d(np.atleast_2d(columns["tokens"])[:, 0]).astype(float)
     log_c, log_mlp, log_expert, log_gptq, beta, gamma_g, log_asym, gamma_n, gamma_d = thetas.T
     formats = [scheme.format(part) for part in PARTS]
@@ -247,7 +271,7 @@ def penalty_samples(
         + asym[:, None] * log_asym[None, :]
     )
     factors = np.exp(np.minimum(exponent, 50))  # (parts, draws)
-    size = np.exp(-np.log(n_active / N0)[:, None] * gamma_n[None, :]) if form.size else 1.0
+    size = np.exp(-np.log(n_size / N0)[:, None] * gamma_n[None, :]) if form.size else 1.0
     data = np.exp(np.log(tokens / D0)[:, None] * gamma_d[None, :]) if form.data else 1.0
     expert_index = PARTS.index("routed_experts")
     if form.expert_tokens:  # routed experts saw D k / E tokens each: their own data factor
@@ -400,6 +424,7 @@ class QuantPenaltyFit:
             n_active=n,
             gptq=np.full(len(n), float(method == "gptq")),
             loss_before=np.asarray(loss_before, dtype=float) * np.ones(len(n)),
+            n_size=np.atleast_1d(columns["n_total" if self.form_object.size_params == "total" else "n_active"]),
         )
 
     def summary(self) -> str:
@@ -562,7 +587,7 @@ def compare_penalty_forms(
     observed = frame["delta_loss"].to_numpy(dtype=float)
     target = np.arcsinh(observed / scale)
     rows = []
-    for name in forms or list(FORMS):
+    for name in forms or list(PROXY_FORMS):
         law = FORMS[name]
         design = design_from_frame(frame, law)
         free = _free(design, law)

@@ -31,7 +31,32 @@ def plan_faces() -> str:
     return "\n".join(rows)
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"plan-faces": plan_faces}
+QUANT_COMMANDS = (  # the quantisation penalties README quotes (tests/laws/test_readme_quant.py reruns them)
+    "loss --preset llama-3.2-1b --tokens 9e12 --scheme int4-g32 --quant-method rtn",
+    "loss --preset llama-3.2-1b --tokens 9e12 --scheme int4-g32 --quant-method gptq",
+    "loss --preset phone-moe-a0.3b --tokens 1e12 --scheme int4-g32 --quant-method rtn",
+    "loss --preset phone-moe-a0.3b --tokens 1e12 --scheme int4-g32 --quant-method gptq",
+    "loss --preset phone-moe-a0.3b --tokens 1e12 --scheme int4-experts-int8-rest --quant-method rtn",
+    "loss --preset llama-3.2-1b --tokens 1e10 --scheme int4-g32 --quant-method gptq",
+)
+
+
+def quant_penalties() -> str:
+    """The penalty (card unit) and its share of the loss for each of :data:`QUANT_COMMANDS`."""
+    import json
+    import shlex
+    import subprocess
+
+    program = "from search.app.cli import main; raise SystemExit(main())"
+    rows = ["| command | penalty | of the loss |", "|---|---|---|"]
+    for command in QUANT_COMMANDS:
+        args = [sys.executable, "-c", program, *shlex.split(command), "--json"]
+        document = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+        rows.append(f"| `moeplan {command}` | {document['penalty']:+.3g} | {document['penalty_relative']:.2%} |")
+    return "\n".join(rows)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"plan-faces": plan_faces, "quant-penalties": quant_penalties}
 
 
 def _pattern(name: str) -> re.Pattern[str]:

@@ -52,9 +52,13 @@ def _loss_documents(card, frame, samples: int, seed: int, deployment: dict[str, 
         plain, _ = card.predict_samples(frame, samples, seed)
         penalty = loss - plain
         low, mid, high = np.quantile(penalty, [0.05, 0.5, 0.95], axis=1)
+        share = np.quantile(penalty / plain, [0.05, 0.5, 0.95], axis=1)
         for row, document in enumerate(documents):
             document["penalty"] = float(mid[row])
             document["penalty_ci90"] = [float(low[row]), float(high[row])]
+            document["penalty_unit"] = str(card.unit)
+            document["penalty_relative"] = float(share[1, row])  # a fraction of the bf16 loss
+            document["penalty_relative_ci90"] = [float(share[0, row]), float(share[2, row])]
     return documents
 
 
@@ -131,8 +135,8 @@ def _command_loss(args: argparse.Namespace) -> None:
         if "penalty" in row:
             low, high = row["penalty_ci90"]
             penalty = (
-                f"; at {document['scheme']} ({args.quant_method}) {row['penalty']:+.3g} "
-                f"(90% {low:+.3g} to {high:+.3g}) over bf16"
+                f"; at {document['scheme']} ({args.quant_method}) {row['penalty']:+.3g} {row['penalty_unit']} "
+                f"(90% {low:+.3g} to {high:+.3g}), {row['penalty_relative']:.2%} of the loss, over bf16"
             )
         print(
             f"{prefix}loss {row['loss']:.4f} {row['loss_unit']} (90% {lo:.4f}-{hi:.4f}), "
