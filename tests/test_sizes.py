@@ -29,7 +29,8 @@ FUNCTION_EXEMPT = {
     "search/device/measurements.py:parse_row": "one import format's field checks; to split per field group",
     "search/device/backend_fit.py:calibrate_backend": "gguf (issue 31) owns calibration changes",
     "search/app/page.py:add_page": "the page's routes as closures over the app, as create_app; to move to a router",
-    "search/plan/planner.py:plan": "the planner's one pass (space, evaluation, front, evidence); PlanResult (issue 33) splits it",
+    "search/plan/planner.py:plan": "the planner's one pass (space, evaluation, front, evidence); to split",
+    "search/app/cli/train.py:_command_bench": "torch and llama.cpp benches behind one command; to split per runtime",
     "search/app/cli/plan.py:register": "one flag per PlanRequest field; to be derived from plan_faces (issue 33)",
 }
 

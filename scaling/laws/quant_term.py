@@ -19,7 +19,6 @@ of :func:`scaling.laws.build_card.fit_quant_term` and says so in the term's note
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable
@@ -193,25 +192,3 @@ def replace_card_term(card: str | Path, term: Term) -> None:
     document = json.loads(path.read_text())
     document["terms"][QUANT_TERM] = term.to_dict()
     path.write_text(json.dumps(document, indent=1) + "\n")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m scaling.laws.quant_term CARD [--store STORE]``: refit only the card's quantisation term."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("card")
-    parser.add_argument("--store", default="scaling/runs/reference/reference.sqlite")
-    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
-    args = parser.parse_args(argv)
-    from scaling.runs.frames import quantization_frame
-
-    store = f"sqlite:///{args.store}"
-    term = published_term(ptq_rows(), "published PTQ rows", quantization_frame(store), args.bootstrap)
-    term.source = (
-        "published PTQ rows (ptq_published: GPTQ paper tables, IST-DASLab/gptq, LLaMA3-Quantization, llama.cpp "
-        f"perplexity READMEs, Catalan-Tatjer et al. 2025, MoEQuant); proxies in {args.store} as a check"
-    )
-    replace_card_term(args.card, term)
-
-
-if __name__ == "__main__":
-    main()

@@ -228,7 +228,12 @@ def test_front_carries_unit_interval_and_p_front_and_min_p_front_keeps_robust_sh
     document = plan(PlanRequest(**request))
     assert document["loss_unit"].startswith("nats/token (") and document["loss_samples"] == 100
     assert "tokens" in document["tokens_unit"] and document["extrapolation"]["granularity"]["N"] > 1
-    assert any("extrapolates" in warning for warning in document["warnings"])
+    # the card's terms rest on data within 100x of these shapes (no warning at the default limit);
+    # a tighter limit names each term that reaches past it, with its ratio
+    assert not any("extrapolates" in warning for warning in document["warnings"])
+    tight = plan(PlanRequest(**{**request, "samples": 20}, max_extrapolation=2))
+    granularity_n = tight["extrapolation"]["granularity"]["N"]
+    assert any(f"'granularity' extrapolates N {granularity_n:.3g}x" in warning for warning in tight["warnings"])
     for entry in document["pareto"]:
         low, high = entry["predicted_loss_ci90"]
         assert low <= entry["predicted_loss"] <= high and entry["loss_unit"] == document["loss_unit"]
