@@ -93,6 +93,13 @@ def _backtest_line(backtest: dict[str, Any]) -> str:
         return (
             f"external ({backtest['data']}): " + "; ".join(parts) + f"; mean abs error {backtest['mean_abs_error']:.3f}"
         )
+    if backtest.get("kind") == "held_out_groups":
+        families = ", ".join(f"{k} {v:.2f}" for k, v in backtest["families"].items())
+        regimes = ", ".join(f"{k} {v:.2f}" for k, v in backtest["token_regimes"].items())
+        return (
+            f"each family left out ({backtest['metric']}): pooled {backtest['families_pooled']:.3f} ({families}); "
+            f"each token regime left out: pooled {backtest['token_regimes_pooled']:.3f} ({regimes})"
+        )
     origins = backtest.get("origins", [])
     parts = [
         f"fit <= {o['fit_up_to']:.3g} -> {o['predict']:.3g} (x{o['ratio']:.2g}): {o['mean_abs_rel_error']:.2%}"

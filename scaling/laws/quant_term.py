@@ -112,6 +112,23 @@ def proxy_check(quantization: pd.DataFrame | None) -> dict[str, Any]:
     }
 
 
+def held_out_backtest(evidence: dict[str, Any]) -> dict[str, Any] | None:
+    """The chosen form's out-of-sample check: each published family, and each token regime, left
+    out of the fit and predicted (RMS of ln(observed / predicted) relative penalty)."""
+    chosen = evidence.get("chosen") or {}
+    for form in evidence.get("forms_compared", []):
+        if form["form"] == chosen.get("form") and form["n_column"] == chosen.get("n_column"):
+            return {
+                "kind": "held_out_groups",
+                "metric": "RMS of ln(observed / predicted) relative penalty",
+                "families": form["lofo"],
+                "families_pooled": form["lofo_rmse"],
+                "token_regimes": form["lotro"],
+                "token_regimes_pooled": form["lotro_rmse"],
+            }
+    return None
+
+
 def published_term(
     rows: pd.DataFrame, source: str, quantization: pd.DataFrame | None = None, bootstrap: int = BOOTSTRAP, seed: int = 0
 ) -> Term:
@@ -125,6 +142,7 @@ def published_term(
     described = evidence["fit"]
     return Term(
         kind=QUANT_TERM,
+        backtest=held_out_backtest(evidence),
         forms={name: TermForm(card_theta(fit.coef, fit.form), replicates)},
         source=source,
         data_range={"N": fit.data_range["N"], "D/N": fit.data_range["D/N"]},

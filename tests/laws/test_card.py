@@ -154,6 +154,8 @@ def test_laws_show_prints_the_card():
     assert "unvalidated: no out-of-sample check" in text.stdout  # the shared prior
     for fragment in ("[base]", "[expansion]", "[granularity]", "[shared]", "out of sample", "90% [", "intervals: 90%"):
         assert fragment in text.stdout, fragment
+    # the penalty law's check: each published family and token regime left out of its fit
+    assert "each family left out" in text.stdout and "each token regime left out" in text.stdout
     document = run_cli("laws", "show", "--json").json()
     assert document["loss_unit"]["per"] == "nats/token"
     assert "replicates" not in document["terms"]["base"]["forms"]["chinchilla"]
