@@ -114,7 +114,10 @@ class StoryBody(BaseModel):
 
 def add_page(app: FastAPI, store, secured: dict[str, Any]) -> None:
     """The page, its static files, Swagger UI at ``/docs`` and the read routes the page uses."""
+    from search.app.gguf_download import add_gguf_download
     from search.app.jobs import plain
+
+    add_gguf_download(app, secured)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -137,3 +137,23 @@ def test_story_of_a_shape_at_a_float_precision_sums_its_parts():
     arch = spec.spec(spec.choices()[0])
     story = shape_story(arch, Deployment(get_device("pixel-9-pro"), precision="fp16"))
     assert sum(story["memory"]["weights_by_part_bytes"].values()) == story["memory"]["weight_bytes"]
+
+
+def test_a_shape_downloads_as_a_gguf_that_matches_its_accounting(client):
+    from scaling.shape import accounting
+    from scaling.shape.arch import ArchSpec
+    from scaling.shape.presets import get_preset
+
+    spec = get_preset("proxy-moe-d128")
+    answer = client.post("/v1/shapes/gguf", json={"arch": spec.to_dict(), "type": "q8_0"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
+    assert answer.content[:4] == b"GGUF"
+    import hashlib
+
+    assert answer.headers["x-moeplan-sha256"] == hashlib.sha256(answer.content).hexdigest()
+    assert len(answer.content) >= accounting.total_params(ArchSpec.from_dict(spec.to_dict())) * 34 / 32
+    big = {**get_preset("phone-dense-1.5b").to_dict()}
+    refused = client.post("/v1/shapes/gguf", json={"arch": big, "type": "f32"})
+    assert refused.status_code == 422 and "download limit" in refused.text and "type" in refused.text
+    assert client.post("/v1/shapes/gguf", json={"arch": spec.to_dict(), "type": "q4_K"}).status_code == 422
+    assert client.post("/v1/shapes/gguf", json={"arch": {"d_model": "x"}}).status_code == 422

@@ -416,6 +416,35 @@ function drawStory(story) {
   $("dl-toml").href = URL.createObjectURL(toml); $("dl-toml").download = story.name + ".toml";
   const hf = new Blob([JSON.stringify(story.downloads.hf_config, null, 2)], { type: "application/json" });
   $("dl-hf").href = URL.createObjectURL(hf); $("dl-hf").download = story.name + ".config.json";
+  $("dl-gguf-status").textContent = "";
+}
+
+// The GGUF is written by the server (POST /v1/shapes/gguf) and sent with the bearer token, so it
+// is fetched as a blob rather than linked.
+async function downloadGGUF(event) {
+  event.preventDefault();
+  if (!state.story) return;
+  const status = $("dl-gguf-status");
+  status.textContent = "writing the GGUF…";
+  const headers = { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = "Bearer " + token;
+  try {
+    const response = await fetch("v1/shapes/gguf", { method: "POST", headers, body: JSON.stringify({ arch: state.story.arch, type: "q4_0" }) });
+    if (!response.ok) {
+      let detail = response.status + " " + response.statusText;
+      try { const problem = await response.json(); if (problem.detail) detail = String(problem.detail); } catch (error) { /* not JSON */ }
+      status.textContent = detail;
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = state.story.name + ".q4_0.gguf";
+    link.click();
+    status.textContent = "sha256 " + (response.headers.get("X-Moeplan-Sha256") || "?");
+  } catch (error) {
+    status.textContent = String(error.message || error);
+  }
 }
 
 // --- two shapes side by side -----------------------------------------------------------------
@@ -562,6 +591,7 @@ async function start() {
   $("x-axis").addEventListener("change", drawFront);
   $("p-filter").addEventListener("input", drawFront);
   $("compare-add").addEventListener("click", addToComparison);
+  $("dl-gguf").addEventListener("click", downloadGGUF);
   $("compare-clear").addEventListener("click", () => { state.compare = []; drawComparison(); });
   $("card-select").addEventListener("change", loadCard);
   $("device-select").addEventListener("change", loadDevice);
