@@ -111,9 +111,9 @@ def test_idempotent_export_and_listing(tmp_path, tiny_spec, new_store):
     assert {"N", "N_total", "E", "G", "D", "C", "loss", "arch.d_model", "train.lr"} <= set(frame.columns)
     assert len(frame) == 4 and (frame["N"] <= frame["N_total"]).all()
     assert (fit_frame(str(store))["loss"] > 0).all()
-    fitted = run_cli("fit", "--store", str(store), "--law", "kaplan_n", "--json")
-    assert fitted.returncode == 0, fitted.stderr
-    assert fitted.json()["n_points"] == 4 and fitted.json()["law"] == "kaplan_n"
+    # a dense law on a store of 2 dense and 2 MoE runs: the MoE rows are named, not fitted silently
+    mixed = run_cli("fit", "--store", str(store), "--law", "kaplan_n", "--json")
+    assert_user_error(mixed, "2 of the 4 rows are MoE")
     assert_user_error(run_cli("runs", "show", "zzz", "--store", str(store)), "no run")
     assert_user_error(run_cli("runs", "list", "--store", str(tmp_path / "none.sqlite")), "does not exist")
     assert_user_error(
