@@ -114,6 +114,18 @@ def spread(samples: list[float]) -> float:
     return (max(samples) - min(samples)) / statistics.median(samples)
 
 
+def timing_fields(prefill_seconds: list[float], decode_rates: list[float]) -> dict[str, Any]:
+    """The JSON keys of an inference bench's timings (any runtime): medians, every sample, spreads."""
+    return {
+        "prefill_ms": statistics.median(prefill_seconds) * 1e3,
+        "prefill_ms_all": [t * 1e3 for t in prefill_seconds],
+        "prefill_spread": spread(prefill_seconds),
+        "decode_tokens_per_s": statistics.median(decode_rates),
+        "decode_tokens_per_s_all": decode_rates,
+        "decode_spread": spread(decode_rates),
+    }
+
+
 def bench_infer(
     arch: ArchSpec,
     backend: str = "torch",
@@ -175,12 +187,7 @@ def bench_infer(
         "repeats": repeats,
         "inference_path": inference_path,
         "moe_inference": session.moe_paths if arch.is_moe else None,
-        "prefill_ms": statistics.median(prefill_times) * 1e3,
-        "prefill_ms_all": [t * 1e3 for t in prefill_times],
-        "prefill_spread": spread(prefill_times),
-        "decode_tokens_per_s": statistics.median(decode_rates),
-        "decode_tokens_per_s_all": decode_rates,
-        "decode_spread": spread(decode_rates),
+        **timing_fields(prefill_times, decode_rates),
         **probe.result(),
         "peak_memory_bytes": int(peak_memory),
         "weight_bytes": int(accounting.weight_bytes(arch, precision)),

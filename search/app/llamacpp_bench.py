@@ -8,7 +8,6 @@ host-contention probe between them.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from scaling.export.gguf_writer import check_type, read_manifest, write_gguf
 from scaling.shape import accounting
 from scaling.shape.arch import ArchSpec
 from scaling.train.bench import HostProbe
-from scaling.train.bench_infer import spread
+from scaling.train.bench_infer import timing_fields
 from search.app import llamacpp_runtime
 
 PRECISION_OF_TYPE = {"f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_0": "int4"}
@@ -79,12 +78,7 @@ def bench_llamacpp(
         "prompt_tokens": prompt_tokens,
         "decode_tokens": decode_tokens,
         "repeats": repeats,
-        "prefill_ms": statistics.median(prefill) * 1e3,
-        "prefill_ms_all": [t * 1e3 for t in prefill],
-        "prefill_spread": spread(prefill),
-        "decode_tokens_per_s": statistics.median(decode),
-        "decode_tokens_per_s_all": decode,
-        "decode_spread": spread(decode),
+        **timing_fields(prefill, decode),
         **probe.result(),
         "peak_memory_bytes": int(manifest["file_bytes"]),
         "weight_bytes": int(manifest["file_bytes"]),
