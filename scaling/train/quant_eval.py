@@ -23,7 +23,7 @@ from scaling.shape.arch import ArchSpec
 from scaling.shape.scheme import Scheme
 from scaling.train.config import TrainConfig
 from scaling.train.corpus import Corpus, batch_at, validation_windows
-from scaling.train.trainer import load_state, resolve_device
+from scaling.train.trainer import load_state, resolve_device, unreadable_reason
 
 LOSS_UNIT = "nats/byte"
 CALIBRATION_SEED = 2**31 - 1  # sweeps seed runs 0, 1, 2, ...: this draws windows apart from theirs
@@ -70,10 +70,9 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ProxyModel,
     try:
         state = load_state(path)
     except Exception as error:  # a truncated, foreign or code-carrying file: torch raises many types
-        reason = " ".join(str(error).split())[:160] or type(error).__name__
         raise UserError(
             f"cannot read checkpoint {str(path)!r} (only tensors and plain values are loaded, never code): "
-            f"{type(error).__name__}: {reason}"
+            f"{unreadable_reason(error)}; give a checkpoint.pt that moeplan's trainer wrote"
         ) from None
     if not isinstance(state, dict) or not {"model", "config", "arch"} <= set(state):
         raise UserError(f"{str(path)!r} is not a moeplan checkpoint (needs model, config and arch)")

@@ -99,6 +99,15 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def unreadable_reason(error: Exception) -> str:
+    """Why ``load_state`` refused a file, in one short clause: torch's own message for a file that
+    needs code to load ends in advice to load it unsafely, which moeplan never does."""
+    text = " ".join(str(error).split())
+    if "weights only load failed" in text.lower() or type(error).__name__ == "UnpicklingError":
+        return "it holds objects other than tensors and plain values, which would run code to load"
+    return text[:160] or type(error).__name__
+
+
 def load_state(path: str | Path) -> Any:
     """A checkpoint's contents, on the CPU: tensors and plain types only (``weights_only``), so a
     crafted file cannot run code; a pickle that asks for anything else raises."""
@@ -224,7 +233,7 @@ class Trainer:
             if discard_corrupt:
                 os.replace(path, path.with_name(path.name + ".corrupt"))  # kept for a post-mortem
                 return
-            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            reason = unreadable_reason(error)
             raise CheckpointError(
                 f"checkpoint {str(path)!r} cannot be read (truncated or empty?): {reason}; delete it to start over "
                 "(a sweep: rerun with --retry-failed, which sets it aside)"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from scaling.checks import check_number, check_tokens
+from scaling.checks import LIMITS, check_number, check_tokens
 from scaling.errors import UserError
 from search.device.profiles import PROFILE_NAME
 
@@ -151,6 +151,12 @@ class PlanBody(BaseModel):
             if isinstance(entry, str) and entry not in BUILTIN_SCHEMES:
                 raise UserError(f"schemes[{index}]: unknown built-in scheme {entry!r}; give a name or a table")
         return value
+
+    @field_validator("memory_gb", "max_weight_gb")
+    @classmethod
+    def _budget(cls, value, info):
+        # checked in GB, as given: in bytes a finite 1e308 GB would be quoted back as inf
+        return check_number(value, info.field_name, above=0, maximum=LIMITS["memory_gb"], allow_none=True)
 
     @field_validator("trials")
     @classmethod

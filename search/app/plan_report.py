@@ -28,7 +28,7 @@ CODES = (
 def _interval(values: list[float] | None, spec: str = ".3f") -> str:
     if not values:
         return "no interval (uncalibrated prior)"
-    return f"{values[0]:{spec}}-{values[1]:{spec}}"
+    return f"{values[0]:{spec}} to {values[1]:{spec}}"  # "to": a dash between signed numbers misreads
 
 
 def recommend(document: dict[str, Any]) -> tuple[int, str]:

@@ -143,9 +143,16 @@ def _command_devices_calibrate(args: argparse.Namespace) -> None:
         print_json(document)
     else:
         print(
-            f"saved {path}: prefill MAPE {result.prefill_mape:.1%}, decode MAPE {result.decode_mape:.1%} "
+            f"saved {path}: prefill MAPE {_mape(result.prefill_mape)}, decode MAPE {_mape(result.decode_mape)} "
             f"over {len(result.table)} measurements"
         )
+
+
+def _mape(value: float | None) -> str:
+    """A MAPE, or why there is none (no measurement of that kind, or no more of them than terms)."""
+    if value is None or value != value:
+        return "none (no more measurements than fitted terms: measure more prompt sizes)"
+    return f"{value:.1%}"
 
 
 def check_calibration_error(prefill_mape: float, decode_mape: float, rows: int, limit: float) -> None:
