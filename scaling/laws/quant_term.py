@@ -13,7 +13,7 @@ call site. With the published rows at hand (dataset ``ptq_published``) it:
 3. fits the proxies' own law (the store's measurements, when given) as a check of direction only:
    their two widths and 1.2x token span never set an exponent here.
 
-Without the published rows (a clone without ``../shared``) it falls back to the proxy-only term
+Without the published rows (``MOEPLAN_DATA`` not pointing at them) it falls back to the proxy-only term
 of :func:`scaling.laws.build_card.fit_quant_term` and says so in the term's notes.
 """
 

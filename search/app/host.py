@@ -71,6 +71,22 @@ CALIBRATION_SHAPES = [
 PROMPT_TOKENS = (32, 128)
 
 
+def measurement_row(
+    arch: str, precision: str, prompt: int, decode_tokens: int, timing: list[tuple[float, float]]
+) -> dict:
+    """One calibration measurement from its rounds of (prefill seconds, decode tokens/s): medians;
+    the context is the prompt plus half the decoded tokens (their mean position)."""
+    return {
+        "arch": arch,
+        "precision": precision,
+        "prompt_tokens": prompt,
+        "context_tokens": prompt + decode_tokens / 2,
+        "prefill_ms": 1e3 * statistics.median(t[0] for t in timing),
+        "decode_tokens_per_s": statistics.median(t[1] for t in timing),
+        "rounds": len(timing),
+    }
+
+
 def memory_bandwidth_bytes_per_s(size_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """Copy bandwidth (bytes read + written per second) of a large array, median of repeats."""
     source = np.ones(size_bytes // 8)
@@ -132,15 +148,7 @@ def measure(
         if progress is not None:
             progress("measuring rounds", round_index + 1, rounds)
     rows = [
-        {
-            "arch": session.arch.name,
-            "precision": "fp32",
-            "prompt_tokens": prompt,
-            "context_tokens": prompt + decode_tokens / 2,
-            "prefill_ms": 1e3 * statistics.median(t[0] for t in timing),
-            "decode_tokens_per_s": statistics.median(t[1] for t in timing),
-            "rounds": len(timing),
-        }
+        measurement_row(session.arch.name, "fp32", prompt, decode_tokens, timing)
         for (session, prompt), timing in zip(cells, timings, strict=True)
     ]
     return [session.arch for session, _ in cells], pd.DataFrame(rows)

@@ -7,7 +7,6 @@ in interleaved rounds (a slow spell of the shared machine then hits every shape 
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
@@ -16,7 +15,7 @@ import pandas as pd
 from scaling.export.gguf_writer import write_gguf
 from scaling.shape.arch import ArchSpec
 from search.app import llamacpp_runtime
-from search.app.host import CALIBRATION_SHAPES, host_profile
+from search.app.host import CALIBRATION_SHAPES, host_profile, measurement_row
 from search.device.calibrate import Calibration, calibrate
 
 PROMPTS = (32, 128)
@@ -53,15 +52,7 @@ def measure_llamacpp(
             progress("measuring rounds (llama.cpp)", round_index + 1, repeats + 1)
     precision = {"f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_0": "int4"}[type_name]
     rows = [
-        {
-            "arch": shapes[index].name,
-            "precision": precision,
-            "prompt_tokens": p,
-            "context_tokens": p + DECODE_TOKENS / 2,
-            "prefill_ms": 1e3 * statistics.median(t[0] for t in timing),
-            "decode_tokens_per_s": statistics.median(t[1] for t in timing),
-            "rounds": len(timing),
-        }
+        measurement_row(shapes[index].name, precision, p, DECODE_TOKENS, timing)
         for (index, p), timing in zip(cells, timings, strict=True)
     ]
     return [shapes[index] for index, _ in cells], pd.DataFrame(rows)
