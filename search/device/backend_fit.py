@@ -38,6 +38,10 @@ LIMITS = {
     "efficiency.half_tokens": (0.0, 4096.0, 16.0),
     "overheads.per_forward_s": (0.0, 0.5, 1e-3),
     "overheads.per_layer_s": (0.0, 0.05, 1e-4),
+    "overheads.per_token_s": (0.0, 0.05, 1e-4),
+    "overheads.per_expert_s": (0.0, 0.01, 1e-5),
+    "overheads.per_moe_layer_s": (0.0, 0.05, 1e-4),
+    "efficiency.cache_speedup": (1.0, 8.0, 1.0),
 }
 FRACTION_TERMS = ("efficiency.bandwidth", *(f"efficiency.compute_{p}" for p in PRECISIONS))
 # Without a second model to leave out, the predictive spread is a stated prior: the error the
@@ -179,8 +183,10 @@ def ideal(profile: DeviceProfile) -> DeviceProfile:
     """The roofline of the profile's peaks: every efficiency 1, full overlap, no overheads."""
     changes = {key: 1.0 for key in ("efficiency.compute", "efficiency.bandwidth", "efficiency.overlap")}
     changes.update({f"efficiency.compute_{p}": 1.0 for p in PRECISIONS})
-    for key in ("efficiency.half_tokens", "overheads.per_layer_s", "overheads.per_forward_s"):
+    for key in ("efficiency.half_tokens", "overheads.per_layer_s", "overheads.per_forward_s", "overheads.per_token_s"):
         changes[key] = 0.0
+    if profile.get("cache_bytes", 0.0) > 0:  # the fastest a cache-resident read may be fitted to run
+        changes["efficiency.cache_speedup"] = LIMITS["efficiency.cache_speedup"][1]
     for key in ("overheads.per_expert_s", "overheads.per_moe_layer_s", "overheads.dequant_flops_per_weight"):
         changes[key] = 0.0
     return profile.with_values(profile.name, changes, "prior", "roofline", "the roofline of the profile's peaks")
@@ -230,6 +236,8 @@ def _start(profile: DeviceProfile, term: str) -> float:
     low, high, _ = LIMITS[term]
     if term.startswith("efficiency.compute_"):
         value = profile.get(term, profile["efficiency.compute"])
+    elif term == "efficiency.cache_speedup":  # from inside the bounds: 1 is the bound
+        value = max(profile.get(term, 1.0), 2.0)
     else:
         value = profile.get(term, 0.0)
     return float(np.clip(value, low, high))
@@ -343,19 +351,7 @@ def calibrate_backend(
     table["loo_decode_error"] = table["loo_decode_tokens_per_s"] / table["measured_decode_tokens_per_s"] - 1
     several = len({r.arch.name for r in rows}) > 1
     loo_mape = {q: _mean_abs(table[f"loo_{q}_error"]) if several else None for q in ("prefill", "decode")}
-    log_sd, sd_facts = {}, {}
-    for quantity, predicted, measured in (
-        ("prefill", loo["loo_prefill_s"].to_numpy(), measured_prefill),
-        ("decode", loo["loo_decode_s"].to_numpy(), measured_decode),
-    ):
-        ratios = np.log(predicted / measured)
-        ratios = ratios[np.isfinite(ratios)]
-        if several and len(ratios):
-            log_sd[quantity] = float(np.sqrt(np.mean(ratios**2)))
-            sd_facts[quantity] = ("measured", "leave-one-model-out", f"RMS of log(predicted/measured), {len(ratios)}")
-        else:
-            log_sd[quantity] = PRIOR_LOG_SD[quantity]
-            sd_facts[quantity] = ("prior", "assumption", "one model only, so no model left out; the acceptance bound")
+    log_sd, sd_facts = _log_sds(loo, measured_prefill, measured_decode, several)
     memory = fit_memory(fitted, rows)
     cited = _cite(rows)
     draws = _replicates(chosen, estimates, covariance, n_replicates, seed)
@@ -392,6 +388,24 @@ def calibrate_backend(
         weights_check=weight_bytes_check(rows),
         rows=rows,
     )
+
+
+def _log_sds(loo: pd.DataFrame, measured_prefill, measured_decode, several: bool) -> tuple[dict, dict]:
+    """The predictive spread of log time per quantity, and the (state, basis, source) of each."""
+    log_sd, sd_facts = {}, {}
+    for quantity, predicted, measured in (
+        ("prefill", loo["loo_prefill_s"].to_numpy(), measured_prefill),
+        ("decode", loo["loo_decode_s"].to_numpy(), measured_decode),
+    ):
+        ratios = np.log(predicted / measured)
+        ratios = ratios[np.isfinite(ratios)]
+        if several and len(ratios):
+            log_sd[quantity] = float(np.sqrt(np.mean(ratios**2)))
+            sd_facts[quantity] = ("measured", "leave-one-model-out", f"RMS of log(predicted/measured), {len(ratios)}")
+        else:
+            log_sd[quantity] = PRIOR_LOG_SD[quantity]
+            sd_facts[quantity] = ("prior", "assumption", "one model only, so no model left out; the acceptance bound")
+    return log_sd, sd_facts
 
 
 def _table(profile: DeviceProfile, rows: list[Measurement]) -> pd.DataFrame:

@@ -67,6 +67,34 @@ def _roofline(flops, bytes_moved, compute_rate, bandwidth, overlap):
     return np.maximum(arithmetic, memory) + (1 - overlap) * np.minimum(arithmetic, memory)
 
 
+def weights_read_bytes(parts: Mapping[str, Any], formats: Mapping[str, tuple], expert_read: Any) -> Any:
+    """Weight bytes one forward pass reads: every dense part, the touched experts, the head."""
+    total = parts["embedding_input"] * formats["output_head"][0] + expert_read * formats["routed_experts"][0]
+    for part in ("attention", "dense_mlp", "router", "shared_experts"):
+        total = total + parts[part] * formats[part][0]
+    return total
+
+
+def effective_bandwidth(values: Mapping[str, Any], read_bytes: Any) -> Any:
+    """Bandwidth a pass reading ``read_bytes`` of weights sustains: DRAM's share for the bytes
+    that do not stay in the last-level cache, ``efficiency.cache_speedup`` times it for the
+    ``cache_bytes`` that do (the share ``min(1, cache / read)``, as under an ideal cache between
+    passes). Without ``cache_bytes`` (or a speed-up of 1) this is DRAM's bandwidth alone."""
+    dram = values["bandwidth_bytes_per_s"] * values["efficiency.bandwidth"]
+    cache = values.get("cache_bytes", 0.0)
+    speedup = values.get("efficiency.cache_speedup", 1.0)
+    resident = np.clip(cache / np.maximum(read_bytes, 1.0), 0.0, 1.0)
+    return dram / ((1 - resident) + resident / speedup)
+
+
+def _touched_experts(shape: Shape, tokens: Any) -> tuple[Any, Any]:
+    """Experts a pass of ``tokens`` touches per MoE layer (in expectation), and the expert
+    weights it reads over all MoE layers."""
+    experts = np.maximum(shape.n_routed_experts, 1)
+    touched = experts * (1 - (1 - shape.routed_top_k / experts) ** tokens)
+    return touched, accounting.moe_layer_count(shape) * 3 * shape.d_model * shape.expert_d_ff * touched
+
+
 def _saturation(rows, half_tokens):
     """Share of the compute rate a GEMM over ``rows`` rows reaches (1 for a matrix-vector product)."""
     return np.where(rows > 1, rows / (rows + half_tokens), 1.0)
@@ -121,10 +149,12 @@ def forward_terms(
     formats = part_formats(precision, embedding_precision, group_size, scheme)
     half_tokens = values.get("efficiency.half_tokens", 0.0)
     attention_peak = compute_flops(values, "fp16") * values["efficiency.compute"]
-    bandwidth = values["bandwidth_bytes_per_s"] * values["efficiency.bandwidth"]
+    tokens = new_tokens
+    top_k, moe_layers = shape.routed_top_k, accounting.moe_layer_count(shape)
+    touched, expert_read = _touched_experts(shape, tokens)
+    bandwidth = effective_bandwidth(values, weights_read_bytes(parts, formats, expert_read))
     dequant = values["overheads.dequant_flops_per_weight"]
     overlap = values.get("efficiency.overlap", 1.0)
-    tokens = new_tokens
 
     def peak(part: str) -> Any:
         compute = formats[part][2]
@@ -158,13 +188,8 @@ def forward_terms(
             memory = memory + parts[part] * bytes_per / bandwidth
         terms["router_and_shared"] = np.maximum(arithmetic, memory) + (1 - overlap) * np.minimum(arithmetic, memory)
     # Routed experts: each touched expert's GEMM sees only its own rows.
-    experts = np.maximum(shape.n_routed_experts, 1)
-    top_k = shape.routed_top_k
-    touched = experts * (1 - (1 - top_k / experts) ** tokens)
     rows = tokens * top_k / (touched * imbalance)
     expert_rate = peak("routed_experts") * values.get("efficiency.expert_compute", 1.0) * _saturation(rows, half_tokens)
-    moe_layers = accounting.moe_layer_count(shape)
-    expert_read = moe_layers * 3 * shape.d_model * shape.expert_d_ff * touched
     terms["routed_experts"] = matmul(
         parts["routed_experts_active"], tokens, expert_rate, "routed_experts", read=expert_read
     )
@@ -177,7 +202,8 @@ def forward_terms(
         tied = matmul(parts["embedding_input"], 1, peak("embedding"), "embedding")
         head = np.where(np.asarray(shape.tie_embeddings) > 0, tied, head)
     terms["output_head"] = head
-    terms["fixed"] = shape.n_layers * values["overheads.per_layer_s"] + values["overheads.per_forward_s"]
+    per_token = values.get("overheads.per_token_s", 0.0) * tokens
+    terms["fixed"] = shape.n_layers * values["overheads.per_layer_s"] + values["overheads.per_forward_s"] + per_token
     return terms
 
 
@@ -332,23 +358,23 @@ def predict(
         intervals = isinstance(shape, ArchSpec) and has_uncertainty(device)
     if intervals:
         samples = latency_samples(
-            shape,
-            device,
-            precision=precision,
-            prompt_tokens=prompt_tokens,
-            context_tokens=context,
-            n_samples=n_samples,
-            kv_precision=kv_precision,
-            **options,
-        )
-        prefill = np.quantile(samples["prefill_ms"], [0.05, 0.95], axis=-1)
-        decode = np.quantile(samples["decode_ms"], [0.05, 0.95], axis=-1)
-        single = isinstance(shape, ArchSpec)
-        prediction["prefill_ms_ci90"] = [float(v[0]) for v in prefill] if single else prefill.T
-        rates = 1e3 / decode[::-1]
-        prediction["decode_tokens_per_s_ci90"] = [float(v[0]) for v in rates] if single else rates.T
+            shape, device, precision=precision, prompt_tokens=prompt_tokens, context_tokens=context,
+            n_samples=n_samples, kv_precision=kv_precision, **options,
+        )  # fmt: skip
+        prediction.update(_intervals(samples, isinstance(shape, ArchSpec)))
     # one shape: plain Python numbers (the dict passes json.dumps); many shapes: numpy arrays
     return to_json_ready(prediction) if isinstance(shape, ArchSpec) else prediction
+
+
+def _intervals(samples: dict[str, np.ndarray], single: bool) -> dict[str, Any]:
+    """90% intervals of prefill ms and decode tokens/s from latency draws (lists for one shape)."""
+    prefill = np.quantile(samples["prefill_ms"], [0.05, 0.95], axis=-1)
+    decode = np.quantile(samples["decode_ms"], [0.05, 0.95], axis=-1)
+    rates = 1e3 / decode[::-1]
+    return {
+        "prefill_ms_ci90": [float(v[0]) for v in prefill] if single else prefill.T,
+        "decode_tokens_per_s_ci90": [float(v[0]) for v in rates] if single else rates.T,
+    }
 
 
 def _as_arrays(shapes: Shape) -> ArchArrays:

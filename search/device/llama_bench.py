@@ -29,6 +29,7 @@ from scaling.checks import read_text_file
 from scaling.errors import UserError
 from scaling.shape.arch import ArchSpec
 from search.device.measurements import Measurement
+from search.device.moe_overheads import moe_overhead_source, moe_overhead_values
 
 README = "llama.cpp tools/llama-bench/README.md at ggml-org/llama.cpp@0c1e57098"
 FORMATS = ("json", "jsonl", "csv", "md")
@@ -260,10 +261,14 @@ def to_measurements(
     return measurements
 
 
-def fitted_terms(measurements: list[Measurement]) -> tuple[str, ...]:
+def fitted_terms(measurements: list[Measurement], profile: Any = None) -> tuple[str, ...]:
     """The backend fit's identifiable terms, plus the fixed cost of a forward pass where decode rows
     of two models or more tell it from the bandwidth: llama.cpp's per-token cost (graph build,
-    thread barriers, sampling) is what makes small models slower than their bytes say."""
+    thread barriers, sampling) is what makes small models slower than their bytes say.
+
+    With a ``profile`` that states its ``cache_bytes``, decode rows of models on both sides of
+    that size free the cache-resident bandwidth (``efficiency.cache_speedup``), and prefill rows
+    at two prompt lengths the fixed cost per token of a pass (``overheads.per_token_s``)."""
     from search.device.backend_fit import identifiable_terms
 
     terms = identifiable_terms(measurements)
@@ -273,7 +278,25 @@ def fitted_terms(measurements: list[Measurement]) -> tuple[str, ...]:
     layers = {m.arch.n_layers for m in measurements if math.isfinite(m.decode_tokens_per_s)}
     if len(decode_models) >= 3 and len(layers) >= 2:
         terms = (*terms, "overheads.per_layer_s")
+    cache = profile.get("cache_bytes", 0.0) if profile is not None else 0.0
+    if cache > 0:
+        sizes = {m.arch.name: _weight_bytes(m) for m in measurements if math.isfinite(m.decode_tokens_per_s)}
+        if any(b < cache for b in sizes.values()) and any(b > cache for b in sizes.values()):
+            terms = (*terms, "efficiency.cache_speedup")
+        if "efficiency.half_tokens" in terms:
+            terms = (*terms, "overheads.per_token_s")
+        # MoE decode rows of two MoE models or more tell the gathered-expert cost (mul_mat_id) of
+        # each MoE layer from the dense layers' cost.
+        moe = {m.arch.name for m in measurements if math.isfinite(m.decode_tokens_per_s) and m.arch.n_experts > 1}
+        if len(moe) >= 2:
+            terms = (*terms, "overheads.per_moe_layer_s")
     return terms
+
+
+def _weight_bytes(row: Measurement) -> float:
+    from scaling.shape import accounting
+
+    return float(accounting.weight_bytes(row.arch, row.precision, group_size=row.group_size))
 
 
 def llamacpp_priors(profile: Any) -> Any:
@@ -281,12 +304,14 @@ def llamacpp_priors(profile: Any) -> Any:
 
     llama.cpp's q4_0/q8_0 kernels quantise the activations to 8 bits and take integer dot products
     with the packed codes (``ggml_vec_dot_q4_0_q8_0``): no separate dequantisation pass, so its
-    cost per weight is 0, and its one fused graph per token has no per-expert dispatch of its own
-    beyond what ``per_forward_s``/``per_layer_s`` fit."""
+    cost per weight is 0; its MoE overheads are :data:`search.device.moe_overheads.RUNTIMES`'s
+    llama.cpp priors (one fused ``mul_mat_id`` per MoE layer), which a fit may replace."""
+    changes = {"overheads.dequant_flops_per_weight": 0.0, **moe_overhead_values("llama.cpp")}
     return profile.with_values(
         profile.name,
-        {"overheads.dequant_flops_per_weight": 0.0, "overheads.per_expert_s": 0.0, "overheads.per_moe_layer_s": 0.0},
+        changes,
         "prior",
         "assumption",
-        "llama.cpp integer dot products on packed codes (ggml_vec_dot_q4_0_q8_0): no dequantisation pass",
+        "llama.cpp integer dot products on packed codes (ggml_vec_dot_q4_0_q8_0): no dequantisation pass; "
+        + moe_overhead_source("llama.cpp"),
     )

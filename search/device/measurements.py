@@ -323,6 +323,35 @@ def _row_label(number: int, row: pd.Series) -> str:
     return f"row {number} ({row['device']}, {row['model']}, {row['quant']})"
 
 
+def _range_measurements(common, variant, prompt_range, ttft, decode_rate, notes, ttft_text) -> list[Measurement]:
+    """A row given as a prompt range: prefill at both ends from the ttft range, decode at the short end."""
+    low, high = prompt_range
+    context_note = f"decode context taken as the shortest prompt ({low:g})"
+    return [
+        Measurement(
+            **common,
+            label=f"{variant} [prompt {tokens:g}]",
+            prompt_tokens=tokens,
+            prefill_ms=ms,
+            decode_tokens_per_s=rate,
+            context_tokens=low,
+            notes=(*notes, f"prefill from the ttft range {ttft_text}", context_note),
+        )
+        for tokens, ms, rate in ((low, ttft[0], decode_rate), (high, ttft[1], math.nan))
+    ]
+
+
+def _decode_context(llama_bench: bool, prompt: float | None, notes: tuple[str, ...]) -> tuple[float, tuple[str, ...]]:
+    """The KV-cache length a row's decode rate was measured at, with the note saying why."""
+    if llama_bench:
+        counts = [int(n[2:]) for n in notes if re.fullmatch(r"tg\d+", n)]
+        context = (counts[0] if counts else LLAMA_BENCH_DECODE) / 2
+        return context, (f"llama-bench decode from an empty cache: context {context:g}",)
+    if prompt is None:
+        return 1.0, ("decode context unstated: KV cache not read",)
+    return prompt, ()
+
+
 def parse_row(number: int, row: pd.Series) -> list[Measurement]:
     """The measurements of one row (several when a cell lists variants or a prompt range)."""
     label = _row_label(number, row)
@@ -382,29 +411,9 @@ def parse_row(number: int, row: pd.Series) -> list[Measurement]:
             "source": str(row.get("source", "")),
         }
         if prompt_range is not None:
-            low, high = prompt_range
-            context_note = f"decode context taken as the shortest prompt ({low:g})"
-            for tokens, ms, rate in ((low, ttft[0], decode[index]), (high, ttft[1], math.nan)):
-                found.append(
-                    Measurement(
-                        **common,
-                        label=f"{variant} [prompt {tokens:g}]",
-                        prompt_tokens=tokens,
-                        prefill_ms=ms,
-                        decode_tokens_per_s=rate,
-                        context_tokens=low,
-                        notes=(*notes, f"prefill from the ttft range {row['ttft']}", context_note),
-                    )
-                )
+            found += _range_measurements(common, variant, prompt_range, ttft, decode[index], notes, row["ttft"])
             continue
-        if llama_bench:
-            counts = [int(n[2:]) for n in notes_all if re.fullmatch(r"tg\d+", n)]
-            context = (counts[0] if counts else LLAMA_BENCH_DECODE) / 2
-            extra = (f"llama-bench decode from an empty cache: context {context:g}",)
-        elif prompt is None:
-            context, extra = 1.0, ("decode context unstated: KV cache not read",)
-        else:
-            context, extra = prompt, ()
+        context, extra = _decode_context(llama_bench, prompt, notes_all)
         found.append(
             Measurement(
                 **common,
