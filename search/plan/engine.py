@@ -76,6 +76,34 @@ def optuna_front(
     return front[pareto_mask(values)] if len(front) else front, len(study.trials)
 
 
+SAMPLERS = ("nsga2", "nsga2-tuned", "nsga3", "tpe", "random", "qmc")
+"""Optuna samplers by name (``gp``, Optuna's GPSampler, needs torch: the benchmark alone offers it)."""
+
+
+def make_sampler(name: str, seed: int, trials: int):
+    """An Optuna sampler by name (:data:`SAMPLERS`); constraints read from ``trial.set_constraint``.
+
+    ``nsga2-tuned`` is the grid's setting (population 16, mutation 0.25); ``tpe`` is the
+    multivariate TPE; ``random`` and ``qmc`` (Sobol) are the baselines. Optuna 5 reads the
+    constraints a trial sets with ``set_constraint`` itself (no ``constraints_func``)."""
+    import optuna
+
+    samplers = optuna.samplers
+    if name == "nsga2":
+        return samplers.NSGAIISampler(seed=seed)
+    if name == "nsga2-tuned":
+        return samplers.NSGAIISampler(seed=seed, population_size=16, mutation_prob=0.25)
+    if name == "nsga3":
+        return samplers.NSGAIIISampler(seed=seed)
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, trials))
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return samplers.QMCSampler(seed=seed, qmc_type="sobol", scramble=True, warn_independent_sampling=False)
+    raise UserError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+
+
 def open_storage(url: str | None):
     """Optuna storage: an RDB URL, a JournalStorage file (``*.log``/``*.jsonl``), or in memory."""
     import optuna

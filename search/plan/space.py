@@ -32,8 +32,8 @@ from scaling.errors import UserError
 from scaling.shape.accounting import PRECISIONS, ArchArrays
 from scaling.shape.arch import ArchSpec
 from scaling.shape.scheme import PRECISION_SCHEMES, Scheme, load_scheme, parse_scheme
-
-HEAD_DIM = 64
+from search.plan.heads import HEAD_DIM, kv_heads
+from search.plan.large_space import LargeSpace
 
 
 @dataclass
@@ -62,6 +62,8 @@ class SearchSpace:
         table = document.get("space", document)
         if not isinstance(table, dict):
             raise UserError("space: must be a table of choices ([space])")
+        if table.get("kind") == "large":  # the large space (search.plan.large_space): Optuna searches it
+            return LargeSpace.from_table(table)
         outside = sorted(set(document) - {"space"}) if "space" in document else []
         if outside:  # silently ignored, they would widen the search to the whole default space
             raise UserError(
@@ -281,11 +283,6 @@ def _relative(entry: Any, base: Path) -> Any:
     if isinstance(entry, str) and entry.endswith(".toml") and not Path(entry).is_absolute():
         return str(base / entry)
     return entry
-
-
-def kv_heads(heads: int) -> int:
-    """Grouped-query attention: the largest divisor of the head count up to a quarter of it."""
-    return max(d for d in range(1, max(1, int(heads) // 4) + 1) if heads % d == 0)
 
 
 def _label(choice: dict[str, Any]) -> str:
