@@ -96,8 +96,9 @@ def _plan_key(request: Any) -> tuple:
 def _plan_problem(request: Any) -> str | None:
     """Why no shape fits (in the body's field names), or None (~0.1 s of CPU in the server's
     process, which answers predictions too: hence the cache)."""
+    from search.app.plan_faces import spell
     from search.plan.evaluate import evaluate
-    from search.plan.planner import _no_fit_message
+    from search.plan.planner import no_fit_error
 
     space = request.space
     choices = space.choices()
@@ -107,7 +108,4 @@ def _plan_problem(request: Any) -> str | None:
     frame = evaluate(request, space.arrays(choices), precisions, schemes)
     if frame["feasible"].any():
         return None
-    message = _no_fit_message(request, frame)
-    for flag in ("--memory-gb", "--max-weight-gb", "--max-decode-ms", "--max-active-params"):
-        message = message.replace(flag, flag[2:].replace("-", "_"))  # the body's field names
-    return message
+    return no_fit_error(request, frame).render(spell("http"))  # the body's field names

@@ -118,9 +118,12 @@ class PlanBody(BaseModel):
     backend: Backend | None = None
     memory_gb: float | None = Field(None, description="bound on peak memory in 10^9 bytes (default: usable DRAM)")
     precision: Precision = "int4"
-    trials: int = Field(500, description=f"Optuna trials, 1 to {MAX_TRIALS}")
+    trials: int = Field(500, description=f"Optuna trials, 1 to {MAX_TRIALS}, where Optuna runs (engine)")
     objectives: list[str] = Field(default_factory=lambda: ["loss", "decode_ms"], min_length=2, max_length=3)
     exhaustive: bool = False
+    engine: Literal["auto", "exhaustive", "optuna"] = Field(
+        "auto", description="auto: the exact front where the space can be enumerated, else Optuna (trials)"
+    )
     fit: dict[str, Any] | None = Field(None, description="a fit from POST /v1/fits or moeplan fit --out")
     law_card: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a built-in card's name")
     samples: int = Field(200, description=f"loss-law samples, 1 to {MAX_SAMPLES}")
@@ -196,6 +199,7 @@ class PlanBody(BaseModel):
             objectives=tuple(self.objectives),
             trials=self.trials,
             exhaustive=self.exhaustive,
+            engine=self.engine,
             loss_model=self._loss_model(),
             samples=self.samples,
             min_p_front=self.min_p_front,

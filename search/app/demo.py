@@ -90,7 +90,7 @@ def _plan_section() -> list[str]:
     from search.app.plan_report import CODES, recommend, write_report
     from search.app.report import pareto_table
     from search.device.profiles import get_device
-    from search.plan.planner import plan
+    from search.plan.planner import plan_result
     from search.plan.request import PlanRequest
 
     request = PlanRequest(
@@ -99,24 +99,24 @@ def _plan_section() -> list[str]:
         exhaustive=True,
         min_p_front=MIN_P_FRONT,
     ).validated()
-    document = plan(request)
-    write_report(document, request, REPORT / "plan", mobilemoe=False)  # section 5 asks the MobileMoE question
-    best, why = recommend(document)
-    winner = document["pareto"][best]
-    title, columns, rows = pareto_table(document)
+    result = plan_result(request)
+    write_report(result, request, REPORT / "plan", mobilemoe=False)  # section 5 asks the MobileMoE question
+    best, why = recommend(result)
+    winner = result.pareto[best]
+    title, columns, rows = pareto_table(result)
     print_table(title, columns, rows)
     return [
         "",
         f"## Plan: {title}",
         "",
-        f"**Recommended: #{best + 1} {winner['arch']['name']}**, predicted loss {winner['predicted_loss']:.3f} "
-        f"{document['loss_unit']} (90% {winner['predicted_loss_ci90'][0]:.3f}-{winner['predicted_loss_ci90'][1]:.3f}), "
+        f"**Recommended: #{best + 1} {winner.name}**, predicted loss {winner['predicted_loss']:.3f} "
+        f"{result.loss_unit} (90% {winner['predicted_loss_ci90'][0]:.3f}-{winner['predicted_loss_ci90'][1]:.3f}), "
         f"decode {winner['decode_tokens_per_s']:.1f} tokens/s (uncalibrated prior: no interval). {why}",
         "",
         f"The whole story, top down (the winner's loss per card term, latency per cost term, memory by part, the "
-        f"numbered front, the law card's fit): [plan/report.md](plan/report.md). {document['feasible_shapes']:,} "
-        f"of {document['space_size']:,} shapes fit on the {document['backend']} backend; `p_front` is the share of "
-        f"the law's {document['loss_samples']} samples in which a shape is non-dominated (listed: p_front >= "
+        f"numbered front, the law card's fit): [plan/report.md](plan/report.md). {result.feasible_shapes:,} "
+        f"of {result.space_size:,} shapes fit on the {result.backend} backend; `p_front` is the share of "
+        f"the law's {result.loss_samples} samples in which a shape is non-dominated (listed: p_front >= "
         f"{MIN_P_FRONT}). {CODES}",
         "",
         "| # | " + " | ".join(columns) + " |",

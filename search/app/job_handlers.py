@@ -17,10 +17,15 @@ from search.plan import planner as _planner  # noqa: F401
 
 
 def run_plan(body: dict[str, Any]) -> dict[str, Any]:
-    """A plan, as ``moeplan plan --json`` prints it."""
-    from search.plan.planner import plan
+    """A plan, as ``moeplan plan --json`` prints it (errors in the body's field names)."""
+    from search.app.plan_faces import translated
+    from search.plan.planner import plan_result
+    from search.plan.request import FieldError
 
-    return plan(PlanBody(**body).request())
+    try:
+        return plan_result(PlanBody(**body).request()).to_dict()
+    except FieldError as error:
+        raise translated(error, "http") from None
 
 
 def run_fit(body: dict[str, Any]) -> dict[str, Any]:

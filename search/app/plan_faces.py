@@ -9,6 +9,10 @@ reach one face and not the other unnoticed. Units convert at the face (``--memor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from scaling.errors import UserError
+
 FACES: dict[str, tuple[str | None, str | None]] = {
     "device": ("--device", "device"),
     "memory_budget_bytes": ("--memory-gb", "memory_gb"),
@@ -21,11 +25,14 @@ FACES: dict[str, tuple[str | None, str | None]] = {
     "train_tokens": ("--train-tokens", "train_tokens"),
     "prompt_tokens": ("--prompt-tokens", "prompt_tokens"),
     "context_tokens": ("--context-tokens", "context_tokens"),
-    "space": ("--schemes", "schemes"),  # and --precision / precision; the CLI also takes --space FILE
+    # and --precision / precision; the CLI also takes --space FILE, whose [space] kind = "large"
+    # selects the large space (search.plan.large_space), searched by Optuna
+    "space": ("--schemes", "schemes"),
     "storage": ("--storage", None),
     "study": ("--study", None),
     "seed": ("--seed", "seed"),
     "exhaustive": ("--exhaustive", "exhaustive"),
+    "engine": ("--engine", "engine"),
     "latency_oracle": ("--measure", None),
     "max_decode_ms": ("--max-decode-ms", "max_decode_ms"),
     "max_active_params": ("--max-active-params", "max_active_params"),
@@ -40,3 +47,20 @@ NOT_OFFERED: dict[tuple[str, str], str] = {
     ("study", "http"): "studies live in a storage, which HTTP callers cannot name",
     ("latency_oracle", "http"): "measuring trains nothing but runs every shape on the server's CPU: CLI only",
 }
+
+
+def spell(face: str) -> Callable[[str], str | None]:
+    """A face's name for a request field (``"cli"``: its flag; ``"http"``: its body field)."""
+    column = {"cli": 0, "http": 1}[face]
+    return lambda field: FACES[field][column] if field in FACES else None
+
+
+def translated(error: UserError, face: str) -> UserError:
+    """``error`` in the face's spelling where it names request fields (a FieldError); else as is."""
+    from search.plan.request import FieldError
+
+    if not isinstance(error, FieldError):
+        return error
+    spelled = UserError(error.render(spell(face)))
+    spelled.field = FACES.get(error.field, (None, error.field))[1] or error.field  # the body's name, for a 422's loc
+    return spelled

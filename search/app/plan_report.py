@@ -10,10 +10,13 @@ data range). The front's CSV, ``--arch`` files and HF configs come from :func:`w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.app.report import budget_text, human_bytes, human_count, hypervolume_text
 from search.app.story import Deployment, shape_story
+
+if TYPE_CHECKING:
+    from search.plan.result import PlanResult
 
 ROBUST = 0.5  # the recommendation is among shapes non-dominated in at least half the samples
 CODES = (
@@ -31,10 +34,10 @@ def _interval(values: list[float] | None, spec: str = ".3f") -> str:
     return f"{values[0]:{spec}} to {values[1]:{spec}}"  # "to": a dash between signed numbers misreads
 
 
-def recommend(document: dict[str, Any]) -> tuple[int, str]:
+def recommend(result: PlanResult) -> tuple[int, str]:
     """The index of the recommended entry and why: the lowest median loss among the robust shapes."""
-    entries = document["pareto"]
-    floor = max(document.get("min_p_front") or 0.0, ROBUST)
+    entries = result.pareto
+    floor = max(result.min_p_front or 0.0, ROBUST)
     robust = [i for i, e in enumerate(entries) if e.get("p_front", 1.0) >= floor] or list(range(len(entries)))
     best = min(robust, key=lambda i: (entries[i]["predicted_loss"], -entries[i]["decode_tokens_per_s"]))
     winner = entries[best]
@@ -45,8 +48,8 @@ def recommend(document: dict[str, Any]) -> tuple[int, str]:
         rivals = [i for i in robust if i != best and entries[i]["predicted_loss_ci90"][0] <= high]
     why = (
         f"The lowest median predicted loss among the {len(robust)} shapes on the front in at least "
-        f"{floor:.0%} of the law's {document.get('loss_samples', 1)} samples (p_front >= {floor:g}), within "
-        f"{budget_text(document)}."
+        f"{floor:.0%} of the law's {result.loss_samples} samples (p_front >= {floor:g}), within "
+        f"{budget_text(result)}."
     )
     if rivals:
         fastest = max(rivals, key=lambda i: entries[i]["decode_tokens_per_s"])
@@ -54,7 +57,7 @@ def recommend(document: dict[str, Any]) -> tuple[int, str]:
         speed = other["decode_tokens_per_s"] / winner["decode_tokens_per_s"]
         why += (
             f" Its 90% loss interval (lower end {low:.3f}) overlaps those of {len(rivals)} other robust shapes: the "
-            f"law cannot tell them apart. The fastest of those, #{fastest + 1} {other['arch']['name']}, decodes "
+            f"law cannot tell them apart. The fastest of those, #{fastest + 1} {other.name}, decodes "
             f"{speed:.2f}x as fast at a median loss {other['predicted_loss'] - winner['predicted_loss']:+.3f} higher; "
             "pick it where speed matters more than the median."
         )
@@ -78,15 +81,15 @@ def deployment_for(request, entry: dict[str, Any]) -> Deployment:
     )
 
 
-def write_report(document: dict[str, Any], request, folder: str | Path, mobilemoe: bool = True) -> list[Path]:
+def write_report(result: PlanResult, request, folder: str | Path, mobilemoe: bool = True) -> list[Path]:
     """Write ``report.md``, ``pareto.png``, ``winner.png`` and ``fit.png`` (and the front's files)."""
     from scaling.shape.arch import ArchSpec
     from search.plan.outputs import write_outputs
 
     folder = Path(folder)
-    best, why = recommend(document)
-    written = write_outputs(document, folder, highlight=best + 1)
-    winner = document["pareto"][best]
+    best, why = recommend(result)
+    written = write_outputs(result, folder, highlight=best + 1)
+    winner = result.pareto[best]
     story = shape_story(ArchSpec.from_dict(winner["arch"]), deployment_for(request, winner))
     from search.app.report_plots import draw_card_fit, draw_winner
 
@@ -94,30 +97,30 @@ def write_report(document: dict[str, Any], request, folder: str | Path, mobilemo
     fit = draw_card_fit(request.loss_model, folder / "fit.png")
     if fit is not None:
         written.append(fit)
-    comparison = mobilemoe_lines(document, request, winner) if mobilemoe else []
-    lines = report_lines(document, best, why, story, has_fit=fit is not None, comparison=comparison)
+    comparison = mobilemoe_lines(request, winner) if mobilemoe else []
+    lines = report_lines(result, best, why, story, has_fit=fit is not None, comparison=comparison)
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return [folder / "report.md", *written]
 
 
 def report_lines(
-    document: dict[str, Any], best: int, why: str, story: dict[str, Any], has_fit: bool, comparison: list[str] = ()
+    result: PlanResult, best: int, why: str, story: dict[str, Any], has_fit: bool, comparison: list[str] = ()
 ) -> list[str]:
     """The report's text, top down."""
     from search.app.report import pareto_table
 
-    winner = document["pareto"][best]
-    card = Path(str(document.get("law_card", ""))).stem or "the given fit"
-    unit = document.get("loss_unit")
+    winner = result.pareto[best]
+    card = Path(str(result.law_card)).stem or "the given fit"
+    unit = result.loss_unit
     lines = [
-        f"# Plan: {document['device']} ({document['backend']}), {budget_text(document)}",
+        f"# Plan: {result.device} ({result.backend}), {budget_text(result)}",
         "",
-        f"Precision {'/'.join(document.get('schemes') or [winner['precision']])}; trained on "
-        f"{document['train_tokens']:.2g} {document.get('tokens_unit', 'tokens')}; loss in {unit} from the law card "
-        f"`{card}`; prompt {document.get('prompt_tokens')} and context {document.get('context_tokens')} tokens. "
-        f"{document['feasible_shapes']:,} of {document['space_size']:,} shapes fit.",
+        f"Precision {'/'.join(result.schemes or [winner['precision']])}; trained on "
+        f"{result.train_tokens:.2g} {result.tokens_unit}; loss in {unit} from the law card "
+        f"`{card}`; prompt {result.prompt_tokens} and context {result.context_tokens} tokens. "
+        f"{result.feasible_shapes:,} of {result.space_size:,} shapes fit.",
         "",
-        f"## Recommended: #{best + 1} {winner['arch']['name']}",
+        f"## Recommended: #{best + 1} {winner.name}",
         "",
         why,
         "",
@@ -136,17 +139,17 @@ def report_lines(
         *_memory_lines(story),
         "![the winner's memory and latency](winner.png)",
         "",
-        f"## The robust front ({len(document['pareto'])} shapes)",
+        f"## The robust front ({len(result.pareto)} shapes)",
         "",
-        f"Numbered as in the plot; {hypervolume_text(document)}.",
+        f"Numbered as in the plot; {hypervolume_text(result)}.",
         "",
     ]
-    _title, columns, rows = pareto_table(document)
+    _title, columns, rows = pareto_table(result)
     lines += ["| # | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {i + 1} | " + " | ".join(row) + " |" for i, row in enumerate(rows)]
     lines += ["", "![the front](pareto.png)", ""]
-    if document.get("warnings"):
-        lines += ["## Extrapolation", "", *[f"- {w}" for w in document["warnings"]], ""]
+    if result.warnings:
+        lines += ["## Extrapolation", "", *[f"- {w}" for w in result.warnings], ""]
     lines += comparison
     if has_fit:
         lines += [
@@ -212,7 +215,7 @@ def _memory_lines(story: dict[str, Any]) -> list[str]:
     return lines
 
 
-def mobilemoe_lines(document: dict[str, Any], request, winner: dict[str, Any]) -> list[str]:
+def mobilemoe_lines(request, winner: dict[str, Any]) -> list[str]:
     """The MobileMoE S/M/L stand-ins (the nearest shapes with a shared expert and G > 1) at this plan."""
     from search.app.mobilemoe import PAPER, _stand_in
     from search.plan.planner import evaluate_space

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.plan.outputs import budget_text
+
+if TYPE_CHECKING:
+    from search.plan.result import PlanResult
 
 
 def human_count(value: float | None) -> str:
@@ -74,25 +77,21 @@ def print_arch_table(specs: Sequence[Any], precision: str) -> None:
     )
 
 
-def hypervolume_text(document: dict[str, Any]) -> str:
+def hypervolume_text(result: PlanResult) -> str:
     """What the hypervolume is normalised to, said with it."""
     scale = (
-        f"objectives scaled to [0, 1] over the {document['feasible_shapes']:,} feasible shapes, reference point 1.1 "
-        "per axis"
+        f"objectives scaled to [0, 1] over the {result.feasible_shapes:,} feasible shapes, reference point 1.1 per axis"
     )
-    if document.get("engine") == "exhaustive":
-        return f"hypervolume {document['hypervolume']:.3f} ({scale}; exhaustive, so the exact front's)"
-    exact = document["exact_hypervolume"]
-    return f"hypervolume {document['hypervolume']:.3f} ({scale}; the exact front's is {exact:.3f})"
+    if result.engine == "exhaustive":
+        return f"hypervolume {result.hypervolume:.3f} ({scale}; exhaustive, so the exact front's)"
+    return f"hypervolume {result.hypervolume:.3f} ({scale}; the exact front's is {result.exact_hypervolume:.3f})"
 
 
-def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
-    """Title, columns and rows of a plan document's Pareto front."""
-    unit = document.get("loss_unit", "")
+def pareto_table(result: PlanResult) -> tuple[str, list[str], list[list[str]]]:
+    """Title, columns and rows of a plan's Pareto front."""
     title = (
-        f"Pareto front on {document['device']} ({document.get('backend', '')}), {budget_text(document)}; "
-        f"{hypervolume_text(document)}; loss in {unit} at {document['train_tokens']:.2g} "
-        f"{document.get('tokens_unit', 'tokens')}"
+        f"Pareto front on {result.device} ({result.backend}), {budget_text(result)}; "
+        f"{hypervolume_text(result)}; loss in {result.loss_unit} at {result.train_tokens:.2g} {result.tokens_unit}"
     )
     columns = [
         "shape",
@@ -105,12 +104,12 @@ def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[st
         "prefill ms (90%)",
     ]
     columns += ["weights", "peak memory"]
-    by_scheme = len(document.get("schemes", [])) > 1  # a precision menu: each entry's scheme
+    by_scheme = len(result.schemes) > 1  # a precision menu: each entry's scheme
     if by_scheme:
         columns.insert(1, "scheme")
     rows = [
         [
-            entry["arch"]["name"],
+            entry.name,
             *([entry["scheme"]] if by_scheme else []),
             human_count(entry["total_params"]),
             human_count(entry["active_params"]),
@@ -122,7 +121,7 @@ def pareto_table(document: dict[str, Any]) -> tuple[str, list[str], list[list[st
             human_bytes(entry["weight_bytes"]),
             human_bytes(entry["peak_memory_bytes"]),
         ]
-        for entry in document["pareto"]
+        for entry in result.pareto
     ]
     return title, columns, rows
 

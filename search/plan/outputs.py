@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from scaling.shape.arch import ArchSpec
 from scaling.shape.hf_config import to_hf_config
 
+if TYPE_CHECKING:
+    from search.plan.result import PlanResult
 
-def write_outputs(document: dict[str, Any], folder: str | Path, highlight: int | None = None) -> list[Path]:
+
+def write_outputs(result: PlanResult, folder: str | Path, highlight: int | None = None) -> list[Path]:
     """CSV of the front, one --arch file and one Hugging Face config per proposed shape, a Pareto plot."""
     folder = Path(folder)
     (folder / "arch").mkdir(parents=True, exist_ok=True)
-    rows = [_csv_row(entry) for entry in document["pareto"]]
+    rows = [_csv_row(entry) for entry in result.pareto]
     written = [folder / "pareto.csv"]
     pd.DataFrame(rows).to_csv(written[0], index=False)
-    for entry in document["pareto"]:
+    for entry in result.pareto:
         spec = ArchSpec.from_dict(entry["arch"])
         arch_path = folder / "arch" / f"{spec.name}.json"
         arch_path.write_text(json.dumps(entry["arch"], indent=2) + "\n")
@@ -28,10 +31,10 @@ def write_outputs(document: dict[str, Any], folder: str | Path, highlight: int |
         written.append(arch_path)
     written.append(
         draw_pareto(
-            pareto_plot_data(document),
+            result.plot_data(),
             folder / "pareto.png",
-            plot_title(document),
-            document.get("loss_unit"),
+            plot_title(result),
+            result.loss_unit,
             highlight,
         )
     )
@@ -40,7 +43,7 @@ def write_outputs(document: dict[str, Any], folder: str | Path, highlight: int |
 
 def _csv_row(entry: dict[str, Any]) -> dict[str, Any]:
     """One plan entry as flat CSV columns (the interval as two columns; the arch by name)."""
-    row = {k: v for k, v in entry.items() if k not in ("arch", "predicted_loss_ci90")}
+    row = {k: v for k, v in entry.items() if k not in ("arch", "predicted_loss_ci90", "expansion")}
     if "predicted_loss_ci90" in entry:
         row["predicted_loss_lower"], row["predicted_loss_upper"] = entry["predicted_loss_ci90"]
     return row | {"name": entry["arch"]["name"]}
@@ -53,55 +56,25 @@ AXIS_LABELS = {
 }
 
 
-def pareto_plot_data(document: dict[str, Any]) -> pd.DataFrame:
-    """The front's first two objectives (loss with its 90% interval; latency with its interval where
-    the backend is calibrated), dense or MoE, ``p_front`` and each entry's number (1-based, in the
-    document's order, as the report's table numbers them), for the drawing."""
-    x, y = document["objectives"][:2]
-    column = {"loss": "predicted_loss"}
-    entries = document["pareto"]
-    data = pd.DataFrame(
-        {
-            x: [e[column.get(x, x)] for e in entries],
-            y: [e[column.get(y, y)] for e in entries],
-            "moe": [e["n_experts"] > 1 for e in entries],
-            "name": [e["arch"]["name"] for e in entries],
-            "p_front": [e.get("p_front", 1.0) for e in entries],
-            "number": list(range(1, len(entries) + 1)),
-        }
-    )
-    if "loss" in (x, y) and entries and "predicted_loss_ci90" in entries[0]:
-        data["loss_lower"] = [e["predicted_loss_ci90"][0] for e in entries]
-        data["loss_upper"] = [e["predicted_loss_ci90"][1] for e in entries]
-    latency = next((o for o in (x, y) if o in ("decode_ms", "prefill_ms")), None)
-    if latency and entries and "decode_tokens_per_s_ci90" in entries[0]:
-        if latency == "decode_ms":  # per-token time from the rate's interval (its ends swap)
-            bounds = [(1e3 / e["decode_tokens_per_s_ci90"][1], 1e3 / e["decode_tokens_per_s_ci90"][0]) for e in entries]
-        else:
-            bounds = [tuple(e["prefill_ms_ci90"]) for e in entries]
-        data["latency_lower"], data["latency_upper"] = zip(*bounds, strict=True)
-    return data
-
-
-def budget_text(document: dict[str, Any]) -> str:
+def budget_text(result: PlanResult) -> str:
     """The request's bounds as a planner gave them: weights first when bounded, then peak memory."""
     parts = []
-    if document.get("max_weight_bytes") is not None:
-        parts.append(f"weights <= {document['max_weight_bytes'] / 1e9:.2f} GB")
-    parts.append(f"peak memory <= {document['memory_budget_bytes'] / 1e9:.2f} GB")
-    if document.get("max_decode_ms") is not None:
-        parts.append(f"decode <= {document['max_decode_ms']:g} ms/token")
-    if document.get("max_active_params") is not None:
-        parts.append(f"active <= {document['max_active_params']:.3g} parameters")
+    if result.max_weight_bytes is not None:
+        parts.append(f"weights <= {result.max_weight_bytes / 1e9:.2f} GB")
+    parts.append(f"peak memory <= {result.memory_budget_bytes / 1e9:.2f} GB")
+    if result.max_decode_ms is not None:
+        parts.append(f"decode <= {result.max_decode_ms:g} ms/token")
+    if result.max_active_params is not None:
+        parts.append(f"active <= {result.max_active_params:.3g} parameters")
     return ", ".join(parts)
 
 
-def plot_title(document: dict[str, Any]) -> str:
+def plot_title(result: PlanResult) -> str:
     """Device, backend, the request's budget, precision, training tokens, for every plan plot."""
-    precisions = sorted({e.get("scheme", e["precision"]) for e in document["pareto"]})
+    precisions = sorted({e.get("scheme") or e["precision"] for e in result.pareto})
     return (
-        f"{document['device']} ({document.get('backend', '')}), {budget_text(document)}, {'/'.join(precisions)}, "
-        f"trained on {document['train_tokens']:.2g} {document.get('tokens_unit', 'tokens')}"
+        f"{result.device} ({result.backend}), {budget_text(result)}, {'/'.join(precisions)}, "
+        f"trained on {result.train_tokens:.2g} {result.tokens_unit}"
     )
 
 

@@ -26,7 +26,8 @@ from search.plan.evaluate import deployment_groups, evaluate, loss_samples, obje
 from search.plan.evidence import entry_fields, evidence_shares
 from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
-from search.plan.request import PlanRequest
+from search.plan.request import FieldError, PlanRequest, choose_engine
+from search.plan.result import PlanResult
 from search.plan.robust import front_share
 from search.plan.space import SearchSpace
 
@@ -54,7 +55,7 @@ def _pareto_entries(request: PlanRequest, space: SearchSpace, choices, frame: pd
                 "total_params": int(row.total_params),
                 "active_params": int(row.active_params),
                 "active_flops": float(row.active_flops),
-                **accounting.routing_counts(spec),
+                **{k: v for k, v in accounting.routing_counts(spec).items() if k != "expansion"},
             }
         )
     return sorted(
@@ -96,7 +97,7 @@ def evaluate_space(request: PlanRequest) -> EvaluatedSpace:
     frame = evaluate(request, arrays, precisions, schemes)
     feasible_mask = frame["feasible"].to_numpy()
     if not feasible_mask.any():
-        raise UserError(_no_fit_message(request, frame))
+        raise no_fit_error(request, frame)
     samples = loss_samples(request, arrays, frame)
     frame["p_front"] = 0.0
     frame.loc[feasible_mask, "p_front"] = front_share(
@@ -105,81 +106,17 @@ def evaluate_space(request: PlanRequest) -> EvaluatedSpace:
     return EvaluatedSpace(request, choices, arrays, frame, samples)
 
 
-def plan(request: PlanRequest) -> dict[str, Any]:
-    """Search the space and return the JSON document of ``moeplan plan``."""
+def plan_result(request: PlanRequest) -> PlanResult:
+    """Search the space: the :class:`PlanResult` (its ``to_dict()`` is ``moeplan plan --json``)."""
     request = request.validated()
+    if getattr(request.space, "kind", "grid") == "large":  # too large to enumerate: Optuna alone
+        from search.plan.large_plan import large_plan
+
+        return large_plan(request, _pareto_entries)
     evaluated = evaluate_space(request)
-    frame, feasible = evaluated.frame, evaluated.feasible
-    objective_columns = list(request.objectives)
-    values = feasible[objective_columns].to_numpy(float)
-    low, high = values.min(axis=0), values.max(axis=0)
-    exact_front = feasible[pareto_mask(values)]
-    model = describe(request.loss_model)
-    quantised = _quantised_schemes(request, frame)
-    feasible_shapes = law_shapes(request, evaluated, feasible)
-    if isinstance(request.loss_model, LawCard):
-        extrapolation = request.loss_model.extrapolation(feasible_shapes, with_penalty=bool(quantised))
-    else:
-        extrapolation = request.loss_model.extrapolation(feasible_shapes)
-    warnings = _extrapolation_warnings(extrapolation, request.max_extrapolation)
-    if quantised and not penalised(request) and "loss" in request.objectives:
-        warnings.append(
-            f"the loss model {model['law_card']!r} has no quantisation penalty: the loss at "
-            f"{', '.join(quantised)} is the bf16 loss (a card fitted on quantisation measurements prices it)"
-        )
-    document: dict[str, Any] = {
-        "device": request.device.name,
-        "backend": request.device.for_backend(request.backend).backend,
-        "memory_budget_bytes": int(request.budget),
-        "objectives": objective_columns,
-        "space_size": len(evaluated.choices),
-        "feasible_shapes": len(feasible),
-        **model,
-        "fit_law": model["law_card"],
-        "loss_samples": int(evaluated.samples.shape[1]),
-        "train_tokens": request.train_tokens,
-        "extrapolation": extrapolation,
-        "warnings": warnings,
-        "schemes": list(dict.fromkeys(frame["scheme"].tolist())),
-        "quant_method": request.quant_method,
-        "loss_includes_quantisation": bool(quantised) and penalised(request),
-        "exact_hypervolume": hypervolume(exact_front[objective_columns].to_numpy(float), low, high),
-    }
-    if request.exhaustive:
-        document.update(n_trials=0, hypervolume=document["exact_hypervolume"], engine="exhaustive")
-        front = exact_front
-    else:
-        front, trials = optuna_front(request, request.space, evaluated.choices, frame)
-        engine = "optuna-nsga2"
-        if front.empty:  # too few trials to reach a feasible shape: never an empty front in silence
-            front, engine = exact_front, "exhaustive (no feasible trial)"
-            warnings.append(
-                f"the {trials} Optuna trials found no feasible shape; the exact front is shown instead "
-                f"(raise --trials, or pass --exhaustive)"
-            )
-        document.update(
-            n_trials=trials,
-            engine=engine,
-            hypervolume=hypervolume(front[objective_columns].to_numpy(float), low, high),
-        )
-    if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
-        front = feasible[feasible["p_front"] >= request.min_p_front]
-        document["min_p_front"] = request.min_p_front
-        if front.empty:
-            warnings.append(
-                f"no shape is on the front in {request.min_p_front:g} of the loss samples; "
-                f"the highest share is {feasible['p_front'].max():.3g} (lower --min-p-front)"
-            )
-    unvalidated = request.loss_model.unvalidated(extrapolation) if isinstance(request.loss_model, LawCard) else {}
-    shares = evidence_shares(request, evaluated, front, unvalidated)
-    document["unvalidated_terms"] = unvalidated
-    document["interval_level"] = 0.9
-    if "best_dense" in shares.attrs:
-        document["best_dense"] = evaluated.entries(frame.loc[[shares.attrs["best_dense"]]])[0]["arch"]["name"]
-    if request.max_unvalidated_share is not None:
-        keep = shares["evidence"].fillna(0.0) <= request.max_unvalidated_share + 1e-12
-        front, shares = front[keep.to_numpy()], shares[keep]
-        document["max_unvalidated_share"] = request.max_unvalidated_share
+    document = _head(request, evaluated)
+    front = _search(request, evaluated, document)
+    front, shares = _robust(request, evaluated, front, document)
     entries = evaluated.entries(front)  # sorted; match each back to its row by name and scheme
     fields = {}
     for index in front.index:
@@ -193,7 +130,100 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     for bound in ("max_weight_bytes", "max_decode_ms", "max_active_params"):
         if getattr(request, bound) is not None:
             document[bound] = getattr(request, bound)
-    return document
+    return PlanResult(**document)
+
+
+def plan(request: PlanRequest) -> dict[str, Any]:
+    """The JSON document of ``moeplan plan``: ``plan_result(request).to_dict()``.
+
+    Kept, returning the dict, for one release: scripts and tests index it by key. The faces read
+    :func:`plan_result`'s attributes."""
+    return plan_result(request).to_dict()
+
+
+def _head(request: PlanRequest, evaluated: EvaluatedSpace) -> dict[str, Any]:
+    """The document's fields before the search: the request's echo, the loss model, extrapolation."""
+    frame, feasible = evaluated.frame, evaluated.feasible
+    model = describe(request.loss_model)
+    quantised = _quantised_schemes(request, frame)
+    feasible_shapes = law_shapes(request, evaluated, feasible)
+    if isinstance(request.loss_model, LawCard):
+        extrapolation = request.loss_model.extrapolation(feasible_shapes, with_penalty=bool(quantised))
+    else:
+        extrapolation = request.loss_model.extrapolation(feasible_shapes)
+    warnings = _extrapolation_warnings(extrapolation, request.max_extrapolation)
+    if quantised and not penalised(request) and "loss" in request.objectives:
+        warnings.append(
+            f"the loss model {model['law_card']!r} has no quantisation penalty: the loss at "
+            f"{', '.join(quantised)} is the bf16 loss (a card fitted on quantisation measurements prices it)"
+        )
+    return {
+        "device": request.device.name,
+        "backend": request.device.for_backend(request.backend).backend,
+        "memory_budget_bytes": int(request.budget),
+        "objectives": list(request.objectives),
+        "space_size": len(evaluated.choices),
+        "feasible_shapes": len(feasible),
+        **model,
+        "loss_samples": int(evaluated.samples.shape[1]),
+        "train_tokens": request.train_tokens,
+        "extrapolation": extrapolation,
+        "warnings": warnings,
+        "schemes": list(dict.fromkeys(frame["scheme"].tolist())),
+        "quant_method": request.quant_method,
+        "loss_includes_quantisation": bool(quantised) and penalised(request),
+    }
+
+
+def _search(request: PlanRequest, evaluated: EvaluatedSpace, document: dict[str, Any]) -> pd.DataFrame:
+    """The front, by the engine the request and its space call for (:func:`choose_engine`);
+    sets ``engine``, ``n_trials``, ``hypervolume`` and ``exact_hypervolume``."""
+    columns = list(request.objectives)
+    values = evaluated.feasible[columns].to_numpy(float)
+    low, high = values.min(axis=0), values.max(axis=0)
+    exact_front = evaluated.feasible[pareto_mask(values)]
+    document["exact_hypervolume"] = hypervolume(exact_front[columns].to_numpy(float), low, high)
+    if choose_engine(request, len(evaluated.choices)) == "exhaustive":
+        document.update(engine="exhaustive", n_trials=0, hypervolume=document["exact_hypervolume"])
+        return exact_front
+    front, trials = optuna_front(request, request.space, evaluated.choices, evaluated.frame)
+    engine = "optuna-tpe" if request.latency_oracle is not None else "optuna-nsga2"
+    if front.empty:  # too few trials to reach a feasible shape: never an empty front in silence
+        front, engine = exact_front, "exhaustive (no feasible trial)"
+        document["warnings"].append(
+            f"the {trials} Optuna trials found no feasible shape; the exact front is shown instead "
+            "(raise the trials, or let the engine choose the exact front)"
+        )
+    document.update(engine=engine, n_trials=trials, hypervolume=hypervolume(front[columns].to_numpy(float), low, high))
+    return front
+
+
+def _robust(
+    request: PlanRequest, evaluated: EvaluatedSpace, front: pd.DataFrame, document: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The front kept by ``min_p_front`` and ``max_unvalidated_share``, and its evidence shares."""
+    feasible, warnings = evaluated.feasible, document["warnings"]
+    if request.min_p_front is not None:  # the robust shapes: on the front in at least that share of samples
+        front = feasible[feasible["p_front"] >= request.min_p_front]
+        document["min_p_front"] = request.min_p_front
+        if front.empty:
+            warnings.append(
+                f"no shape is on the front in {request.min_p_front:g} of the loss samples; "
+                f"the highest share is {feasible['p_front'].max():.3g} (lower the min_p_front bound)"
+            )
+    card = request.loss_model if isinstance(request.loss_model, LawCard) else None
+    unvalidated = card.unvalidated(document["extrapolation"]) if card is not None else {}
+    shares = evidence_shares(request, evaluated, front, unvalidated)
+    document["unvalidated_terms"] = unvalidated
+    document["interval_level"] = 0.9
+    if "best_dense" in shares.attrs:
+        best = evaluated.frame.loc[[shares.attrs["best_dense"]]]
+        document["best_dense"] = evaluated.entries(best)[0]["arch"]["name"]
+    if request.max_unvalidated_share is not None:
+        keep = shares["evidence"].fillna(0.0) <= request.max_unvalidated_share + 1e-12
+        front, shares = front[keep.to_numpy()], shares[keep]
+        document["max_unvalidated_share"] = request.max_unvalidated_share
+    return front, shares
 
 
 def law_shapes(request: PlanRequest, evaluated: EvaluatedSpace, rows: pd.DataFrame) -> pd.DataFrame:
@@ -242,36 +272,39 @@ def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def _no_fit_message(request: PlanRequest, frame: pd.DataFrame) -> str:
-    """Why no shape is feasible, naming the constraint that binds (alone, or only in combination)."""
-    budget = f"--memory-gb {request.budget / 1e9:.3g}" + ("" if request.memory_budget_bytes else " (usable DRAM)")
+def no_fit_error(request: PlanRequest, frame: pd.DataFrame) -> FieldError:
+    """Why no shape is feasible, naming the constraint that binds (alone, or only in combination),
+    each as its field (``{memory_budget_bytes}``): the faces spell them."""
+    usable = "" if request.memory_budget_bytes else " (usable DRAM)"
     constraints = [
-        (budget, frame["peak_memory_bytes"] <= request.budget,
+        ("memory_budget_bytes", f"{request.budget / 1e9:.3g}{usable}", frame["peak_memory_bytes"] <= request.budget,
          f"the smallest needs {frame['peak_memory_bytes'].min() / 1e9:.3g} GB at {request.context_tokens} tokens of "
-         "context", "raise --memory-gb or narrow the space"),
+         "context", "raise {memory_budget_bytes} or narrow the space"),
     ]  # fmt: skip
     if request.max_decode_ms is not None:
         constraints.append(
-            (f"--max-decode-ms {request.max_decode_ms:g}", frame["decode_ms"] <= request.max_decode_ms,
-             f"the fastest decodes in {frame['decode_ms'].min():.3g} ms per token", "raise --max-decode-ms")
+            ("max_decode_ms", f"{request.max_decode_ms:g}", frame["decode_ms"] <= request.max_decode_ms,
+             f"the fastest decodes in {frame['decode_ms'].min():.3g} ms per token", "raise {max_decode_ms}")
         )  # fmt: skip
     if request.max_active_params is not None:
         constraints.append(
-            (f"--max-active-params {request.max_active_params:g}", frame["active_params"] <= request.max_active_params,
-             f"the smallest has {frame['active_params'].min():.3g} active parameters", "raise --max-active-params")
+            ("max_active_params", f"{request.max_active_params:g}", frame["active_params"] <= request.max_active_params,
+             f"the smallest has {frame['active_params'].min():.3g} active parameters", "raise {max_active_params}")
         )  # fmt: skip
     if request.max_weight_bytes is not None:
         constraints.append(
-            (f"--max-weight-gb {request.max_weight_bytes / 1e9:g}", frame["weight_bytes"] <= request.max_weight_bytes,
-             f"the lightest weighs {frame['weight_bytes'].min() / 1e9:.3g} GB", "raise --max-weight-gb")
+            ("max_weight_bytes", f"{request.max_weight_bytes / 1e9:g}",
+             frame["weight_bytes"] <= request.max_weight_bytes,
+             f"the lightest weighs {frame['weight_bytes'].min() / 1e9:.3g} GB", "raise {max_weight_bytes}")
         )  # fmt: skip
     where = f"in the space on {request.device.name}"
-    for flag, met, closest, fix in constraints:
+    for name, value, met, closest, fix in constraints:
         if not met.any():
-            return f"no shape {where} meets {flag}: {closest} ({fix})"
-    flags = " and ".join(flag for flag, *_ in constraints)
-    each = ", ".join(f"{int(met.sum())} meet {flag}" for flag, met, *_ in constraints)
-    return f"no shape {where} meets {flags} at once ({each}); relax one of them or widen the space"
+            return FieldError(f"no shape {where} meets {{{name}}} {value}: {closest} ({fix})", name)
+    names = [name for name, *_ in constraints]
+    bounds = " and ".join(f"{{{name}}} {value}" for name, value, *_ in constraints)
+    each = ", ".join(f"{int(met.sum())} meet {{{name}}} {value}" for name, value, met, *_ in constraints)
+    return FieldError(f"no shape {where} meets {bounds} at once ({each}); relax one of them or widen the space", *names)
 
 
 def _extrapolation_warnings(report: dict[str, dict[str, float]], limit: float) -> list[str]:

@@ -21,6 +21,54 @@ LOSS_COLUMNS = {"N", "N_total", "D", "G", "S", "E", "k"}
 LatencyOracle = Callable[[Any], dict[str, float]]
 """Measured mode: an ArchSpec in, ``{"decode_ms": ..., "prefill_ms": ...}`` out."""
 
+ENGINES = ("auto", "exhaustive", "optuna")
+ENUMERABLE_SHAPES = 200_000
+"""Spaces up to this many shapes are scored whole (vectorised, about a second per 10^5 shapes);
+beyond it the sampler searches them."""
+
+FIELD_LABELS = {"memory_budget_bytes": "memory_gb", "max_weight_bytes": "max_weight_gb", "space": "schemes",
+                "latency_oracle": "measure"}  # fmt: skip
+"""A field's plain name where no face translates it (the Python API): its unit's, as the faces take it."""
+
+
+class FieldError(UserError):
+    """A user error about request fields. The message names each field as ``{field}`` (a
+    :class:`PlanRequest` field name); each face renders it in its own spelling
+    (:meth:`render`): ``--memory-gb`` on the command line, ``memory_gb`` over HTTP."""
+
+    def __init__(self, template: str, *fields: str) -> None:
+        self.template, self.fields = template, fields
+        super().__init__(self.render(lambda name: FIELD_LABELS.get(name, name)))
+
+    @property
+    def field(self) -> str:
+        """The first field named: the one to fix."""
+        return self.fields[0]
+
+    def render(self, spell: Callable[[str], str | None]) -> str:
+        """The message with each ``{field}`` spelled by ``spell`` (a face's name for it)."""
+        text = self.template
+        for name in self.fields:
+            text = text.replace("{" + name + "}", spell(name) or FIELD_LABELS.get(name, name))
+        return text
+
+
+def choose_engine(request: PlanRequest, space_size: int) -> str:
+    """``exhaustive`` (the exact front) or ``optuna``, from the request and its space's size.
+
+    The exact front is the answer wherever it can be had: every objective analytic (no
+    ``latency_oracle``) and the space enumerable (at most :data:`ENUMERABLE_SHAPES`). Optuna runs
+    for measured latency, for larger spaces, and where the caller asks for it (``engine="optuna"``,
+    or an Optuna ``storage``/``study`` to resume). ``exhaustive=True`` forces the exact front.
+    """
+    if request.exhaustive or request.engine == "exhaustive":
+        return "exhaustive"
+    if request.latency_oracle is not None or request.engine == "optuna":
+        return "optuna"
+    if request.storage is not None or request.study is not None:
+        return "optuna"
+    return "exhaustive" if space_size <= ENUMERABLE_SHAPES else "optuna"
+
 
 @dataclass
 class PlanRequest:
@@ -37,7 +85,7 @@ class PlanRequest:
         max_unvalidated_share: Keep only shapes whose predicted advantage over the best dense shape
             comes from unvalidated terms in at most this share (an entry's ``evidence``).
         max_extrapolation: Warn when a term of the loss model reaches this far past its data.
-        trials: Optuna trials (ignored by ``exhaustive``).
+        trials: Optuna trials (read only when Optuna runs: :func:`choose_engine`).
         train_tokens: Planned training tokens (the law's D).
         prompt_tokens: Prefill length.
         context_tokens: KV cache length at decode.
@@ -45,7 +93,8 @@ class PlanRequest:
         storage: Optuna storage URL (or a journal file).
         study: Optuna study name (resumed when it exists).
         seed: Sampler seed.
-        exhaustive: Enumerate the whole space instead of sampling it.
+        exhaustive: Enumerate the whole space (the same as ``engine="exhaustive"``).
+        engine: ``auto`` (the default: :func:`choose_engine`), ``exhaustive`` or ``optuna``.
         latency_oracle: Measured mode: measures a shape's latency (see :data:`LatencyOracle`).
         max_decode_ms: Bound on decode latency per token.
         max_active_params: Bound on active parameters.
@@ -73,6 +122,7 @@ class PlanRequest:
     study: str | None = None
     seed: int = 0
     exhaustive: bool = False
+    engine: str = "auto"
     latency_oracle: LatencyOracle | None = None
     max_decode_ms: float | None = None
     max_active_params: float | None = None
@@ -103,9 +153,15 @@ class PlanRequest:
             raise UserError(f"unknown objective(s) {unknown}; choose 2 or 3 of {', '.join(OBJECTIVES)}")
         if not 2 <= len(self.objectives) <= 3 or len(set(self.objectives)) != len(self.objectives):
             raise UserError(f"choose 2 or 3 distinct objectives of {', '.join(OBJECTIVES)}")
-        if self.latency_oracle is not None and self.exhaustive:
-            raise UserError(
-                "--measure and --exhaustive do not combine: measuring every shape is what the sampler avoids"
+        if self.engine not in ENGINES:
+            raise FieldError(f"{{engine}} {self.engine!r} is not one of {', '.join(ENGINES)}", "engine")
+        if self.exhaustive and self.engine == "optuna":
+            raise FieldError("{exhaustive} and {engine} optuna do not combine: give one", "exhaustive", "engine")
+        if self.latency_oracle is not None and (self.exhaustive or self.engine == "exhaustive"):
+            raise FieldError(
+                "{latency_oracle} and {exhaustive} do not combine: measuring every shape is what the sampler avoids",
+                "latency_oracle",
+                "exhaustive",
             )
         if self.backend is not None:
             self.device.for_backend(self.backend)  # an unknown backend is refused before any work
@@ -116,11 +172,14 @@ class PlanRequest:
         if menu and "loss" in self.objectives:
             quantised = [name for name, scheme in menu.items() if scheme.quantised_parts()]
             if quantised and not (isinstance(model, LawCard) and model.penalty is not None):
-                what = f"--schemes {','.join(menu)}"
+                what = "{space} " + ",".join(menu)
                 if isinstance(model, LawCard):
-                    model.require_penalty(what, "a scheme's loss")
-                raise UserError(f"{what}: a single fit has no quantisation penalty; plan schemes with a law card "
-                                "that has one (--law-card)")  # fmt: skip
+                    try:
+                        model.require_penalty(what, "a scheme's loss")
+                    except UserError as error:
+                        raise FieldError(str(error), "space", "loss_model") from None
+                raise FieldError(f"{what}: a single fit has no quantisation penalty; plan schemes with a law card "
+                                 "that has one ({loss_model})", "space", "loss_model")  # fmt: skip
         if isinstance(model, FitLossModel) and "loss" in self.objectives:
             missing = set(model.fit.law_object.columns) - LOSS_COLUMNS
             if missing:

@@ -7,8 +7,9 @@ import json
 from scaling.laws.card import load_card
 from search.app.plan_report import recommend, write_report
 from search.device.profiles import get_device
-from search.plan.planner import plan
+from search.plan.planner import plan_result
 from search.plan.request import PlanRequest
+from search.plan.result import PlanResult
 from search.plan.space import SearchSpace
 from tests.conftest import run_cli
 
@@ -23,7 +24,7 @@ def _request(**changes) -> PlanRequest:
 
 def test_the_report_reads_top_down_with_the_requested_budget(tmp_path):
     request = _request(max_weight_bytes=1.5e9)
-    document = plan(request)
+    document = plan_result(request)
     written = write_report(document, request, tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert {p.name for p in written} >= {"report.md", "pareto.png", "winner.png", "fit.png", "pareto.csv"}
@@ -33,9 +34,9 @@ def test_the_report_reads_top_down_with_the_requested_budget(tmp_path):
     positions = [text.index(heading) for heading in order]
     assert positions == sorted(positions)
     best, why = recommend(document)
-    winner = document["pareto"][best]
-    assert winner["arch"]["name"] in text.split("\n")[4] and "p_front >= 0.5" in why
-    robust = [e for e in document["pareto"] if e["p_front"] >= 0.5]
+    winner = document.pareto[best]
+    assert winner.name in text.split("\n")[4] and "p_front >= 0.5" in why
+    robust = [e for e in document.pareto if e["p_front"] >= 0.5]
     assert winner["predicted_loss"] == min(e["predicted_loss"] for e in robust)
     assert "no interval (uncalibrated prior)" in text and "(1.78-1.78)" not in text
     assert "normalised" not in text and "scaled to [0, 1] over the" in text
@@ -48,8 +49,8 @@ def test_the_recommendation_names_the_rivals_the_law_cannot_tell_apart():
     rival = {**entry, "arch": {"name": "b"}, "predicted_loss": 2.1, "predicted_loss_ci90": [1.9, 2.3],
              "decode_tokens_per_s": 30.0}  # fmt: skip
     fragile = {**entry, "arch": {"name": "c"}, "predicted_loss": 1.5, "p_front": 0.2}
-    document = {"pareto": [rival, entry, fragile], "min_p_front": 0.1, "loss_samples": 50,
-                "memory_budget_bytes": 2e9}  # fmt: skip
+    real = plan_result(_request()).to_dict()
+    document = PlanResult.from_dict({**real, "pareto": [rival, entry, fragile], "min_p_front": 0.1})
     best, why = recommend(document)
     assert best == 1 and "#1 b" in why and "3.00x as fast" in why
 

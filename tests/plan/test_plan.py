@@ -15,14 +15,36 @@ from search.device.profiles import get_device
 from search.plan.pareto import pareto_mask
 from search.plan.planner import plan
 from search.plan.request import PlanRequest
+from search.plan.result import PlanResult
 from search.plan.space import SearchSpace
 from tests.conftest import REPO, assert_user_error, run_cli
 
 
-def test_optuna_reaches_the_exact_front():
+def test_the_default_space_gets_the_exact_front():
     document = plan(PlanRequest(device=get_device("iphone-16-pro"), memory_budget_bytes=1.5e9, seed=0))
+    assert document["engine"] == "exhaustive" and document["n_trials"] == 0
+    assert document["hypervolume"] == document["exact_hypervolume"]
+
+
+def test_optuna_reaches_the_exact_front_when_asked():
+    request = PlanRequest(device=get_device("iphone-16-pro"), memory_budget_bytes=1.5e9, seed=0, engine="optuna")
+    document = plan(request)
     assert document["n_trials"] == 500 and document["engine"] == "optuna-nsga2"
     assert document["hypervolume"] >= 0.98 * document["exact_hypervolume"]
+
+
+def test_the_engine_is_chosen_from_the_request_and_the_space_size():
+    from search.plan.request import ENUMERABLE_SHAPES, choose_engine
+
+    device = get_device("iphone-16-pro")
+    assert choose_engine(PlanRequest(device=device), ENUMERABLE_SHAPES) == "exhaustive"
+    assert choose_engine(PlanRequest(device=device), ENUMERABLE_SHAPES + 1) == "optuna"  # too large to enumerate
+    assert choose_engine(PlanRequest(device=device, latency_oracle=lambda spec: {}), 10) == "optuna"  # --measure
+    assert choose_engine(PlanRequest(device=device, storage="x.log"), 10) == "optuna"  # a study to resume
+    assert choose_engine(PlanRequest(device=device, engine="optuna"), 10) == "optuna"
+    assert choose_engine(PlanRequest(device=device, engine="optuna", exhaustive=True), 10) == "exhaustive"
+    with pytest.raises(UserError, match="exhaustive and engine optuna"):
+        PlanRequest(device=device, engine="optuna", exhaustive=True).validated()
 
 
 def test_front_is_feasible_and_non_dominated(tmp_path):
@@ -293,7 +315,7 @@ def test_default_plan_reports_its_scheme_and_says_int4_is_lossless_without_a_pen
     assert document["schemes"] == ["int4-g32"] and not document["loss_includes_quantisation"]
     assert all(entry["scheme"] == "int4-g32" and entry["precision"] == "int4" for entry in document["pareto"])
     assert any("no quantisation penalty" in warning for warning in document["warnings"])
-    write_outputs(document, tmp_path / "out")
+    write_outputs(PlanResult.from_dict(document), tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "pareto.csv")
     assert (table["scheme"] == "int4-g32").all() and len(table) == len(document["pareto"])
 
