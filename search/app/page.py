@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,10 +25,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scaling.checks import check_number
 from scaling.errors import UserError
 from search.app.bodies import Backend, DeviceName, Precision, Problem
+from search.app.deps import Store, secured
+from search.app.jobs import plain
 
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = {"page.js": "text/javascript", "page.css": "text/css"}
 NOT_FOUND = {404: {"model": Problem}}
+SWAGGER_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
 
 
 def plotly_js() -> Path:
@@ -112,103 +119,103 @@ class StoryBody(BaseModel):
         return shape_story(spec, deployment)
 
 
-def add_page(app: FastAPI, store, secured: dict[str, Any]) -> None:
-    """The page, its static files, Swagger UI at ``/docs`` and the read routes the page uses."""
-    from search.app.gguf_download import add_gguf_download
-    from search.app.jobs import plain
+# the page, its static files, Swagger UI at /docs and the read routes the page uses
+router = APIRouter()
 
-    add_gguf_download(app, secured)
 
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+@router.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> FileResponse:
-        if name == "plotly.min.js":
-            return FileResponse(plotly_js(), media_type="text/javascript")
-        if name not in PAGE_FILES:
-            raise HTTPException(404, f"no static file {name!r}")
-        return FileResponse(STATIC / name, media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
 
-    swagger = {
-        "swagger-ui-bundle.js": "text/javascript",
-        "swagger-ui.css": "text/css",
-        "favicon-32x32.png": "image/png",
-    }
+@router.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> FileResponse:
+    if name == "plotly.min.js":
+        return FileResponse(plotly_js(), media_type="text/javascript")
+    if name not in PAGE_FILES:
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(STATIC / name, media_type=PAGE_FILES[name], headers={"Cache-Control": "no-cache"})
 
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="openapi.json",
-            title="moeplan API",
-            swagger_js_url="docs/static/swagger-ui-bundle.js",
-            swagger_css_url="docs/static/swagger-ui.css",
-            swagger_favicon_url="docs/static/favicon-32x32.png",
-        )
 
-    @app.get("/docs/static/{name}", include_in_schema=False)
-    def docs_static(name: str) -> FileResponse:
-        if name not in swagger:
-            raise HTTPException(404, f"no Swagger UI file {name!r}")
-        return FileResponse(swagger_files() / name, media_type=swagger[name])
+@router.get("/docs", include_in_schema=False)
+def docs() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="openapi.json",
+        title="moeplan API",
+        swagger_js_url="docs/static/swagger-ui-bundle.js",
+        swagger_css_url="docs/static/swagger-ui.css",
+        swagger_favicon_url="docs/static/favicon-32x32.png",
+    )
 
-    @app.get("/v1/cards", response_model=list[str])
-    def cards() -> list[str]:
-        from scaling.laws.card import builtin_cards
 
-        return builtin_cards()
+@router.get("/docs/static/{name}", include_in_schema=False)
+def docs_static(name: str) -> FileResponse:
+    if name not in SWAGGER_FILES:
+        raise HTTPException(404, f"no Swagger UI file {name!r}")
+    return FileResponse(swagger_files() / name, media_type=SWAGGER_FILES[name])
 
-    @app.get("/v1/cards/{name}", responses=NOT_FOUND)
-    def card(name: str) -> dict[str, Any]:
-        """A built-in card (terms, ranges, intervals, backtests) with each term's curve and 90% band."""
-        from scaling.laws.card import builtin_cards, load_builtin_card
-        from search.app.card_curves import card_curves
 
-        if name not in builtin_cards():
-            raise HTTPException(404, f"no built-in law card {name!r}; GET /v1/cards lists them")
-        loaded = load_builtin_card(name)
-        document = loaded.to_dict()
-        for term in document["terms"].values():
-            for form in term["forms"].values():
-                form.pop("replicates", None)
-        document["curves"] = card_curves(loaded)
-        return plain(document)
+@router.get("/v1/cards", response_model=list[str])
+def cards() -> list[str]:
+    from scaling.laws.card import builtin_cards
 
-    @app.get("/v1/schemes", response_model=list[str])
-    def schemes() -> list[str]:
-        from scaling.shape.scheme import builtin_schemes
+    return builtin_cards()
 
-        return builtin_schemes()
 
-    @app.get("/v1/devices/{name}", responses=NOT_FOUND)
-    def device(name: str) -> dict[str, Any]:
-        """One profile: every number with its state, basis and source, per backend, and its calibration."""
-        from search.device.profiles import list_devices
+@router.get("/v1/cards/{name}", responses=NOT_FOUND)
+def card(name: str) -> dict[str, Any]:
+    """A built-in card (terms, ranges, intervals, backtests) with each term's curve and 90% band."""
+    from scaling.laws.card import builtin_cards, load_builtin_card
+    from search.app.card_curves import card_curves
 
-        found = {d.name: d for d in list_devices()}
-        if name not in found:
-            raise HTTPException(404, f"no device profile {name!r}; GET /v1/devices lists them")
-        return plain(device_document(found[name]))
+    if name not in builtin_cards():
+        raise HTTPException(404, f"no built-in law card {name!r}; GET /v1/cards lists them")
+    loaded = load_builtin_card(name)
+    document = loaded.to_dict()
+    for term in document["terms"].values():
+        for form in term["forms"].values():
+            form.pop("replicates", None)
+    document["curves"] = card_curves(loaded)
+    return plain(document)
 
-    @app.get("/v1/runs/{run_id}", responses=NOT_FOUND)
-    def run(run_id: str) -> dict[str, Any]:
-        """One run, as ``moeplan runs show --json``: its facts, loss curve, expert utilisation."""
-        import json
 
-        try:
-            row = store.run(run_id)
-        except UserError:
-            row = None
-        if row is None:
-            raise HTTPException(404, f"no run with id {run_id!r}")
-        return plain({**row, "config": json.loads(row["config"]), "metrics": store.metrics(run_id),
-                      "routing": store.routing(run_id), "quantization": store.quantizations(run_id)})  # fmt: skip
+@router.get("/v1/schemes", response_model=list[str])
+def schemes() -> list[str]:
+    from scaling.shape.scheme import builtin_schemes
 
-    @app.post("/v1/shapes/story", **secured)
-    def story(body: StoryBody) -> dict[str, Any]:
-        """One shape's story: accounting, memory by part, latency per cost term, loss per card term."""
-        return plain(body.story())
+    return builtin_schemes()
+
+
+@router.get("/v1/devices/{name}", responses=NOT_FOUND)
+def device(name: str) -> dict[str, Any]:
+    """One profile: every number with its state, basis and source, per backend, and its calibration."""
+    from search.device.profiles import list_devices
+
+    found = {d.name: d for d in list_devices()}
+    if name not in found:
+        raise HTTPException(404, f"no device profile {name!r}; GET /v1/devices lists them")
+    return plain(device_document(found[name]))
+
+
+@router.get("/v1/runs/{run_id}", responses=NOT_FOUND)
+def run(run_id: str, store: Store) -> dict[str, Any]:
+    """One run, as ``moeplan runs show --json``: its facts, loss curve, expert utilisation."""
+    import json
+
+    try:
+        row = store.run(run_id)
+    except UserError:
+        row = None
+    if row is None:
+        raise HTTPException(404, f"no run with id {run_id!r}")
+    return plain({**row, "config": json.loads(row["config"]), "metrics": store.metrics(run_id),
+                  "routing": store.routing(run_id), "quantization": store.quantizations(run_id)})  # fmt: skip
+
+
+@router.post("/v1/shapes/story", **secured)
+def story(body: StoryBody) -> dict[str, Any]:
+    """One shape's story: accounting, memory by part, latency per cost term, loss per card term."""
+    return plain(body.story())
 
 
 def device_document(profile) -> dict[str, Any]:

@@ -19,12 +19,11 @@ import ipaddress
 import os
 import socket
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scaling.errors import UserError
 from scaling.runs.store import run_listing
@@ -44,18 +43,13 @@ from search.app.bodies import (
     Problem,
     RunListing,
 )
-from search.app.guard import Guard, authorised
+from search.app.deps import QueueLimit, Runner, Store, Token, secured
+from search.app.guard import Guard
 from search.app.jobs import JobRunner, QueueFull, plain
 
 MAX_BODY_BYTES = 2_000_000
 DEFAULT_QUEUE_LIMIT = 32
 POOL_THREADS = 4
-ERRORS = {422: {"model": Problem, "description": "a bad body: the detail names the field"}}
-SECURED = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
-
-
-BEARER = HTTPBearer(auto_error=False, description="the server's MOEPLAN_API_TOKEN")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
 MAX_DETAIL_CHARS = 600  # an error names the field; it never echoes a large input back
@@ -82,143 +76,160 @@ def create_app(
 ) -> FastAPI:
     """The application; ``token`` defaults to ``$MOEPLAN_API_TOKEN`` (an empty one means none)."""
     from scaling.runs.store import RunStore
+    from search.app.gguf_download import add_gguf_download
     from search.app.job_handlers import HANDLERS
+    from search.app.page import router as page_router
 
     store = RunStore(store_url)
     token = token if token is not None else os.environ.get("MOEPLAN_API_TOKEN") or None
-    runner = JobRunner(store, HANDLERS, queue_limit=queue_limit)
-
-    async def require_token(credentials: Credentials) -> None:
-        """Documents the scheme in /openapi.json, and checks again what the middleware checked first."""
-        if token and (credentials is None or not authorised(f"Bearer {credentials.credentials}", token)):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        import anyio.to_thread
-
-        # few pool threads: each one that runs holds the GIL against the event loop (2 cores here)
-        anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_THREADS
-        runner.start()
-        yield
-
     app = FastAPI(
         title="moeplan",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan,
         docs_url=None,  # served by search.app.page from the swagger-ui-bundle wheel, not a CDN
         redoc_url=None,
         description="Scaling laws and architecture search for on-device MoE language models",
     )
-
+    # the routes' state (search.app.deps reads it): routers, not closures over these names
+    app.state.store, app.state.token, app.state.queue_limit = store, token, queue_limit
+    app.state.runner = JobRunner(store, HANDLERS, queue_limit=queue_limit)
     app.add_middleware(Guard, max_body_bytes=MAX_BODY_BYTES, token=token)
-
-    @app.exception_handler(UserError)
-    async def _user_error(_request: Request, error: UserError):
-        return JSONResponse({"detail": short_detail(str(error))}, status_code=422)
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_body(_request: Request, error: RequestValidationError):
-        return JSONResponse({"detail": short_detail(_field_errors(error.errors()))}, status_code=422)
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(_request: Request, error: QueueFull):
-        return JSONResponse(
-            {"detail": f"{error}; retry later, or cancel a job (DELETE /v1/jobs/ID)"},
-            status_code=429,
-            headers={"Retry-After": "10"},
-        )
-
-    secured = {"dependencies": [Depends(require_token)], "responses": {**ERRORS, **SECURED}}
-    # Cheap handlers (well under a millisecond of CPU) are ``async``: they run on the event loop,
-    # with no thread hop. A thread-pool handler holds the GIL against the loop, so under load the
-    # loop (which reads and answers every request) would wait behind them. Those that read the
-    # store or do real work (plans, fits, listings) stay plain functions in the pool.
-
-    @app.get("/v1/health", response_model=Health)
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "store": store.url.split("://")[0], "auth": bool(token), "queue_limit": queue_limit}
-
-    @app.get("/v1/devices", response_model=list[DeviceSummary])
-    async def devices() -> list[dict[str, Any]]:
-        from search.device.profiles import list_devices
-
-        # names, not server paths: a profile's file stays on the server
-        return plain([{k: v for k, v in d.summary().items() if k != "path"} for d in list_devices()])
-
-    @app.post("/v1/arch", response_model=ArchSummary, **secured)
-    async def arch(body: ArchRequest) -> dict[str, Any]:
-        from scaling.shape.accounting import summary
-
-        return plain(summary(body.spec(), body.precision))
-
-    @app.post("/v1/predict", response_model=Prediction, **secured)
-    async def predict_route(body: PredictRequest) -> dict[str, Any]:
-        from search.device.cost import predict, to_json_ready
-        from search.device.profiles import get_device
-
-        spec, device = body.spec(), get_device(body.device, body.backend, allow_path=False)
-        return plain(to_json_ready(predict(spec, device, body.precision, body.prompt_tokens, body.context_tokens)))
-
-    @app.post("/v1/fits", status_code=202, response_model=JobSubmitted, **secured)
-    def fits(body: FitBody) -> dict[str, Any]:
-        frame = body.frame()  # a bad column is a 422 even when the queue is full
-        runner.check_room()
-        admit_fit(frame, body.law, body.bootstrap)  # a bad column or too much work: 422 now
-        return {"id": runner.submit("fit", body.model_dump()), "kind": "fit", "status": "pending"}
-
-    @app.get("/v1/fits/{job_id}", response_model=Job, responses={404: {"model": Problem}})
-    def fit_status(job_id: str) -> dict[str, Any]:
-        return _job(job_id, "fit")
-
-    @app.post("/v1/plans", status_code=202, response_model=JobSubmitted, **secured)
-    def plans(body: PlanBody) -> dict[str, Any]:
-        request = body.request()  # validated in full first: a bad body is a 422 even when the queue is full
-        runner.check_room()
-        admit_plan(request)  # validated in full, and something fits: not a failed job later
-        return {"id": runner.submit("plan", body.model_dump()), "kind": "plan", "status": "pending"}
-
-    @app.get("/v1/plans/{job_id}", response_model=Job, responses={404: {"model": Problem}})
-    def plan_status(job_id: str) -> dict[str, Any]:
-        return _job(job_id, "plan")
-
-    @app.get("/v1/jobs", response_model=list[JobListing])
-    def jobs(status: str | None = None) -> list[dict[str, Any]]:
-        """Every job, oldest first; ``?status=pending,running`` keeps those statuses."""
-        statuses = None if status is None else tuple(s.strip() for s in status.split(",") if s.strip())
-        return plain(runner.list(statuses))
-
-    @app.get("/v1/jobs/{job_id}", response_model=Job, responses={404: {"model": Problem}})
-    def job_status(job_id: str) -> dict[str, Any]:
-        return _job(job_id, None)
-
-    @app.delete("/v1/jobs/{job_id}", response_model=JobListing, **secured)
-    def cancel(job_id: str) -> dict[str, Any]:
-        """Cancel a pending or running job (a running one's process is stopped); 409 if it has ended."""
-        job = runner.get(job_id)
-        if job is None:
-            raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
-        if not runner.cancel(job_id):
-            raise HTTPException(status_code=409, detail=f"job {job_id!r} has already ended ({job['status']})")
-        job = runner.get(job_id)
-        job.pop("result", None)
-        return plain(job)
-
-    @app.get("/v1/runs", response_model=list[RunListing])
-    def runs() -> list[dict[str, Any]]:
-        return plain([run_listing(r) for r in store.runs()])
-
-    from search.app.page import add_page
-
-    add_page(app, store, secured)
-
-    def _job(job_id: str, kind: str | None) -> dict[str, Any]:
-        job = runner.get(job_id, kind)
-        if job is None:
-            raise HTTPException(status_code=404, detail=f"no {kind or 'job'} with id {job_id!r}")
-        return plain(job)
-
+    app.add_exception_handler(UserError, _user_error)
+    app.add_exception_handler(RequestValidationError, _bad_body)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.include_router(router)
+    add_gguf_download(app, secured)
+    app.include_router(page_router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    import anyio.to_thread
+
+    # few pool threads: each one that runs holds the GIL against the event loop (2 cores here)
+    anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_THREADS
+    app.state.runner.start()
+    yield
+
+
+async def _user_error(_request: Request, error: UserError):
+    from search.app.plan_faces import translated
+
+    error = translated(error, "http")  # a plan error names its fields as the body does
+    located = {"loc": ["body", error.field]} if getattr(error, "field", None) else {}
+    return JSONResponse({"detail": short_detail(str(error)), **located}, status_code=422)
+
+
+async def _bad_body(_request: Request, error: RequestValidationError):
+    return JSONResponse({"detail": short_detail(_field_errors(error.errors()))}, status_code=422)
+
+
+async def _queue_full(_request: Request, error: QueueFull):
+    return JSONResponse(
+        {"detail": f"{error}; retry later, or cancel a job (DELETE /v1/jobs/ID)"},
+        status_code=429,
+        headers={"Retry-After": "10"},
+    )
+
+
+router = APIRouter()
+# Cheap handlers (well under a millisecond of CPU) are ``async``: they run on the event loop,
+# with no thread hop. A thread-pool handler holds the GIL against the loop, so under load the
+# loop (which reads and answers every request) would wait behind them. Those that read the
+# store or do real work (plans, fits, listings) stay plain functions in the pool.
+
+
+@router.get("/v1/health", response_model=Health)
+async def health(store: Store, token: Token, queue_limit: QueueLimit) -> dict[str, Any]:
+    return {"status": "ok", "store": store.url.split("://")[0], "auth": bool(token), "queue_limit": queue_limit}
+
+
+@router.get("/v1/devices", response_model=list[DeviceSummary])
+async def devices() -> list[dict[str, Any]]:
+    from search.device.profiles import list_devices
+
+    # names, not server paths: a profile's file stays on the server
+    return plain([{k: v for k, v in d.summary().items() if k != "path"} for d in list_devices()])
+
+
+@router.post("/v1/arch", response_model=ArchSummary, **secured)
+async def arch(body: ArchRequest) -> dict[str, Any]:
+    from scaling.shape.accounting import summary
+
+    return plain(summary(body.spec(), body.precision))
+
+
+@router.post("/v1/predict", response_model=Prediction, **secured)
+async def predict_route(body: PredictRequest) -> dict[str, Any]:
+    from search.device.cost import predict, to_json_ready
+    from search.device.profiles import get_device
+
+    spec, device = body.spec(), get_device(body.device, body.backend, allow_path=False)
+    return plain(to_json_ready(predict(spec, device, body.precision, body.prompt_tokens, body.context_tokens)))
+
+
+@router.post("/v1/fits", status_code=202, response_model=JobSubmitted, **secured)
+def fits(body: FitBody, runner: Runner) -> dict[str, Any]:
+    frame = body.frame()  # a bad column is a 422 even when the queue is full
+    runner.check_room()
+    admit_fit(frame, body.law, body.bootstrap)  # a bad column or too much work: 422 now
+    return {"id": runner.submit("fit", body.model_dump()), "kind": "fit", "status": "pending"}
+
+
+@router.get("/v1/fits/{job_id}", response_model=Job, responses={404: {"model": Problem}})
+def fit_status(job_id: str, runner: Runner) -> dict[str, Any]:
+    return _job(runner, job_id, "fit")
+
+
+@router.post("/v1/plans", status_code=202, response_model=JobSubmitted, **secured)
+def plans(body: PlanBody, runner: Runner) -> dict[str, Any]:
+    request = body.request()  # validated in full first: a bad body is a 422 even when the queue is full
+    runner.check_room()
+    admit_plan(request)  # validated in full, and something fits: not a failed job later
+    return {"id": runner.submit("plan", body.model_dump()), "kind": "plan", "status": "pending"}
+
+
+@router.get("/v1/plans/{job_id}", response_model=Job, responses={404: {"model": Problem}})
+def plan_status(job_id: str, runner: Runner) -> dict[str, Any]:
+    return _job(runner, job_id, "plan")
+
+
+@router.get("/v1/jobs", response_model=list[JobListing])
+def jobs(runner: Runner, status: str | None = None) -> list[dict[str, Any]]:
+    """Every job, oldest first; ``?status=pending,running`` keeps those statuses."""
+    statuses = None if status is None else tuple(s.strip() for s in status.split(",") if s.strip())
+    return plain(runner.list(statuses))
+
+
+@router.get("/v1/jobs/{job_id}", response_model=Job, responses={404: {"model": Problem}})
+def job_status(job_id: str, runner: Runner) -> dict[str, Any]:
+    return _job(runner, job_id, None)
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobListing, **secured)
+def cancel(job_id: str, runner: Runner) -> dict[str, Any]:
+    """Cancel a pending or running job (a running one's process is stopped); 409 if it has ended."""
+    job = runner.get(job_id)
+    if job is None:
+        raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
+    if not runner.cancel(job_id):
+        raise HTTPException(status_code=409, detail=f"job {job_id!r} has already ended ({job['status']})")
+    job = runner.get(job_id)
+    job.pop("result", None)
+    return plain(job)
+
+
+@router.get("/v1/runs", response_model=list[RunListing])
+def runs(store: Store) -> list[dict[str, Any]]:
+    return plain([run_listing(r) for r in store.runs()])
+
+
+def _job(runner: JobRunner, job_id: str, kind: str | None) -> dict[str, Any]:
+    job = runner.get(job_id, kind)
+    if job is None:
+        raise HTTPException(status_code=404, detail=f"no {kind or 'job'} with id {job_id!r}")
+    return plain(job)
 
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")

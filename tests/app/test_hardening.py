@@ -118,7 +118,19 @@ def test_fit_law_auto_picks_an_identified_law_on_two_origins_with_progress_in_bo
 
 
 def test_plan_with_5_trials_never_prints_an_empty_front_in_silence(tmp_path):
-    result = run_cli("plan", "--device", "iphone-16-pro", "--trials", "5", "--samples", "20", "--json", cwd=tmp_path)
+    result = run_cli(
+        "plan",
+        "--device",
+        "iphone-16-pro",
+        "--trials",
+        "5",
+        "--engine",
+        "optuna",
+        "--samples",
+        "20",
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     document = result.json()
     assert document["pareto"]

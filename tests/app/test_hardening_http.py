@@ -117,7 +117,9 @@ def test_a_fit_in_two_loss_units_or_with_a_huge_delta_is_refused(url):
 
 
 def test_a_plan_of_5_trials_never_ends_with_an_empty_front_in_silence(url):
-    answer = httpx.post(f"{url}/v1/plans", json={"device": "iphone-16-pro", "trials": 5, "samples": 20}, timeout=30)
+    answer = httpx.post(
+        f"{url}/v1/plans", json={"device": "iphone-16-pro", "trials": 5, "engine": "optuna", "samples": 20}, timeout=30
+    )
     assert answer.status_code == 202, answer.text
     job = wait_for(url, answer.json()["id"], timeout=300)
     assert job["status"] == "finished", job

@@ -241,7 +241,9 @@ def test_auth(tmp_path):
 def test_restart_mid_job_keeps_the_result(tmp_path):
     store = f"sqlite:///{tmp_path / 'restart.sqlite'}"
     first = Server(store).start()
-    job = httpx.post(f"{first.url}/v1/plans", json={"device": "iphone-16-pro", "trials": 1500}).json()["id"]
+    job = httpx.post(
+        f"{first.url}/v1/plans", json={"device": "iphone-16-pro", "trials": 1500, "engine": "optuna"}
+    ).json()["id"]
     fit = httpx.post(f"{first.url}/v1/fits", json={"data": FIT_ROWS, "bootstrap": 200}).json()["id"]
     deadline = time.time() + 60
     while httpx.get(f"{first.url}/v1/plans/{job}").json()["status"] != "running" and time.time() < deadline:
@@ -284,7 +286,7 @@ def test_jobs_are_listed_cancelled_and_capped(tmp_path):
     server = Server(f"sqlite:///{tmp_path / 'jobs.sqlite'}", None, "--queue-limit", "2").start()
     try:
         url = server.url
-        long = {"device": "iphone-16-pro", "trials": 5000}
+        long = {"device": "iphone-16-pro", "trials": 5000, "engine": "optuna"}  # a job that runs a while
         first = httpx.post(f"{url}/v1/plans", json=long).json()["id"]
         second = httpx.post(f"{url}/v1/fits", json={"data": FIT_ROWS, "bootstrap": 50}).json()["id"]
         full = httpx.post(f"{url}/v1/plans", json=long)
