@@ -37,7 +37,7 @@ def main() -> None:
     )
     exhaustive_s = time.perf_counter() - start
     start = time.perf_counter()
-    searched = plan(PlanRequest(device=device, memory_budget_bytes=1.5e9, trials=500))
+    searched = plan(PlanRequest(device=device, memory_budget_bytes=1.5e9, trials=500, engine="optuna"))
     optuna_s = time.perf_counter() - start
     print(
         json.dumps(
