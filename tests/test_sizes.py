@@ -18,20 +18,12 @@ MAX_FUNCTION_LINES = 80
 MODULE_EXEMPT = {
     "scaling/laws/quant_penalty.py": "branch quant (issue 30) rewrites it",
     "scaling/laws/fit.py": "branch harden (issue 32) edits its reporting; FitResult moves out after that merge",
-    "search/device/profiles.py": "6 lines over; split with the cost-model work of branch gguf (issue 31)",
 }
 FUNCTION_EXEMPT = {
     "scaling/laws/build_card.py:fit_quant_term": "branch quant (issue 30) replaces the quantisation term",
     "scaling/train/bench.py:bench_train": "one measured loop whose phases share timers; to split",
     "scaling/runs/spec.py:parse_sweep": "one TOML validation pass; to split into per-table parsers",
-    "search/app/service.py:create_app": "FastAPI routes as closures over the app's state; to move to routers",
-    "search/device/cost.py:predict": "the cost model's one formula, term by term; gguf (issue 31) restructures it",
-    "search/device/measurements.py:parse_row": "one import format's field checks; to split per field group",
-    "search/device/backend_fit.py:calibrate_backend": "gguf (issue 31) owns calibration changes",
-    "search/app/page.py:add_page": "the page's routes as closures over the app, as create_app; to move to a router",
-    "search/plan/planner.py:plan": "the planner's one pass (space, evaluation, front, evidence); to split",
     "search/app/cli/train.py:_command_bench": "torch and llama.cpp benches behind one command; to split per runtime",
-    "search/app/cli/plan.py:register": "one flag per PlanRequest field; to be derived from plan_faces (issue 33)",
 }
 
 

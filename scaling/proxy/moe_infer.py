@@ -19,8 +19,8 @@ Paths for the routed experts:
 
 The regime is set by the rows each expert gets: ``decode`` (at most :data:`DECODE_TOKENS` tokens),
 ``prefill-sparse`` (fewer than :data:`DENSE_ROWS_PER_EXPERT` rows per expert on average, P·k/E) and
-``prefill-dense``. :data:`CPU_PATHS` holds the path measured fastest for each on the CPU (README,
-"Inference"); elsewhere ``grouped`` runs, or ``sorted`` for dtypes ``_grouped_mm`` lacks. Each
+``prefill-dense``. :data:`CPU_PATHS` holds the path measured fastest for each on the CPU (docs/benchmarks.md,
+"Key figures"); elsewhere ``grouped`` runs, or ``sorted`` for dtypes ``_grouped_mm`` lacks. Each
 layer records the regime and path of its last call in ``last_inference``, which the bench reports.
 """
 
