@@ -17,7 +17,6 @@ MAX_FUNCTION_LINES = 80
 
 MODULE_EXEMPT: dict[str, str] = {}
 FUNCTION_EXEMPT = {
-    "scaling/runs/spec.py:parse_sweep": "one TOML validation pass; to split into per-table parsers",
     "search/app/cli/train.py:_command_bench": "torch and llama.cpp benches behind one command; to split per runtime",
 }
 
