@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from scaling.laws.proxy_check import matched_deltas, posterior_predictive, sign_
 from scaling.laws.units import NATS_PER_BYTE, LossUnit, common_unit
 from scaling.shape import accounting
 from scaling.shape.arch import ArchSpec
+
+if TYPE_CHECKING:
+    from scaling.laws.penalty_result import QuantPenaltyFit
 
 HUBER_SCALE = 1e-3  # the Huber threshold on log residuals, as in Hoffmann et al.'s fits
 BASE_PARAMS = ("E", "A", "B", "alpha", "beta")
@@ -259,11 +262,20 @@ def fit_quant_term(
             with the lowest cross-validated error (whole runs held out).
         min_tokens_per_param: The shortest training (tokens per active parameter) that counts.
     """
-    from scaling.laws.quant_penalty import FORMS, LOSS_UNIT, compare_penalty_forms, fit_quant_penalty
+    from scaling.laws.quant_penalty import FORMS, fit_quant_penalty
 
     common_unit(frame["loss_unit"] if "loss_unit" in frame.columns else (), "the quantisation measurements")
     if form != "auto" and form not in FORMS:
         raise UserError(f"unknown penalty form {form!r}; known: auto, {', '.join(FORMS)}")
+    frame, n_active = _long_enough(frame, min_tokens_per_param)
+    chosen, comparison, refused = _choose_penalty_form(frame, form, unit, seed)
+    fit = fit_quant_penalty(frame, chosen, bootstrap=bootstrap, seed=seed)
+    return _penalty_term(fit, frame, n_active, source, min_tokens_per_param, comparison, refused)
+
+
+def _long_enough(frame: pd.DataFrame, min_tokens_per_param: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """The measurements that quantise something, of runs trained on at least ``min_tokens_per_param``
+    tokens per active parameter, and those runs' active parameters."""
     frame = frame[frame["parts"] != "none"] if "parts" in frame.columns else frame
     n_active = np.array([accounting.active_params(ArchSpec.from_dict(_table(arch))) for arch in frame["arch"]])
     long_enough = frame["D"].to_numpy(float) / n_active >= min_tokens_per_param * 0.99  # a router adds to N
@@ -272,20 +284,39 @@ def fit_quant_term(
             f"no quantisation measurement of a run trained on at least {min_tokens_per_param:g} tokens per "
             "active parameter; measure the sweep's longest runs (moeplan quantize-eval)"
         )
-    frame, n_active = frame[long_enough].reset_index(drop=True), n_active[long_enough]
+    return frame[long_enough].reset_index(drop=True), n_active[long_enough]
+
+
+def _choose_penalty_form(
+    frame: pd.DataFrame, form: str, unit: LossUnit, seed: int
+) -> tuple[str, pd.DataFrame, dict[str, str]]:
+    """The form to fit (``auto``: the applicable one with the lowest cross-validated error), the
+    forms' comparison, and why each form tried before it was passed over."""
+    from scaling.laws.quant_penalty import compare_penalty_forms, fit_quant_penalty
+
     comparison = compare_penalty_forms(frame, seed=seed)
     refused = {}
     for name in comparison["form"] if form == "auto" else [form]:
         reason = _applicable(fit_quant_penalty(frame, name), name, unit)
         if reason is None:
-            chosen = name
-            break
+            return name, comparison, refused
         refused[name] = reason
-    else:
-        raise UserError(
-            "no penalty form fits this card: " + "; ".join(f"{name}: {why}" for name, why in refused.items())
-        )
-    fit = fit_quant_penalty(frame, chosen, bootstrap=bootstrap, seed=seed)
+    raise UserError("no penalty form fits this card: " + "; ".join(f"{name}: {why}" for name, why in refused.items()))
+
+
+def _penalty_term(
+    fit: QuantPenaltyFit,
+    frame: pd.DataFrame,
+    n_active: np.ndarray,
+    source: str,
+    min_tokens_per_param: float,
+    comparison: pd.DataFrame,
+    refused: dict[str, str],
+) -> Term:
+    """The card's quantisation term from the chosen form's fit, with the evidence behind it."""
+    from scaling.laws.quant_penalty import FORMS, LOSS_UNIT
+
+    chosen = fit.form
     document = fit.to_dict()
     replicates = fit.bootstrap_params.to_dict(orient="list") if fit.bootstrap_params is not None else {}
     per_param = frame["D"].to_numpy(float) / n_active

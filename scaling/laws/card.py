@@ -37,10 +37,10 @@ from scaling.errors import UserError
 from scaling.laws import effective
 from scaling.laws.card_levels import LEVEL, QUANT_TERM
 from scaling.laws.card_summary import summary
+from scaling.laws.penalty_forms import FORMS as PENALTY_FORMS
+from scaling.laws.penalty_forms import PARAMS as PENALTY_PARAMS
+from scaling.laws.penalty_predict import penalty_samples
 from scaling.laws.physical import physical_columns
-from scaling.laws.quant_penalty import FORMS as PENALTY_FORMS
-from scaling.laws.quant_penalty import PARAMS as PENALTY_PARAMS
-from scaling.laws.quant_penalty import penalty_samples
 from scaling.laws.units import NATS_PER_BYTE, LossUnit
 from scaling.shape.scheme import METHODS, Scheme
 

@@ -40,6 +40,9 @@ grid; the learning rate with the lowest mean final validation loss over the seed
 run counts as infinitely bad) is then used for every run of that family, scaled by
 ``lr_scaling`` relative to that smallest width. The tuning runs are runs of the sweep like any
 other (stage ``lr_search``): stored, resumable and claimed once.
+
+The main tables are checked in :mod:`scaling.runs.spec_tables`; this module expands them into
+runs and adds the ``[quantize]`` and ``[lr_search]`` stages.
 """
 
 from __future__ import annotations
@@ -54,25 +57,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from scaling.checks import LIMITS
 from scaling.errors import UserError
+from scaling.runs.spec_tables import (
+    TOKEN_MODES,
+    SpecTables,
+    check_run_tokens,
+    check_seeds,
+    load_document,
+    parse_tables,
+    spec_error,
+)
 from scaling.shape import accounting
-from scaling.shape.arch import ArchError, ArchSpec, field_names
+from scaling.shape.arch import ArchError, ArchSpec
 from scaling.shape.scheme import METHODS, Scheme, load_scheme
 from scaling.train.config import TrainConfig
 
-TOP_LEVEL = ("name", "description", "base", "vary", "tokens", "train", "run", "lr_search", "quantize")
 QUANTIZE_KEYS = ("schemes", "methods")
 LR_SEARCH_KEYS = ("grid", "tokens_per_param", "absolute", "seeds")
 FAMILY_FIELDS = ("n_experts", "granularity", "top_k", "n_shared_experts")
 STAGES = ("main", "lr_search")
-TOKEN_MODES = ("absolute", "tokens_per_param", "compute")
-ENTRY_OVERRIDES = (*TOKEN_MODES, "seeds")  # what a [[vary]] list entry may set besides ArchSpec fields
-LR_SCALING = ("none", "inverse_width")
-RUN_KEYS = ("seeds", "corpus", "infer_bench", "skip_invalid", "warmup_fraction")
-TRAIN_KEYS = (*tuple(k for k in TrainConfig.__dataclass_fields__ if k not in ("steps", "warmup_steps")), "lr_scaling")
 
 
 @dataclass(frozen=True)
@@ -162,202 +165,109 @@ def replace_train(run: RunConfig, **changes: Any) -> RunConfig:
     return dataclasses.replace(run, train=TrainConfig(**{**run.train.to_dict(), **changes}))
 
 
-def _fail(path: str, message: str) -> UserError:
-    return UserError(f"sweep spec: {path}: {message}")
-
-
-def _expand_group(group: Any, path: str) -> list[dict[str, Any]]:
-    if not isinstance(group, dict) or len(group) != 1 or next(iter(group)) not in ("grid", "zip", "list"):
-        raise _fail(path, "each [[vary]] entry needs exactly one of grid, zip or list")
-    kind, body = next(iter(group.items()))
-    allowed = set(field_names()) - {"name"}
-    if kind == "list":
-        if not isinstance(body, list) or not all(isinstance(x, dict) for x in body) or not body:
-            raise _fail(f"{path}.list", "must be a non-empty list of tables of ArchSpec fields")
-        for index, item in enumerate(body):
-            for key in item:
-                if key not in allowed | set(ENTRY_OVERRIDES):
-                    raise _fail(f"{path}.list[{index}].{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
-            overrides = [key for key in item if key in TOKEN_MODES]
-            if len(overrides) > 1:
-                raise _fail(f"{path}.list[{index}]", f"give at most one token budget, got {overrides}")
-            for key in overrides:
-                _check_budgets(item[key], f"{path}.list[{index}].{key}")
-            if "seeds" in item:
-                _check_seeds(item["seeds"], f"{path}.list[{index}].seeds")
-        return [dict(item) for item in body]
-    if not isinstance(body, dict) or not body:
-        raise _fail(f"{path}.{kind}", "must be a table of field = [values]")
-    for key, values in body.items():
-        if key not in allowed:
-            raise _fail(f"{path}.{kind}.{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
-        if not isinstance(values, list) or not values:
-            raise _fail(f"{path}.{kind}.{key}", "must be a non-empty list of values")
-    keys = list(body)
-    if kind == "grid":
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*body.values())]
-    lengths = {len(v) for v in body.values()}
-    if len(lengths) != 1:
-        raise _fail(f"{path}.zip", f"lists must have equal lengths, got {sorted(lengths)}")
-    return [dict(zip(keys, combo, strict=True)) for combo in zip(*body.values(), strict=True)]
-
-
-def _check_budgets(budgets: Any, path: str) -> None:
-    if (
-        not isinstance(budgets, list)
-        or not budgets
-        or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0 for b in budgets
-        )
-    ):
-        raise _fail(path, "must be a non-empty list of positive numbers")
-
-
-def _check_run_tokens(tokens: int, path: str) -> None:
-    """A run's token budget within :data:`scaling.checks.LIMITS` (a store holds it as a 64-bit integer)."""
-    if tokens > LIMITS["tokens"]:
-        raise _fail(path, f"a run of {tokens:.3g} tokens is over the limit of {LIMITS['tokens']:.0e} tokens")
-
-
-def _check_seeds(seeds: Any, path: str) -> None:
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= LIMITS["seed"] for x in seeds)
-    ):
-        raise _fail(path, f"must be a non-empty list of integers from 0 to {LIMITS['seed']}")
-
-
 def parse_sweep(text: str, origin: str = "<spec>") -> SweepSpec:
     """Parse and validate a sweep spec; expand it into runs."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"sweep spec {origin} is not valid TOML: {error}") from None
-    for key in document:
-        if key not in TOP_LEVEL:
-            raise _fail(key, f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
-    name = document.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise _fail("name", "a sweep needs a non-empty string name")
-    base = document.get("base")
-    if not isinstance(base, dict):
-        raise _fail("base", "a sweep needs a [base] table of ArchSpec fields")
-    vary = document.get("vary", [])
-    if not isinstance(vary, list):
-        raise _fail("vary", "must be an array of tables ([[vary]])")
-    groups = [_expand_group(group, f"vary[{index}]") for index, group in enumerate(vary)]
-    tokens = document.get("tokens")
-    if not isinstance(tokens, dict) or len(tokens) != 1 or next(iter(tokens)) not in TOKEN_MODES:
-        raise _fail("tokens", f"needs exactly one of {', '.join(TOKEN_MODES)} = [values]")
-    default_mode, default_budgets = next(iter(tokens.items()))
-    _check_budgets(default_budgets, f"tokens.{default_mode}")
-    train_table = dict(document.get("train", {}))
-    for key in train_table:
-        if key not in TRAIN_KEYS:
-            raise _fail(f"train.{key}", f"unknown key; allowed: {', '.join(TRAIN_KEYS)}")
-    lr_scaling = train_table.pop("lr_scaling", "none")
-    if lr_scaling not in LR_SCALING:
-        raise _fail("train.lr_scaling", f"must be one of {', '.join(LR_SCALING)}")
-    run_table = document.get("run", {})
-    for key in run_table:
-        if key not in RUN_KEYS:
-            raise _fail(f"run.{key}", f"unknown key; allowed: {', '.join(RUN_KEYS)}")
-    seeds = run_table.get("seeds", [0])
-    _check_seeds(seeds, "run.seeds")
-    warmup_fraction = run_table.get("warmup_fraction", 0.1)
-    if not isinstance(warmup_fraction, (int, float)) or not 0 <= warmup_fraction < 1:
-        raise _fail("run.warmup_fraction", "must be in [0, 1)")
-    try:
-        template = TrainConfig(**train_table)
-    except (UserError, TypeError) as error:
-        raise _fail("train", str(error)) from None
-    try:
-        base_spec = ArchSpec.from_dict({**base, "name": base.get("name", name)})
-    except ArchError as error:
-        raise _fail("base", str(error)) from None
+    document = load_document(text, origin)
+    tables = parse_tables(document)
+    runs, skipped = _expand_runs(tables)
+    if not runs:
+        raise spec_error("vary", "the sweep expands to no valid run")
+    spec = SweepSpec(
+        name=tables.name, description=str(document.get("description", "")), runs=runs, skipped=skipped, text=text
+    )
+    if "quantize" in document:
+        base_dir = None if origin.startswith("<") else Path(origin).parent
+        spec.quantize = _quantize_pairs(document["quantize"], spec.runs, base_dir)
+    if "lr_search" in document:
+        _plan_lr_search(spec, document["lr_search"], tables.lr_scaling, tables.warmup_fraction)
+    return spec
 
+
+def _expand_runs(tables: SpecTables) -> tuple[list[RunConfig], list[str]]:
+    """Every run of the [[vary]] product, each budget and seed; and the shapes skipped as invalid."""
     runs, skipped = [], []
-    for combination in itertools.product(*groups) if groups else [()]:
+    for combination in itertools.product(*tables.groups) if tables.groups else [()]:
         changes: dict[str, Any] = {}
         for part in combination:
             changes.update(part)
         # a list entry may carry its own token budget (tokens_per_param = [...]) and seeds,
         # overriding [tokens] and [run] seeds for its runs
-        mode, budgets = default_mode, default_budgets
+        mode, budgets = tables.token_mode, tables.budgets
         for key in TOKEN_MODES:
             if key in changes:
                 mode, budgets = key, changes.pop(key)
-        entry_seeds = changes.pop("seeds", seeds)
+        entry_seeds = changes.pop("seeds", tables.seeds)
         label = ",".join(f"{k}={v}" for k, v in changes.items()) or "base"
         try:
-            spec = base_spec.replace(**changes, name=f"{name}[{label}]")
+            spec = tables.base.replace(**changes, name=f"{tables.name}[{label}]")
         except ArchError as error:
-            if run_table.get("skip_invalid", False):
+            if tables.run.get("skip_invalid", False):
                 skipped.append(f"{label}: {error}")
                 continue
-            raise _fail(f"vary ({label})", f"{error}; set run.skip_invalid = true to skip such shapes") from None
-        active = int(accounting.active_params(spec))
+            raise spec_error(f"vary ({label})", f"{error}; set run.skip_invalid = true to skip such shapes") from None
         for budget in budgets:
-            if mode == "absolute":
-                tokens_total = int(budget)
-            elif mode == "tokens_per_param":
-                tokens_total = int(budget * active)
-            else:
-                tokens_total = int(budget / (6 * active))
-            _check_run_tokens(tokens_total, f"tokens.{mode}" if mode == default_mode else f"vary ({label}).{mode}")
-            tokens_per_step = template.batch_size * template.seq_len
-            steps = max(1, round(tokens_total / tokens_per_step))
-            lr = template.lr * (base_spec.d_model / spec.d_model if lr_scaling == "inverse_width" else 1.0)
-            for seed in entry_seeds:
-                train = TrainConfig(
-                    **{
-                        **template.to_dict(),
-                        "steps": steps,
-                        "seed": seed,
-                        "lr": lr,
-                        "warmup_steps": min(steps, max(1, round(warmup_fraction * steps))),
-                        "eval_interval": min(template.eval_interval, steps),
-                        "checkpoint_interval": min(template.checkpoint_interval, steps)
-                        if template.checkpoint_interval
-                        else 0,
-                    }
-                )
-                runs.append(
-                    RunConfig(
-                        arch=spec,
-                        train=train,
-                        tokens=steps * tokens_per_step,
-                        seed=seed,
-                        corpus=str(run_table.get("corpus", "shakespeare")),
-                        infer_bench=bool(run_table.get("infer_bench", False)),
-                        budget={mode: budget},
-                    )
-                )
-    if not runs:
-        raise _fail("vary", "the sweep expands to no valid run")
-    spec = SweepSpec(name=name, description=str(document.get("description", "")), runs=runs, skipped=skipped, text=text)
-    if "quantize" in document:
-        base_dir = None if origin.startswith("<") else Path(origin).parent
-        spec.quantize = _quantize_pairs(document["quantize"], spec.runs, base_dir)
-    if "lr_search" in document:
-        _plan_lr_search(spec, document["lr_search"], lr_scaling, warmup_fraction)
-    return spec
+            runs += _budget_runs(tables, spec, mode, budget, label, entry_seeds)
+    return runs, skipped
+
+
+def _budget_runs(
+    tables: SpecTables, spec: ArchSpec, mode: str, budget: float, label: str, seeds: list[int]
+) -> list[RunConfig]:
+    """One shape's runs at one token budget, one per seed."""
+    active = int(accounting.active_params(spec))
+    if mode == "absolute":
+        tokens_total = int(budget)
+    elif mode == "tokens_per_param":
+        tokens_total = int(budget * active)
+    else:
+        tokens_total = int(budget / (6 * active))
+    check_run_tokens(tokens_total, f"tokens.{mode}" if mode == tables.token_mode else f"vary ({label}).{mode}")
+    template = tables.template
+    tokens_per_step = template.batch_size * template.seq_len
+    steps = max(1, round(tokens_total / tokens_per_step))
+    lr = template.lr * (tables.base.d_model / spec.d_model if tables.lr_scaling == "inverse_width" else 1.0)
+    return [
+        RunConfig(
+            arch=spec,
+            train=_run_train(template, steps, seed, lr, tables.warmup_fraction),
+            tokens=steps * tokens_per_step,
+            seed=seed,
+            corpus=str(tables.run.get("corpus", "shakespeare")),
+            infer_bench=bool(tables.run.get("infer_bench", False)),
+            budget={mode: budget},
+        )
+        for seed in seeds
+    ]
+
+
+def _run_train(template: TrainConfig, steps: int, seed: int, lr: float, warmup_fraction: float) -> TrainConfig:
+    """``template`` for one run of ``steps`` steps: its seed, learning rate, warm-up and intervals."""
+    return TrainConfig(
+        **{
+            **template.to_dict(),
+            "steps": steps,
+            "seed": seed,
+            "lr": lr,
+            "warmup_steps": min(steps, max(1, round(warmup_fraction * steps))),
+            "eval_interval": min(template.eval_interval, steps),
+            "checkpoint_interval": min(template.checkpoint_interval, steps) if template.checkpoint_interval else 0,
+        }
+    )
 
 
 def _quantize_pairs(table: Any, runs: list[RunConfig], base_dir: Path | None) -> list[tuple[Scheme, str]]:
     """The ``[quantize]`` table: every scheme (checked against every run's shape) by every method."""
     if not isinstance(table, dict):
-        raise _fail("quantize", "must be a table with schemes and methods")
+        raise spec_error("quantize", "must be a table with schemes and methods")
     for key in table:
         if key not in QUANTIZE_KEYS:
-            raise _fail(f"quantize.{key}", f"unknown key; allowed: {', '.join(QUANTIZE_KEYS)}")
+            raise spec_error(f"quantize.{key}", f"unknown key; allowed: {', '.join(QUANTIZE_KEYS)}")
     names = table.get("schemes")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise _fail("quantize.schemes", "must be a non-empty list of scheme names or files")
+        raise spec_error("quantize.schemes", "must be a non-empty list of scheme names or files")
     methods = table.get("methods", ["rtn"])
     if not isinstance(methods, list) or not methods or not all(m in METHODS for m in methods):
-        raise _fail("quantize.methods", f"must be a non-empty list of {', '.join(METHODS)}")
+        raise spec_error("quantize.methods", f"must be a non-empty list of {', '.join(METHODS)}")
     schemes = []
     for index, name in enumerate(names):
         try:
@@ -365,7 +275,7 @@ def _quantize_pairs(table: Any, runs: list[RunConfig], base_dir: Path | None) ->
             for arch in {run.arch for run in runs}:
                 scheme.check(arch)
         except UserError as error:
-            raise _fail(f"quantize.schemes[{index}]", str(error)) from None
+            raise spec_error(f"quantize.schemes[{index}]", str(error)) from None
         schemes.append(scheme)
     return [(scheme, method) for scheme in schemes for method in dict.fromkeys(methods)]
 
@@ -373,25 +283,25 @@ def _quantize_pairs(table: Any, runs: list[RunConfig], base_dir: Path | None) ->
 def _plan_lr_search(spec: SweepSpec, table: Any, lr_scaling: str, warmup_fraction: float) -> None:
     """Turn ``spec`` into a two-stage sweep: tuning runs now, main runs once resolved."""
     if not isinstance(table, dict):
-        raise _fail("lr_search", "must be a table")
+        raise spec_error("lr_search", "must be a table")
     for key in table:
         if key not in LR_SEARCH_KEYS:
-            raise _fail(f"lr_search.{key}", f"unknown key; allowed: {', '.join(LR_SEARCH_KEYS)}")
+            raise spec_error(f"lr_search.{key}", f"unknown key; allowed: {', '.join(LR_SEARCH_KEYS)}")
     grid = table.get("grid")
     if (
         not isinstance(grid, list)
         or not grid
         or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g > 0 for g in grid)
     ):
-        raise _fail("lr_search.grid", "must be a non-empty list of positive learning rates")
+        raise spec_error("lr_search.grid", "must be a non-empty list of positive learning rates")
     budgets = [key for key in ("tokens_per_param", "absolute") if key in table]
     if len(budgets) != 1:
-        raise _fail("lr_search", "needs exactly one of tokens_per_param or absolute (the tuning runs' budget)")
+        raise spec_error("lr_search", "needs exactly one of tokens_per_param or absolute (the tuning runs' budget)")
     budget = table[budgets[0]]
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise _fail(f"lr_search.{budgets[0]}", "must be a positive number")
+        raise spec_error(f"lr_search.{budgets[0]}", "must be a positive number")
     seeds = table.get("seeds", [0])
-    _check_seeds(seeds, "lr_search.seeds")
+    check_seeds(seeds, "lr_search.seeds")
     smallest: dict[tuple[int, ...], RunConfig] = {}
     for run in spec.runs:
         current = smallest.get(run.family)
@@ -401,24 +311,12 @@ def _plan_lr_search(spec: SweepSpec, table: Any, lr_scaling: str, warmup_fractio
     for family, run in smallest.items():
         active = int(accounting.active_params(run.arch))
         tokens_total = int(budget * active) if budgets[0] == "tokens_per_param" else int(budget)
-        _check_run_tokens(tokens_total, f"lr_search.{budgets[0]}")
+        check_run_tokens(tokens_total, f"lr_search.{budgets[0]}")
         tokens_per_step = run.train.batch_size * run.train.seq_len
         steps = max(1, round(tokens_total / tokens_per_step))
         for lr in grid:
             for seed in seeds:
-                train = TrainConfig(
-                    **{
-                        **run.train.to_dict(),
-                        "steps": steps,
-                        "seed": seed,
-                        "lr": float(lr),
-                        "warmup_steps": min(steps, max(1, round(warmup_fraction * steps))),
-                        "eval_interval": min(run.train.eval_interval, steps),
-                        "checkpoint_interval": min(run.train.checkpoint_interval, steps)
-                        if run.train.checkpoint_interval
-                        else 0,
-                    }
-                )
+                train = _run_train(run.train, steps, seed, float(lr), warmup_fraction)
                 stage.append(
                     dataclasses.replace(
                         run,

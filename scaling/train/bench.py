@@ -14,6 +14,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -226,42 +227,100 @@ def bench_train(
     config = TrainConfig(
         steps=steps, batch_size=batch_size, seq_len=seq_len, dtype=dtype, dispatch=dispatch, device=device
     )
-    torch_device = resolve_device(device)
+    step = _prepare_step(arch, config)
+    probe, probe_rss = _start_probe(step.device, steps, warmup, dtype, progress)
+    timings, rss = _timed_steps(step, probe, probe_rss, warmup, steps, progress)
+    return _train_result(arch, config, step.device, probe, timings, rss, warmup)
+
+
+@dataclass
+class _TrainStep:
+    """What a timed training step runs: the model, its optimiser and one fixed batch on the device."""
+
+    device: torch.device
+    model: ProxyModel
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    autocast: torch.autocast
+
+
+def _prepare_step(arch: ArchSpec, config: TrainConfig) -> _TrainStep:
+    """The model, optimiser and random batch, built before anything is measured (the device's peak
+    memory is counted from here)."""
+    torch_device = resolve_device(config.device)
     retain_freed_memory()
     torch.manual_seed(0)
-    model = ProxyModel(ProxyConfig(arch, dispatch=dispatch, max_seq_len=seq_len)).to(torch_device)
+    model = ProxyModel(ProxyConfig(arch, dispatch=config.dispatch, max_seq_len=config.seq_len)).to(torch_device)
     optimizer = build_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, arch.vocab_size, (batch_size, seq_len + 1), generator=generator)
+    tokens = torch.randint(0, arch.vocab_size, (config.batch_size, config.seq_len + 1), generator=generator)
     x, y = tokens[:, :-1].to(torch_device), tokens[:, 1:].to(torch_device)
-    autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    autocast = torch.autocast(torch_device.type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
+    return _TrainStep(torch_device, model, optimizer, x, y, autocast)
+
+
+def _start_probe(
+    device: torch.device, steps: int, warmup: int, dtype: str, progress: Callable[[str, int, int], None] | None
+) -> tuple[HostProbe, int]:
+    """The host probe (measuring the matmul peak on first use) and the resident memory it added,
+    which the steps' memory figures leave out. The steps are announced before that memory is read,
+    so that a progress display's first allocations are left out with it."""
     before_probe = current_rss_bytes()
     if progress is not None:
         progress("matmul peak (cached after the first run)", 0, 1)
-    probe = HostProbe(torch_device, steps, dtype)  # dtype is fp32 or bf16 (checked above)
+    probe = HostProbe(device, steps, dtype)  # dtype is fp32 or bf16 (checked by bench_train)
     if progress is not None:
         progress("matmul peak (cached after the first run)", 1, 1)
         progress("steps (warm-up included)", 0, warmup + steps)
-    probe_rss = current_rss_bytes() - before_probe  # kept out of the step's memory figures
+    return probe, current_rss_bytes() - before_probe
+
+
+def _timed_steps(
+    step: _TrainStep,
+    probe: HostProbe,
+    probe_rss: int,
+    warmup: int,
+    steps: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[list[float], list[int]]:
+    """Each timed step's seconds (warm-up left out) and the resident memory after every step.
+
+    A step is timed from a synchronised device to a synchronised device; the probe and the
+    memory reading run outside that window."""
     timings, rss = [], []
     for index in range(warmup + steps):
-        synchronize(torch_device)
+        synchronize(step.device)
         start = time.perf_counter()
-        with autocast:
-            _, loss = model(x, y)
+        with step.autocast:
+            _, loss = step.model(step.x, step.y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(torch_device)
+        torch.nn.utils.clip_grad_norm_(step.model.parameters(), 1.0)
+        step.optimizer.step()
+        step.optimizer.zero_grad(set_to_none=True)
+        synchronize(step.device)
         if index >= warmup:
             timings.append(time.perf_counter() - start)
             probe.maybe_probe(index - warmup)  # outside the timed step
         rss.append(current_rss_bytes() - probe_rss)
         if progress is not None:
             progress("steps (warm-up included)", index + 1, warmup + steps)
+    return timings, rss
+
+
+def _train_result(
+    arch: ArchSpec,
+    config: TrainConfig,
+    torch_device: torch.device,
+    probe: HostProbe,
+    timings: list[float],
+    rss: list[int],
+    warmup: int,
+) -> dict[str, Any]:
+    """The bench's figures from the measured steps (see :func:`bench_train`)."""
+    batch_size, seq_len = config.batch_size, config.seq_len
     step_s = statistics.median(timings)
     flops_per_step = accounting.training_flops_per_token(arch, seq_len) * batch_size * seq_len
     peak = max(probe.peak_by_size.values())
@@ -269,11 +328,11 @@ def bench_train(
         "mode": "train",
         "arch": arch.name,
         "device": torch_device.type,
-        "dtype": dtype,
+        "dtype": config.dtype,
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "seq_len": seq_len,
-        "steps": steps,
+        "steps": config.steps,
         "step_ms": step_s * 1e3,
         "step_ms_all": [t * 1e3 for t in timings],
         "tokens_per_s": batch_size * seq_len / step_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from scaling.errors import UserError
 from scaling.proxy.dispatch import DISPATCH_MODES, INFERENCE_PATHS
@@ -21,11 +22,13 @@ from search.app.cli.common import (
 )
 from search.app.cli.progress import StderrProgress
 
+if TYPE_CHECKING:
+    from scaling.shape.arch import ArchSpec
+
 
 # --- command: bench ----------------------------------------------------------------------------
 def _command_bench(args: argparse.Namespace) -> None:
-    from scaling.train.memory_check import check_fits, infer_bytes, train_bytes
-
+    """``moeplan bench``: llama.cpp, or the proxy in torch (training or inference)."""
     if args.runtime == "llamacpp":
         _bench_llamacpp(args)
         return
@@ -35,48 +38,61 @@ def _command_bench(args: argparse.Namespace) -> None:
         raise UserError("give one of --hf-config PATH, --arch PATH or --preset NAME")
     spec = resolve_arch(args)
     if args.mode == "train":
-        check_fits(train_bytes(spec, args.batch_size, args.seq_len), f"--batch-size {args.batch_size} x --seq-len "
-                   f"{args.seq_len}", "lower them")  # fmt: skip
+        _bench_torch_train(args, spec)
     else:
-        check_fits(infer_bytes(spec, args.prompt_tokens, args.decode_tokens), f"--prompt-tokens {args.prompt_tokens} "
-                   f"with --decode-tokens {args.decode_tokens}", "lower them")  # fmt: skip
+        _bench_torch_infer(args, spec)
+
+
+def _bench_torch_train(args: argparse.Namespace, spec: ArchSpec) -> None:
+    """Training steps of the proxy in torch, after checking that they fit in memory."""
+    from scaling.train.memory_check import check_fits, train_bytes
+
+    check_fits(train_bytes(spec, args.batch_size, args.seq_len), f"--batch-size {args.batch_size} x --seq-len "
+               f"{args.seq_len}", "lower them")  # fmt: skip
+    from scaling.train.bench import bench_train  # torch: after the quick checks
+
     progress = StderrProgress(enabled=not (args.json or args.quiet))
-    if args.mode == "train":
-        from scaling.train.bench import bench_train
-
-        result = bench_train(
-            spec,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
-            dtype=args.dtype,
-            device=args.device,
-            dispatch=args.dispatch,
-            progress=progress,
-        )
-        _warn(result)
-        if args.json:
-            print_json(result)
-            return
-        from search.app.report import human_bytes, print_table
-
-        print_table(
-            f"Training step: {spec.name or 'arch'} ({result['dtype']}, {result['device']})",
-            ["step ms (median)", "tokens/s", "MFU", "host delivered", "peak RSS", "RSS growth"],
-            [
-                [
-                    f"{result['step_ms']:.1f}",
-                    f"{result['tokens_per_s']:.0f}",
-                    f"{result['mfu']:.3f}",
-                    f"{result['host_delivered_fraction']:.0%} of peak",
-                    human_bytes(result["peak_rss_bytes"]),
-                    human_bytes(result["rss_growth_bytes"]),
-                ]
-            ],
-        )
+    result = bench_train(
+        spec,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        dtype=args.dtype,
+        device=args.device,
+        dispatch=args.dispatch,
+        progress=progress,
+    )
+    _warn(result)
+    if args.json:
+        print_json(result)
         return
-    from scaling.train.bench_infer import bench_infer
+    from search.app.report import human_bytes, print_table
 
+    print_table(
+        f"Training step: {spec.name or 'arch'} ({result['dtype']}, {result['device']})",
+        ["step ms (median)", "tokens/s", "MFU", "host delivered", "peak RSS", "RSS growth"],
+        [
+            [
+                f"{result['step_ms']:.1f}",
+                f"{result['tokens_per_s']:.0f}",
+                f"{result['mfu']:.3f}",
+                f"{result['host_delivered_fraction']:.0%} of peak",
+                human_bytes(result["peak_rss_bytes"]),
+                human_bytes(result["rss_growth_bytes"]),
+            ]
+        ],
+    )
+
+
+def _bench_torch_infer(args: argparse.Namespace, spec: ArchSpec) -> None:
+    """Prefill and decode of the proxy in torch or MLX, after checking that they fit in memory."""
+    from scaling.train.memory_check import check_fits, infer_bytes
+
+    check_fits(infer_bytes(spec, args.prompt_tokens, args.decode_tokens), f"--prompt-tokens {args.prompt_tokens} "
+               f"with --decode-tokens {args.decode_tokens}", "lower them")  # fmt: skip
+    from scaling.train.bench_infer import bench_infer  # torch: after the quick checks
+
+    progress = StderrProgress(enabled=not (args.json or args.quiet))
     result = bench_infer(
         spec,
         backend=args.backend,
