@@ -21,12 +21,18 @@ import pandas as pd
 from scaling.errors import UserError
 from scaling.laws.card import LawCard
 from scaling.shape import accounting
-from search.plan.engine import optuna_front
-from search.plan.evaluate import deployment_groups, evaluate, loss_samples, objective_samples, penalised
+from search.plan.engine import engine_label, optuna_front
+from search.plan.evaluate import (
+    evaluate,
+    loss_includes_quantisation,
+    loss_samples,
+    objective_samples,
+    penalised,
+    quantised_schemes,
+)
 from search.plan.evidence import entry_fields, evidence_shares
-from search.plan.loss_model import describe
 from search.plan.pareto import hypervolume, pareto_mask
-from search.plan.request import FieldError, PlanRequest, choose_engine
+from search.plan.request import FieldError, PlanRequest, choose_engine, resolved_sampler
 from search.plan.result import PlanResult
 from search.plan.robust import front_share
 from search.plan.space import SearchSpace
@@ -92,6 +98,13 @@ def evaluate_space(request: PlanRequest) -> EvaluatedSpace:
             raise UserError(space.unfit_message(name))
     if not choices:
         raise UserError("the search space has no valid shape (every top-k reaches its E); widen it")
+    return evaluate_choices(request, choices)
+
+
+def evaluate_choices(request: PlanRequest, choices: list[dict[str, Any]]) -> EvaluatedSpace:
+    """Evaluate the given choices of the request's space (all of a grid; a large space's distinct
+    trials), with loss samples and ``p_front`` among them; refused when none is feasible."""
+    space = request.space
     arrays = space.arrays(choices)
     precisions, schemes = space.deployments(choices)
     frame = evaluate(request, arrays, precisions, schemes)
@@ -112,10 +125,18 @@ def plan_result(request: PlanRequest) -> PlanResult:
     if getattr(request.space, "kind", "grid") == "large":  # too large to enumerate: Optuna alone
         from search.plan.large_plan import large_plan
 
-        return large_plan(request, _pareto_entries)
+        return large_plan(request)
     evaluated = evaluate_space(request)
-    document = _head(request, evaluated)
+    document = document_head(request, evaluated)
     front = _search(request, evaluated, document)
+    return finish_plan(request, evaluated, front, document)
+
+
+def finish_plan(
+    request: PlanRequest, evaluated: EvaluatedSpace, front: pd.DataFrame, document: dict[str, Any]
+) -> PlanResult:
+    """The plan from a searched front, for either space: the front kept by ``min_p_front`` and
+    ``max_unvalidated_share``, its entries with evidence and latency intervals."""
     front, shares = _robust(request, evaluated, front, document)
     entries = evaluated.entries(front)  # sorted; match each back to its row by name and scheme
     fields = {}
@@ -126,11 +147,7 @@ def plan_result(request: PlanRequest) -> PlanResult:
         entry.update(fields[(entry["arch"]["name"], entry["scheme"])])
     document["pareto"] = entries
     _add_latency_intervals(request, evaluated, front, document["pareto"])
-    document.update(prompt_tokens=request.prompt_tokens, context_tokens=request.context_tokens)
-    for bound in ("max_weight_bytes", "max_decode_ms", "max_active_params"):
-        if getattr(request, bound) is not None:
-            document[bound] = getattr(request, bound)
-    return PlanResult(**document)
+    return PlanResult.from_dict(document)  # keys it does not name (a large plan's history) stay as extra
 
 
 def plan(request: PlanRequest) -> dict[str, Any]:
@@ -141,37 +158,31 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     return plan_result(request).to_dict()
 
 
-def _head(request: PlanRequest, evaluated: EvaluatedSpace) -> dict[str, Any]:
-    """The document's fields before the search: the request's echo, the loss model, extrapolation."""
+def document_head(request: PlanRequest, evaluated: EvaluatedSpace) -> dict[str, Any]:
+    """The document's fields before the search, for either space: the request's echo
+    (:meth:`PlanRequest.echo`), the loss model, the extrapolation over the feasible shapes."""
     frame, feasible = evaluated.frame, evaluated.feasible
-    model = describe(request.loss_model)
-    quantised = _quantised_schemes(request, frame)
+    quantised = quantised_schemes(request, frame)
     feasible_shapes = law_shapes(request, evaluated, feasible)
     if isinstance(request.loss_model, LawCard):
         extrapolation = request.loss_model.extrapolation(feasible_shapes, with_penalty=bool(quantised))
     else:
         extrapolation = request.loss_model.extrapolation(feasible_shapes)
     warnings = _extrapolation_warnings(extrapolation, request.max_extrapolation)
+    document = request.echo()
     if quantised and not penalised(request) and "loss" in request.objectives:
         warnings.append(
-            f"the loss model {model['law_card']!r} has no quantisation penalty: the loss at "
+            f"the loss model {document['law_card']!r} has no quantisation penalty: the loss at "
             f"{', '.join(quantised)} is the bf16 loss (a card fitted on quantisation measurements prices it)"
         )
-    return {
-        "device": request.device.name,
-        "backend": request.device.for_backend(request.backend).backend,
-        "memory_budget_bytes": int(request.budget),
-        "objectives": list(request.objectives),
+    return document | {
         "space_size": len(evaluated.choices),
         "feasible_shapes": len(feasible),
-        **model,
         "loss_samples": int(evaluated.samples.shape[1]),
-        "train_tokens": request.train_tokens,
         "extrapolation": extrapolation,
         "warnings": warnings,
         "schemes": list(dict.fromkeys(frame["scheme"].tolist())),
-        "quant_method": request.quant_method,
-        "loss_includes_quantisation": bool(quantised) and penalised(request),
+        "loss_includes_quantisation": loss_includes_quantisation(request, frame),
     }
 
 
@@ -185,16 +196,18 @@ def _search(request: PlanRequest, evaluated: EvaluatedSpace, document: dict[str,
     document["exact_hypervolume"] = hypervolume(exact_front[columns].to_numpy(float), low, high)
     if choose_engine(request, len(evaluated.choices)) == "exhaustive":
         document.update(engine="exhaustive", n_trials=0, hypervolume=document["exact_hypervolume"])
+        document["sampler"] = None
         return exact_front
     front, trials = optuna_front(request, request.space, evaluated.choices, evaluated.frame)
-    engine = "optuna-tpe" if request.latency_oracle is not None else "optuna-nsga2"
+    engine = engine_label(resolved_sampler(request))
     if front.empty:  # too few trials to reach a feasible shape: never an empty front in silence
         front, engine = exact_front, "exhaustive (no feasible trial)"
         document["warnings"].append(
             f"the {trials} Optuna trials found no feasible shape; the exact front is shown instead "
             "(raise the trials, or let the engine choose the exact front)"
         )
-    document.update(engine=engine, n_trials=trials, hypervolume=hypervolume(front[columns].to_numpy(float), low, high))
+    document.update(engine=engine, sampler=resolved_sampler(request), n_trials=trials)
+    document["hypervolume"] = hypervolume(front[columns].to_numpy(float), low, high)
     return front
 
 
@@ -260,16 +273,6 @@ def _add_latency_intervals(request: PlanRequest, evaluated: EvaluatedSpace, fron
         low, high = intervals["decode_ms"][position]
         entry["decode_tokens_per_s_ci90"] = [1e3 / float(high), 1e3 / float(low)]
         entry["prefill_ms_ci90"] = [float(v) for v in intervals["prefill_ms"][position]]
-
-
-def _quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:
-    """The names of the quantised deployments among the shapes."""
-    precisions, schemes = frame["precision"].to_numpy(), frame["scheme"].to_numpy()
-    return [
-        str(schemes[mask][0])
-        for mask, _, scheme, _ in deployment_groups(request, precisions, schemes)
-        if scheme is not None and scheme.quantised_parts()
-    ]
 
 
 def no_fit_error(request: PlanRequest, frame: pd.DataFrame) -> FieldError:
