@@ -8,6 +8,7 @@ a trial is feasible when every constraint is at most zero.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -90,18 +91,18 @@ def make_sampler(name: str, seed: int, trials: int):
     import optuna
 
     samplers = optuna.samplers
-    if name == "nsga2":
-        return samplers.NSGAIISampler(seed=seed)
-    if name == "nsga2-tuned":
-        return samplers.NSGAIISampler(seed=seed, population_size=16, mutation_prob=0.25)
-    if name == "nsga3":
-        return samplers.NSGAIIISampler(seed=seed)
-    if name == "tpe":
-        return samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, trials))
-    if name == "random":
-        return samplers.RandomSampler(seed=seed)
-    if name == "qmc":
-        return samplers.QMCSampler(seed=seed, qmc_type="sobol", scramble=True, warn_independent_sampling=False)
+    factories = {
+        "nsga2": lambda: samplers.NSGAIISampler(seed=seed),
+        "nsga2-tuned": lambda: samplers.NSGAIISampler(seed=seed, population_size=16, mutation_prob=0.25),
+        "nsga3": lambda: samplers.NSGAIIISampler(seed=seed),
+        "tpe": lambda: samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, trials)),
+        "random": lambda: samplers.RandomSampler(seed=seed),
+        "qmc": lambda: samplers.QMCSampler(seed=seed, qmc_type="sobol", scramble=True, warn_independent_sampling=False),
+    }
+    if name in factories:
+        with warnings.catch_warnings():  # NSGA-III, QMC and multivariate TPE are "experimental": said in docs
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return factories[name]()
     raise UserError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
 
 
