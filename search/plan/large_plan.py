@@ -1,7 +1,7 @@
 """The plan document of a large-space search (:mod:`search.plan.large_search`).
 
-The grid's document, built by the grid's own code (:func:`search.plan.planner.document_head` and
-:func:`search.plan.planner.finish_plan`) over the distinct shapes the trials visited: the same
+The grid's document, built by the grid's own code (:func:`search.plan.plan_document.document_head` and
+:func:`search.plan.plan_document.finish_plan`) over the distinct shapes the trials visited: the same
 echo, extrapolation report and warnings, ``min_p_front``/``max_unvalidated_share`` filters,
 evidence shares and latency intervals. What differs: the front is that of the trials, so there is
 no ``exact_hypervolume`` (null) and the hypervolume is normalised over the feasible trials;
@@ -18,7 +18,7 @@ from scaling.errors import UserError
 from search.plan.large_search import search_large
 from search.plan.large_space import LargeSpace
 from search.plan.pareto import hypervolume, pareto_mask
-from search.plan.planner import document_head, evaluate_choices, finish_plan
+from search.plan.plan_document import document_head, evaluate_choices, finish_plan
 from search.plan.request import PlanRequest, resolved_sampler
 from search.plan.result import PlanResult
 
