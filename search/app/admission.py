@@ -101,7 +101,8 @@ def _plan_problem(request: Any) -> str | None:
     from search.plan.planner import no_fit_error
 
     space = request.space
-    choices = space.choices()
+    # a large space cannot be listed: its lightest shape fits wherever any of its shapes does
+    choices = [space.smallest()] if getattr(space, "kind", "grid") == "large" else space.choices()
     if not choices:
         return "the search space has no valid shape (every top-k reaches its E); widen it"
     precisions, schemes = space.deployments(choices)

@@ -21,6 +21,9 @@ MAX_TRIALS = 5000  # the service's own caps on the work one request may queue
 MAX_BOOTSTRAP = 2000
 MAX_FIT_ROWS = 100_000
 MAX_SAMPLES = 1000
+MAX_LARGE_TRIALS = 2000  # a large-space trial evaluates its shape (tens of ms): a few minutes of a core
+MAX_GRID_SHAPES = 200_000  # a body's grid space: at most what the exact front scores whole
+SPACE_OWN_FIELDS = {"schemes": "schemes", "precision": "precision"}  # the body's own fields say these
 
 Precision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
 Backend = Literal["cpu", "gpu", "npu"]
@@ -144,6 +147,25 @@ class PlanBody(BaseModel):
     max_decode_ms: float | None = Field(None, gt=0, description="bound on decode latency per token, ms")
     max_active_params: float | None = Field(None, gt=0, description="bound on active parameters")
     max_extrapolation: float = Field(100.0, ge=1, description="warn when a law term reaches this far past its data")
+    sampler: str | None = Field(
+        None, max_length=32, description="the Optuna sampler (naming one runs Optuna); default nsga2-tuned"
+    )
+    space: dict[str, Any] | None = Field(
+        None,
+        description='the search space, as a space file\'s [space] table; kind "large" selects the large space '
+        f"(searched by Optuna, trials); a grid space has at most {MAX_GRID_SHAPES:,} combinations",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, value):
+        if value is None:
+            return value
+        for key, field_name in SPACE_OWN_FIELDS.items():
+            if key in value:
+                raise UserError(f"space.{key}: give it as the body's {field_name!r}, not inside space")
+        _parse_space(value)  # refused here, a 422 naming the key, as a space file's would be
+        return value
 
     @field_validator("schemes")
     @classmethod
@@ -185,13 +207,22 @@ class PlanBody(BaseModel):
     def request(self):
         """The :class:`search.plan.request.PlanRequest`, validated as the command line's is."""
         from search.device.profiles import get_device
-        from search.plan.request import PlanRequest
+        from search.plan.request import FieldError, PlanRequest
         from search.plan.space import SearchSpace
 
-        space = SearchSpace()
-        space.precision = (self.precision,)
-        if self.schemes:
-            space.schemes = tuple(self.schemes)
+        space = _parse_space(self.space) if self.space is not None else SearchSpace()
+        if getattr(space, "kind", "grid") == "large":
+            if self.trials > MAX_LARGE_TRIALS:
+                raise FieldError(f"{{trials}}: at most {MAX_LARGE_TRIALS} on the large space (each trial evaluates "
+                                 f"its shape), got {self.trials}", "trials")  # fmt: skip
+            if self.schemes:
+                raise UserError('schemes: the large space (space kind "large") picks a format per part from its '
+                                "bits and group_size; drop schemes")  # fmt: skip
+        else:
+            space.precision = (self.precision,)
+            if self.schemes:
+                space.schemes = tuple(self.schemes)
+            space = space.validated()
         return PlanRequest(
             device=get_device(self.device, allow_path=False),
             backend=self.backend,
@@ -214,6 +245,7 @@ class PlanBody(BaseModel):
             max_decode_ms=self.max_decode_ms,
             max_active_params=self.max_active_params,
             max_extrapolation=self.max_extrapolation,
+            sampler=self.sampler,
         ).validated()
 
     def _loss_model(self):
@@ -230,6 +262,23 @@ class PlanBody(BaseModel):
                 raise UserError("fit: holds NaN or infinity; give a fit from POST /v1/fits") from None
             return FitLossModel(FitResult.from_json(text))
         return load_builtin_card(self.law_card or DEFAULT_CARD)  # names only: no server paths
+
+
+def _parse_space(table: dict[str, Any]):
+    """The body's ``space`` as a space file's table is read (:meth:`SearchSpace.from_table`), with
+    a grid bounded by :data:`MAX_GRID_SHAPES` (the large space bounds itself; the trials, its work)."""
+    import math
+
+    from search.plan.space import SearchSpace
+
+    space = SearchSpace.from_table(table)
+    if getattr(space, "kind", "grid") != "large":
+        lists = ("n_layers", "d_model", "n_experts", "top_k", "granularity", "n_shared_experts", "ffn_ratio")
+        combinations = math.prod(len(getattr(space, name)) for name in lists)
+        if combinations > MAX_GRID_SHAPES:
+            raise UserError(f"space: {combinations:,} combinations, over the limit of {MAX_GRID_SHAPES:,}; "
+                            'narrow the lists, or give kind = "large" for a sampled search')  # fmt: skip
+    return space
 
 
 # --- responses ------------------------------------------------------------------------------------

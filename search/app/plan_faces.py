@@ -25,8 +25,8 @@ FACES: dict[str, tuple[str | None, str | None]] = {
     "train_tokens": ("--train-tokens", "train_tokens"),
     "prompt_tokens": ("--prompt-tokens", "prompt_tokens"),
     "context_tokens": ("--context-tokens", "context_tokens"),
-    # and --precision / precision; the CLI also takes --space FILE, whose [space] kind = "large"
-    # selects the large space (search.plan.large_space), searched by Optuna
+    # and --precision / precision; the CLI also takes --space FILE and the body a space object (the
+    # file's [space] table), whose kind = "large" selects the large space (search.plan.large_space)
     "space": ("--schemes", "schemes"),
     "storage": ("--storage", None),
     "study": ("--study", None),
@@ -40,6 +40,7 @@ FACES: dict[str, tuple[str | None, str | None]] = {
     "backend": ("--backend", "backend"),
     "quant_method": ("--quant-method", "quant_method"),
     "max_unvalidated_share": ("--max-unvalidated-share", "max_unvalidated_share"),
+    "sampler": ("--sampler", "sampler"),
 }
 
 NOT_OFFERED: dict[tuple[str, str], str] = {

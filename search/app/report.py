@@ -84,6 +84,9 @@ def hypervolume_text(result: PlanResult) -> str:
     )
     if result.engine == "exhaustive":
         return f"hypervolume {result.hypervolume:.3f} ({scale}; exhaustive, so the exact front's)"
+    if result.exact_hypervolume is None:  # a large space: no exact front to compare with
+        return (f"hypervolume {result.hypervolume:.3f} ({scale} the trials visited; the space cannot be enumerated, "
+                "so the exact front's is unknown)")  # fmt: skip
     return f"hypervolume {result.hypervolume:.3f} ({scale}; the exact front's is {result.exact_hypervolume:.3f})"
 
 

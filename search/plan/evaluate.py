@@ -76,6 +76,25 @@ def penalised(request: PlanRequest) -> bool:
     return isinstance(request.loss_model, LawCard) and request.loss_model.penalty is not None
 
 
+def quantised_schemes(request: PlanRequest, frame: pd.DataFrame) -> list[str]:
+    """The names of the quantised deployments (a scheme with a quantised part) among the evaluated
+    shapes of ``frame``."""
+    precisions, schemes = frame["precision"].to_numpy(), frame["scheme"].to_numpy()
+    return [
+        str(schemes[mask][0])
+        for mask, _, scheme, _ in deployment_groups(request, precisions, schemes)
+        if scheme is not None and scheme.quantised_parts()
+    ]
+
+
+def loss_includes_quantisation(request: PlanRequest, frame: pd.DataFrame) -> bool:
+    """A plan's ``loss_includes_quantisation``: whether its predicted losses carry the quantisation
+    penalty, i.e. the loss model prices quantisation (:func:`penalised`) and at least one evaluated
+    deployment is quantised. One meaning for the grid and the large space, whatever the objectives
+    (every entry reports ``predicted_loss``, an objective or not)."""
+    return penalised(request) and bool(quantised_schemes(request, frame))
+
+
 def loss_samples(request: PlanRequest, arrays, frame: pd.DataFrame) -> np.ndarray:
     """The loss model's samples for every shape of ``frame``, (shapes, samples), float32; also sets
     the frame's ``loss`` (median), ``loss_lower``/``loss_upper`` (90%) and dense-equivalent size.

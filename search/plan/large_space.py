@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.checks import check_number
+from scaling.checks import LIMITS, check_number
 from scaling.errors import UserError
 from scaling.shape.accounting import ArchArrays
 from scaling.shape.arch import ArchSpec
@@ -46,6 +46,7 @@ WIDTH_STEP = 128  # a multiple of the head size and of every group size in the m
 SCHEME_PARTS = ("embedding", "attention", "dense_mlp", "routed_experts", "shared_experts")
 SHORT = {"embedding": "emb", "attention": "attn", "dense_mlp": "mlp", "routed_experts": "exp", "shared_experts": "shr"}
 RANGES = ("n_layers", "d_model", "d_ff", "first_dense_layers")
+MAX_MENU = 16  # values per menu: wider menus are better given as a range, and bound the search
 MENUS = ("n_experts", "top_k", "granularity", "n_shared_experts", "moe_layer_step", "bits", "group_size")
 
 
@@ -83,11 +84,12 @@ class LargeSpace:
 
     def validated(self) -> LargeSpace:
         """Ranges ordered and within ``ArchSpec``'s limits; menus of valid values."""
-        check_number(self.vocab_size, "space.vocab_size", integer=True, minimum=1)
+        check_number(self.vocab_size, "space.vocab_size", integer=True, minimum=1, maximum=LIMITS["vocab_size"])
         for name in RANGES:
             low, high = getattr(self, name)
             for value in (low, high):
-                check_number(value, f"space.{name}", integer=True, minimum=0 if name == "first_dense_layers" else 1)
+                check_number(value, f"space.{name}", integer=True, minimum=0 if name == "first_dense_layers" else 1,
+                             maximum=LIMITS[name])  # fmt: skip
             if low > high:
                 raise UserError(f"space.{name}: the range [{low}, {high}] is empty; give [low, high] with low <= high")
         for name in ("d_model", "d_ff"):
@@ -96,8 +98,11 @@ class LargeSpace:
         if self.first_dense_layers[1] >= self.n_layers[0]:
             raise UserError("space.first_dense_layers: must stay below the fewest layers (space.n_layers low)")
         for name in MENUS:
+            if len(getattr(self, name)) > MAX_MENU:
+                raise UserError(f"space.{name}: at most {MAX_MENU} values (got {len(getattr(self, name))})")
             for value in getattr(self, name):
-                check_number(value, f"space.{name}", integer=True, minimum=0 if name == "n_shared_experts" else 1)
+                check_number(value, f"space.{name}", integer=True, minimum=0 if name == "n_shared_experts" else 1,
+                             maximum=LIMITS.get(name, WIDTH_STEP))  # fmt: skip
         if any(b not in (16, 8, 4, 3) for b in self.bits):
             raise UserError("space.bits: allowed 16 (bf16), 8, 4 and 3")
         if any(WIDTH_STEP % g for g in self.group_size):
@@ -150,6 +155,15 @@ class LargeSpace:
         for part in SCHEME_PARTS:
             choice[part] = trial.suggest_categorical(f"format_{part}", labels)
         return self.repaired(choice)
+
+    def smallest(self) -> dict[str, Any]:
+        """The lightest choice: fewest layers, narrowest widths, fewest experts, fewest bits at the
+        widest group. No shape of the space weighs less, so none fits where it does not."""
+        light = min(self.formats(), key=lambda fmt: (fmt.bits, -fmt.group_size)).label
+        choice = {name: getattr(self, name)[0] for name in RANGES}
+        choice.update({name: min(getattr(self, name)) for name in MENUS if name not in ("bits", "group_size")})
+        choice.update(d_model=_stepped(self.d_model)[0], d_ff=_stepped(self.d_ff)[0])
+        return self.repaired(choice | dict.fromkeys(SCHEME_PARTS, light))
 
     def repaired(self, choice: dict[str, Any]) -> dict[str, Any]:
         """The canonical valid form of a choice (see :meth:`suggest`); registers its scheme."""

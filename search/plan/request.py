@@ -12,7 +12,8 @@ from scaling.errors import UserError
 from scaling.laws.card import LawCard, load_card
 from scaling.shape.scheme import METHODS
 from search.device.profiles import DeviceProfile
-from search.plan.loss_model import FitLossModel, LossModel
+from search.plan.loss_model import FitLossModel, LossModel, describe
+from search.plan.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.plan.space import SearchSpace
 
 OBJECTIVES = ("loss", "decode_ms", "prefill_ms", "active_flops")
@@ -59,13 +60,13 @@ def choose_engine(request: PlanRequest, space_size: int) -> str:
     The exact front is the answer wherever it can be had: every objective analytic (no
     ``latency_oracle``) and the space enumerable (at most :data:`ENUMERABLE_SHAPES`). Optuna runs
     for measured latency, for larger spaces, and where the caller asks for it (``engine="optuna"``,
-    or an Optuna ``storage``/``study`` to resume). ``exhaustive=True`` forces the exact front.
+    an Optuna ``storage``/``study`` to resume, or a ``sampler``). ``exhaustive=True`` forces the exact front.
     """
     if request.exhaustive or request.engine == "exhaustive":
         return "exhaustive"
     if request.latency_oracle is not None or request.engine == "optuna":
         return "optuna"
-    if request.storage is not None or request.study is not None:
+    if request.storage is not None or request.study is not None or request.sampler is not None:
         return "optuna"
     return "exhaustive" if space_size <= ENUMERABLE_SHAPES else "optuna"
 
@@ -103,6 +104,9 @@ class PlanRequest:
             profile's own (its recommended one unless it was resolved for another).
         quant_method: How quantised deployments are made (``rtn`` or ``gptq``): the penalty
             term's method factor.
+        sampler: The Optuna sampler (:data:`SAMPLERS`) where Optuna runs; naming one runs Optuna.
+            ``None``: :data:`DEFAULT_SAMPLER`, or ``tpe`` in measured mode (few, costly trials):
+            :func:`resolved_sampler`.
     """
 
     device: DeviceProfile
@@ -129,6 +133,7 @@ class PlanRequest:
     max_weight_bytes: float | None = None
     backend: str | None = None
     quant_method: str = "rtn"
+    sampler: str | None = None
 
     def validated(self) -> PlanRequest:
         """A checked copy, with the default fit filled in (the request itself is left as given)."""
@@ -163,6 +168,7 @@ class PlanRequest:
                 "latency_oracle",
                 "exhaustive",
             )
+        self._check_engine_fields()
         if self.backend is not None:
             self.device.for_backend(self.backend)  # an unknown backend is refused before any work
         if self.quant_method not in METHODS:
@@ -189,6 +195,49 @@ class PlanRequest:
                 )
         return dataclasses.replace(self, loss_model=model)
 
+    def _check_engine_fields(self) -> None:
+        """The sampler, and what the large space (which cannot be enumerated) refuses."""
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise FieldError(f"{{sampler}} {self.sampler!r} is not one of {', '.join(SAMPLERS)}", "sampler")
+        if self.sampler is not None and (self.exhaustive or self.engine == "exhaustive"):
+            raise FieldError("{sampler} and {exhaustive} do not combine: the exact front samples nothing",
+                             "sampler", "exhaustive")  # fmt: skip
+        if getattr(self.space, "kind", "grid") != "large":
+            return
+        if self.exhaustive or self.engine == "exhaustive":
+            given = ["exhaustive"] if self.exhaustive else []
+            said = "{exhaustive}" if self.exhaustive else "{engine} exhaustive"
+            raise FieldError(f"{said}: the large space has {self.space.size():.3g} combinations and cannot be "
+                             "enumerated; leave {engine} auto (or optuna)", *given, "engine")  # fmt: skip
+        if self.latency_oracle is not None:
+            raise FieldError("{latency_oracle} is offered on a grid space only (each measured shape is cached "
+                             "and reused); drop it, or give a grid space", "latency_oracle")  # fmt: skip
+
+    def echo(self) -> dict[str, Any]:
+        """The request as every plan document repeats it (grid or large space): device, budget,
+        objectives, the loss model, tokens and the bounds that were set."""
+        bounds = ("max_weight_bytes", "max_decode_ms", "max_active_params")
+        return {
+            "device": self.device.name,
+            "backend": self.device.for_backend(self.backend).backend,
+            "memory_budget_bytes": int(self.budget),
+            "objectives": list(self.objectives),
+            **describe(self.loss_model),
+            "train_tokens": self.train_tokens,
+            "quant_method": self.quant_method,
+            "prompt_tokens": self.prompt_tokens,
+            "context_tokens": self.context_tokens,
+            **{bound: getattr(self, bound) for bound in bounds if getattr(self, bound) is not None},
+        }
+
     @property
     def budget(self) -> float:
         return self.memory_budget_bytes if self.memory_budget_bytes is not None else self.device.usable_bytes
+
+
+def resolved_sampler(request: PlanRequest) -> str:
+    """The sampler Optuna runs for ``request``: its own, else ``tpe`` in measured mode, else
+    :data:`DEFAULT_SAMPLER`."""
+    if request.sampler is not None:
+        return request.sampler
+    return "tpe" if request.latency_oracle is not None else DEFAULT_SAMPLER

@@ -20,6 +20,14 @@ import pandas as pd
 DEPRECATED_KEYS = {"fit_law": "law_card", "pareto[].expansion": "pareto[].n_experts"}
 """Alias -> the one spelling; the aliases are written for one release, then dropped."""
 
+CONTRACT_KEYS = ("device", "memory_budget_bytes", "n_trials", "hypervolume", "exact_hypervolume", "pareto")
+"""The plan document's keys that ``INTERFACE.md`` lists: every plan has them, grid or large."""
+
+CONTRACT_ENTRY_KEYS = ("arch", "predicted_loss", "decode_tokens_per_s", "prefill_ms", "weight_bytes",
+                       "peak_memory_bytes", "total_params", "active_params", "loss_unit", "predicted_loss_ci90",
+                       "p_front", "scheme", "evidence")  # fmt: skip
+"""The keys every Pareto entry has (``INTERFACE.md``'s, and the evidence wave's)."""
+
 OPTIONAL = ("min_p_front", "max_unvalidated_share", "best_dense", "max_weight_bytes", "max_decode_ms",
             "max_active_params")  # fmt: skip
 """Keys written only where the request set them (or, ``best_dense``, where a dense shape fits)."""
@@ -77,7 +85,7 @@ class PlanResult:
     schemes: list[str]
     quant_method: str
     loss_includes_quantisation: bool
-    exact_hypervolume: float
+    exact_hypervolume: float | None  # None where the space cannot be enumerated (a large space)
     engine: str
     n_trials: int
     hypervolume: float
@@ -92,6 +100,7 @@ class PlanResult:
     max_weight_bytes: float | None = None
     max_decode_ms: float | None = None
     max_active_params: float | None = None
+    sampler: str | None = None  # the Optuna sampler where one ran (null: the exact front)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,10 +180,11 @@ class PlanResult:
 
     def summary(self) -> str:
         """A readable text table: the request, the engine, and the front."""
+        exact = "exact unknown" if self.exact_hypervolume is None else f"exact {self.exact_hypervolume:.4f}"
         head = [
             f"Plan on {self.device} ({self.backend}), peak memory <= {self.memory_budget_bytes / 1e9:.2f} GB",
-            f"engine {self.engine} ({self.n_trials} trials); hypervolume {self.hypervolume:.4f} "
-            f"(exact {self.exact_hypervolume:.4f}) over {self.feasible_shapes:,} of {self.space_size:,} shapes",
+            f"engine {self.engine} ({self.n_trials} trials); hypervolume {self.hypervolume:.4f} ({exact}) "
+            f"over {self.feasible_shapes:,} of {self.space_size:,} shapes",
             f"loss: {self.law_card}, {self.loss_unit}, at {self.train_tokens:.3g} {self.tokens_unit}; "
             f"intervals at {self.interval_level:.0%}",
         ]

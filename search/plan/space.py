@@ -62,23 +62,31 @@ class SearchSpace:
         table = document.get("space", document)
         if not isinstance(table, dict):
             raise UserError("space: must be a table of choices ([space])")
-        if table.get("kind") == "large":  # the large space (search.plan.large_space): Optuna searches it
-            return LargeSpace.from_table(table)
         outside = sorted(set(document) - {"space"}) if "space" in document else []
         if outside:  # silently ignored, they would widen the search to the whole default space
             raise UserError(
                 f"search space file {str(path)!r}: key(s) {outside} sit outside the [space] table; move them under "
                 "[space] (or drop the [space] line to give every choice at the top level)"
             )
+        return cls.from_table(table, Path(path).parent)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], base: Path | None = None) -> SearchSpace | LargeSpace:
+        """The space a ``[space]`` table describes (a file's, or the HTTP body's ``space``):
+        ``kind = "large"`` selects :class:`LargeSpace`. Scheme files are relative to ``base``."""
+        if table.get("kind") == "large":  # the large space (search.plan.large_space): Optuna searches it
+            return LargeSpace.from_table(table)
+        table = {k: v for k, v in table.items() if (k, v) != ("kind", "grid")}  # the default kind, said
         known = {f.name for f in fields(cls)}
         for key, value in table.items():
             if key not in known:
-                raise UserError(f"space.{key}: unknown choice; allowed: {', '.join(sorted(known))}")
+                raise UserError(f"space.{key}: unknown choice; allowed: {', '.join(sorted(known))} "
+                                '(or kind = "large")')  # fmt: skip
             if key != "vocab_size" and (not isinstance(value, list) or not value):
                 raise UserError(f"space.{key}: must be a non-empty list")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in table.items()}
-        if "schemes" in values:  # scheme files are relative to the space file
-            values["schemes"] = tuple(_relative(entry, Path(path).parent) for entry in values["schemes"])
+        if "schemes" in values and base is not None:  # scheme files are relative to the space file
+            values["schemes"] = tuple(_relative(entry, base) for entry in values["schemes"])
         return cls(**values).validated()
 
     def validated(self) -> SearchSpace:

@@ -15,7 +15,7 @@ from search.device.profiles import get_device
 from search.plan.pareto import pareto_mask
 from search.plan.planner import plan
 from search.plan.request import PlanRequest
-from search.plan.result import PlanResult
+from search.plan.result import CONTRACT_ENTRY_KEYS, CONTRACT_KEYS, PlanResult
 from search.plan.space import SearchSpace
 from tests.conftest import REPO, assert_user_error, run_cli
 
@@ -63,21 +63,12 @@ def test_front_is_feasible_and_non_dominated(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     document = result.json()
-    for key in ("device", "memory_budget_bytes", "n_trials", "hypervolume", "exact_hypervolume", "pareto"):
+    for key in CONTRACT_KEYS:
         assert key in document, key
     device = get_device("galaxy-s25")
     values = []
     for entry in document["pareto"]:
-        for key in (
-            "arch",
-            "predicted_loss",
-            "decode_tokens_per_s",
-            "prefill_ms",
-            "weight_bytes",
-            "peak_memory_bytes",
-            "total_params",
-            "active_params",
-        ):
+        for key in CONTRACT_ENTRY_KEYS:
             assert key in entry, key
         spec = ArchSpec.from_dict(entry["arch"])  # an object that --arch accepts
         independent = predict(spec, device, "int4", 512, 2048)

@@ -14,28 +14,12 @@ from search.app.plan_faces import translated
 from search.device.profiles import get_device
 from search.plan.planner import plan_result
 from search.plan.request import FieldError, PlanRequest
-from search.plan.result import DEPRECATED_KEYS, PlanResult
+from search.plan.result import CONTRACT_ENTRY_KEYS, CONTRACT_KEYS, DEPRECATED_KEYS, PlanResult
 from search.plan.space import SearchSpace
 from tests.conftest import assert_user_error, run_cli
 
 SMALL = SearchSpace(n_layers=(8, 12), d_model=(512, 768), n_experts=(1, 8), top_k=(1, 2), granularity=(1, 4),
                     n_shared_experts=(0, 1))  # fmt: skip
-LISTED = ("device", "memory_budget_bytes", "n_trials", "hypervolume", "exact_hypervolume", "pareto")
-LISTED_ENTRY = (
-    "arch",
-    "predicted_loss",
-    "decode_tokens_per_s",
-    "prefill_ms",
-    "weight_bytes",
-    "peak_memory_bytes",
-    "total_params",
-    "active_params",
-    "loss_unit",
-    "predicted_loss_ci90",
-    "p_front",
-    "scheme",
-    "evidence",
-)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +29,8 @@ def result() -> PlanResult:
 
 def test_the_document_keeps_its_listed_keys_and_round_trips(result):
     document = result.to_dict()
-    assert all(key in document for key in LISTED) and result.engine == "exhaustive" and result.n_trials == 0
-    assert all(key in entry for entry in document["pareto"] for key in LISTED_ENTRY)
+    assert all(key in document for key in CONTRACT_KEYS) and result.engine == "exhaustive" and result.n_trials == 0
+    assert all(key in entry for entry in document["pareto"] for key in CONTRACT_ENTRY_KEYS)
     again = PlanResult.from_dict(json.loads(json.dumps(document)))
     assert again == result and again.to_dict() == document
     assert PlanResult.from_dict({**document, "newer_key": 1}).to_dict()["newer_key"] == 1  # unknown keys kept

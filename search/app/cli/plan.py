@@ -15,6 +15,7 @@ from search.app.cli.common import (
     print_json,
     seed_int,
 )
+from search.plan.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 
 # --- command: plan -------------------------------------------------------------------------------
@@ -52,22 +53,32 @@ def _command_plan(args: argparse.Namespace) -> None:
 
 def _request(args: argparse.Namespace):
     """The :class:`PlanRequest` the flags describe (units converted: GB flags to bytes)."""
-    from scaling.laws.card import load_card
-    from scaling.laws.fit import FitResult
-    from search.app.measure import measured_latency
-    from search.device.profiles import get_device
-    from search.plan.loss_model import FitLossModel
-    from search.plan.request import PlanRequest
     from search.plan.space import SearchSpace
 
     space = SearchSpace.from_toml(args.space) if args.space else SearchSpace()
+    if getattr(space, "kind", "grid") == "large":
+        if args.schemes is not None:
+            raise UserError('--schemes: the large space (kind = "large" in --space) picks a format per part from '
+                            "its bits and group_size; drop --schemes")  # fmt: skip
+        return _plan_request(args, space)
     space.precision = (args.precision,)
     if args.schemes is not None:
         names = tuple(name.strip() for name in args.schemes.split(","))
         if not all(names):
             raise UserError(f"--schemes {args.schemes!r}: give comma-separated scheme names or files, none empty")
         space.schemes = names
-    space = space.validated()
+    return _plan_request(args, space.validated())
+
+
+def _plan_request(args: argparse.Namespace, space):
+    """The request for ``space`` and the remaining flags."""
+    from scaling.laws.card import load_card
+    from scaling.laws.fit import FitResult
+    from search.app.measure import measured_latency
+    from search.device.profiles import get_device
+    from search.plan.loss_model import FitLossModel
+    from search.plan.request import PlanRequest
+
     if args.fit and args.law_card:
         raise UserError("give one of --fit FIT.json or --law-card CARD, not both")
     loss_model = load_card(args.law_card) if args.law_card else None
@@ -78,7 +89,7 @@ def _request(args: argparse.Namespace):
             loss_model = FitLossModel(FitResult.from_json(handle.read()), args.fit)
     same = ("samples", "min_p_front", "max_unvalidated_share", "max_extrapolation", "trials", "train_tokens",
             "prompt_tokens", "context_tokens", "storage", "study", "seed", "exhaustive", "engine", "max_decode_ms",
-            "max_active_params", "backend", "quant_method")  # fmt: skip
+            "max_active_params", "backend", "quant_method", "sampler")  # fmt: skip
     return PlanRequest(
         device=get_device(args.device),
         memory_budget_bytes=None if args.memory_gb is None else args.memory_gb * 1e9,
@@ -123,6 +134,9 @@ FLAGS: dict[str, dict] = {  # flag -> argparse options; FACES (plan_faces) names
     "--engine": {"choices": ("auto", "exhaustive", "optuna"), "default": "auto",
                  "help": "auto: the exact front where the space can be enumerated and latency is predicted, "
                  "else Optuna; optuna: sample even an enumerable space (--trials)"},
+    "--sampler": {"choices": SAMPLERS, "default": None,
+                  "help": f"the Optuna sampler; naming one runs Optuna (default {DEFAULT_SAMPLER}; "
+                  "tpe with --measure)"},
     "--space": {"metavar": "SPACE.toml", "help": "narrow or extend the search space ([space] table)"},
     "--measure": {"action": "store_true", "help": "measure latency on this machine (cached per shape)"},
     "--store": {"default": None, "help": "run store caching measured shapes (with --measure)"},
