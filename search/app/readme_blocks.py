@@ -65,7 +65,30 @@ def quant_penalties() -> str:
     return "\n".join(rows)
 
 
+TOUR_COMMANDS = (  # README's worked example: cheap commands, torch-free, a few seconds each
+    "loss --preset phone-moe-a0.3b --tokens 1e12",
+    "predict --preset phone-moe-a0.3b --device iphone-16-pro --precision int4",
+)
+
+
+def tour() -> str:
+    """What :data:`TOUR_COMMANDS` print, as a console block (tables at a fixed width of 100)."""
+    import os
+    import shlex
+    import subprocess
+
+    program = "from search.app.cli import main; raise SystemExit(main())"
+    environment = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+    lines = ["```console"]
+    for command in TOUR_COMMANDS:
+        args = [sys.executable, "-c", program, *shlex.split(command)]
+        printed = subprocess.run(args, capture_output=True, text=True, check=True, env=environment).stdout
+        lines += [f"$ moeplan {command}", *(line.rstrip() for line in printed.rstrip("\n").splitlines())]
+    return "\n".join([*lines, "```"])
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "tour": tour,
     "plan-faces": plan_faces,
     "quant-penalties": quant_penalties,
     "device-loop-fits": doc_blocks.device_loop_fits,
