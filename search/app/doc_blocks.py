@@ -141,3 +141,48 @@ def sampler_hypervolume() -> str:
         label = SAMPLER_LABELS.get(sampler, sampler)
         lines.append(f"| {label} | {' | '.join(cells)} | {by_trials['seconds_per_run']:.1f} |")
     return "\n".join(lines)
+
+
+def _out_of_sample(backtest: dict[str, Any] | None) -> str:
+    if not backtest:
+        return "unvalidated"
+    if "origins" in backtest:
+        errors = ", ".join(
+            f"{origin['mean_abs_rel_error']:.1%} (x{origin['ratio']:.1f})" for origin in backtest["origins"]
+        )
+        return f"rolling origin over {backtest['column']}, mean error (extrapolation ratio): {errors}"
+    if "checks" in backtest:
+        return "; ".join(
+            f"{check['what']}: predicted {check['predicted']:+.3f}, observed {check['observed']:+.3f}"
+            for check in backtest["checks"]
+        )
+    if "families_pooled" in backtest:
+        return f"leave-one-family-out, {backtest['metric']}: {backtest['families_pooled']:.2f} pooled"
+    return "see `moeplan laws show`"
+
+
+def law_card_parameters() -> str:
+    """Each term of the default card: its parameters (point, 90% interval) and out-of-sample check."""
+    import subprocess
+    import sys
+
+    program = "from search.app.cli import main; raise SystemExit(main())"
+    args = [sys.executable, "-c", program, "laws", "show", "--json"]
+    card = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    unit = card["loss_unit"]
+    unit_text = f"{unit['per']} ({unit['tokenizer']})" if isinstance(unit, dict) else str(unit)
+    lines = [
+        f"Card `{card['name']}` (`moeplan laws show --json`), loss in {unit_text}, intervals at "
+        f"{card['interval_level']:.0%}:",
+        "",
+        "| term | form | parameters: point [90% interval] | out of sample |",
+        "|---|---|---|---|",
+    ]
+    for name, term in card["terms"].items():
+        form, fitted = next(iter(term["forms"].items()))
+        params = ", ".join(
+            f"{key} {value:.3g}" + (" [{:.3g}, {:.3g}]".format(*fitted["ci90"][key]) if key in fitted["ci90"] else "")
+            for key, value in fitted["params"].items()
+        )
+        lines.append(f"| `{name}` | {form} | {params} | {_out_of_sample(term['backtest'])} |")
+    return "\n".join(lines)

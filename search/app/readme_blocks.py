@@ -89,6 +89,7 @@ def tour() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "tour": tour,
+    "law-card-parameters": doc_blocks.law_card_parameters,
     "plan-faces": plan_faces,
     "quant-penalties": quant_penalties,
     "device-loop-fits": doc_blocks.device_loop_fits,

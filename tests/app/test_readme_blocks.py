@@ -48,3 +48,20 @@ def test_a_marker_quoted_in_prose_is_no_block_and_an_unknown_block_is_refused(tm
     unknown = tmp_path / "unknown.md"
     unknown.write_text("<!-- moeplan:no-such-block -->\nx\n<!-- /moeplan:no-such-block -->\n", encoding="utf-8")
     assert main(["--check", str(unknown)]) == 2
+
+
+def test_json_backed_blocks_quote_the_committed_benchmark_outputs():
+    import json
+
+    from search.app import doc_blocks
+
+    results = json.loads(doc_blocks.DEVICE_LOOP.read_text(encoding="utf-8"))
+    held_out = results[results["chosen"]]["held_out"]
+    summary = doc_blocks.device_loop_summary()
+    assert (
+        f"{held_out['prefill_mape']:.1%} (prefill)" in summary and f"{held_out['decode_mape']:.1%} (decode)" in summary
+    )
+    shares = json.loads(doc_blocks.SAMPLERS.read_text(encoding="utf-8"))["hypervolume_share"]
+    table = doc_blocks.sampler_hypervolume()
+    assert len(table.splitlines()) == 2 + len(shares)
+    assert f"{shares['random']['1000']['median']:.3f}" in table
