@@ -46,5 +46,5 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV)
 
-docs: $(STAMP)  # rewrite README's generated blocks (<!-- moeplan:NAME -->) from the code
-	$(BIN)/python -m search.app.readme_blocks README.md
+docs: $(STAMP)  # rewrite the generated blocks (<!-- moeplan:NAME -->) of README.md and docs/*.md
+	$(BIN)/python -m search.app.readme_blocks README.md docs/*.md
