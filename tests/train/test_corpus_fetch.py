@@ -172,3 +172,24 @@ def test_two_processes_preparing_one_corpus_agree_and_leave_one_copy(tmp_path):
     assert len(fingerprints) == 1 and len(fingerprints.pop()) == 16
     built = [p.name for p in (tmp_path / "cache" / "tokens").iterdir() if p.is_dir()]
     assert len(built) == 1  # no second copy, no staging folder left behind
+
+
+def test_the_index_is_the_one_pip_is_configured_with(tmp_path, monkeypatch):
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
+    config = tmp_path / "pip.conf"
+    config.write_text(
+        "[global]\nindex-url = https://mirror.example/simple\nextra-index-url = file:///a/simple\n    file:///b/simple\n"
+        "[download]\nindex-url = https://download-mirror.example/simple\n"
+    )
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    assert index_urls() == ["https://download-mirror.example/simple", "file:///a/simple", "file:///b/simple"]
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:1/simple")  # the environment wins, as in pip
+    assert index_urls()[0] == "http://127.0.0.1:1/simple"
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_INDEX_URL")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    assert index_urls() == ["https://pypi.org/simple"]  # PIP_CONFIG_FILE=/dev/null: no configuration at all
