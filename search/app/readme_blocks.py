@@ -50,17 +50,23 @@ QUANT_COMMANDS = (  # the quantisation penalties README quotes (tests/laws/test_
 )
 
 
-def quant_penalties() -> str:
-    """The penalty (card unit) and its share of the loss for each of :data:`QUANT_COMMANDS`."""
-    import json
+def _moeplan(command: str, environment: dict[str, str] | None = None) -> str:
+    """What ``moeplan COMMAND`` prints on stdout, run by this interpreter (the source tree's code)."""
     import shlex
     import subprocess
 
     program = "from search.app.cli import main; raise SystemExit(main())"
+    args = [sys.executable, "-c", program, *shlex.split(command)]
+    return subprocess.run(args, capture_output=True, text=True, check=True, env=environment).stdout
+
+
+def quant_penalties() -> str:
+    """The penalty (card unit) and its share of the loss for each of :data:`QUANT_COMMANDS`."""
+    import json
+
     rows = ["| command | penalty | of the loss |", "|---|---|---|"]
     for command in QUANT_COMMANDS:
-        args = [sys.executable, "-c", program, *shlex.split(command), "--json"]
-        document = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+        document = json.loads(_moeplan(f"{command} --json"))
         rows.append(f"| `moeplan {command}` | {document['penalty']:+.3g} | {document['penalty_relative']:.2%} |")
     return "\n".join(rows)
 
@@ -74,15 +80,11 @@ TOUR_COMMANDS = (  # README's worked example: cheap commands, torch-free, a few 
 def tour() -> str:
     """What :data:`TOUR_COMMANDS` print, as a console block (tables at a fixed width of 100)."""
     import os
-    import shlex
-    import subprocess
 
-    program = "from search.app.cli import main; raise SystemExit(main())"
     environment = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
     lines = ["```console"]
     for command in TOUR_COMMANDS:
-        args = [sys.executable, "-c", program, *shlex.split(command)]
-        printed = subprocess.run(args, capture_output=True, text=True, check=True, env=environment).stdout
+        printed = _moeplan(command, environment)
         lines += [f"$ moeplan {command}", *(line.rstrip() for line in printed.rstrip("\n").splitlines())]
     return "\n".join([*lines, "```"])
 
